@@ -1,0 +1,408 @@
+"""Elementwise ops with numpy broadcasting: arithmetic, math functions, activations, comparisons, where."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import backend
+from ..autograd.function import Function
+from ..autograd.tensor import Tensor
+from .common import unbroadcast
+from .registry import Const, Sample, away_from_zero, register
+
+
+def _shape(x):
+    return x.shape if hasattr(x, "shape") else ()
+
+
+# -- samples ---------------------------------------------------------------------------------------
+def _binary_samples(rng, positive_b=False):
+    b = (lambda s: rng.uniform(0.5, 2.0, s)) if positive_b else (lambda s: away_from_zero(rng, s))
+    return [Sample((away_from_zero(rng, (3, 4)), b((3, 4)))),
+            Sample((away_from_zero(rng, (2, 3, 4)), b((4,)))),          # broadcast the right operand
+            Sample((away_from_zero(rng, (3, 1)), b((2, 1, 5)))),        # broadcast both ways
+            Sample((away_from_zero(rng, (2, 3)), 1.7))]                 # a Python scalar
+
+
+def _unary_samples(low=-2.0, high=2.0, away=False):
+    def samples(rng):
+        draw = (lambda s: away_from_zero(rng, s, 0.2, high)) if away else (lambda s: rng.uniform(low, high, s))
+        return [Sample((draw((3, 4)),)), Sample((draw((2, 3, 2)),))]
+    return samples
+
+
+# -- arithmetic ------------------------------------------------------------------------------------
+class Add(Function):
+    def forward(self, a, b):
+        self.shapes = _shape(a), _shape(b)
+        return a + b
+
+    def backward(self, gy):
+        return unbroadcast(gy, self.shapes[0]), unbroadcast(gy, self.shapes[1])
+
+
+class Sub(Function):
+    def forward(self, a, b):
+        self.shapes = _shape(a), _shape(b)
+        return a - b
+
+    def backward(self, gy):
+        return unbroadcast(gy, self.shapes[0]), unbroadcast(-gy, self.shapes[1])
+
+
+class Mul(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a * b
+
+    def backward(self, gy):
+        ga = unbroadcast(gy * self.b, _shape(self.a)) if self.needs_input_grad[0] else None
+        gb = unbroadcast(gy * self.a, _shape(self.b)) if self.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Div(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a / b
+
+    def backward(self, gy):
+        ga = unbroadcast(gy / self.b, _shape(self.a)) if self.needs_input_grad[0] else None
+        gb = unbroadcast(-gy * self.a / (self.b * self.b), _shape(self.b)) if self.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Pow(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        self.y = self.xp.power(a, b)
+        return self.y
+
+    def backward(self, gy):
+        a, b, xp = self.a, self.b, self.xp
+        ga = unbroadcast(gy * b * xp.power(a, b - 1), _shape(a)) if self.needs_input_grad[0] else None
+        gb = unbroadcast(gy * self.y * xp.log(a), _shape(b)) if self.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Maximum(Function):
+    def forward(self, a, b):
+        self.a_wins = a >= b  # ties send the gradient to a, as numpy's argmax picks the first
+        self.shapes = _shape(a), _shape(b)
+        return self.xp.maximum(a, b)
+
+    def backward(self, gy):
+        return (unbroadcast(gy * self.a_wins, self.shapes[0]),
+                unbroadcast(gy * ~self.a_wins, self.shapes[1]))
+
+
+class Minimum(Function):
+    def forward(self, a, b):
+        self.a_wins = a <= b
+        self.shapes = _shape(a), _shape(b)
+        return self.xp.minimum(a, b)
+
+    def backward(self, gy):
+        return (unbroadcast(gy * self.a_wins, self.shapes[0]),
+                unbroadcast(gy * ~self.a_wins, self.shapes[1]))
+
+
+@register("add", _binary_samples, torch=lambda a, b: a + b)
+def add(a, b):
+    """a + b with broadcasting."""
+    return Add.apply(a, b)
+
+
+@register("sub", _binary_samples, torch=lambda a, b: a - b)
+def sub(a, b):
+    """a - b with broadcasting."""
+    return Sub.apply(a, b)
+
+
+@register("mul", _binary_samples, torch=lambda a, b: a * b)
+def mul(a, b):
+    """a * b with broadcasting."""
+    return Mul.apply(a, b)
+
+
+@register("div", _binary_samples, torch=lambda a, b: a / b)
+def div(a, b):
+    """a / b with broadcasting."""
+    return Div.apply(a, b)
+
+
+@register("pow", lambda rng: [Sample((rng.uniform(0.5, 2.0, (2, 3, 4)), away_from_zero(rng, (4,)))),
+    Sample((rng.uniform(0.5, 2.0, (3, 4)), rng.uniform(-1.5, 1.5, (4,)))),
+    Sample((away_from_zero(rng, (3, 4)), 3.0))], torch=lambda a, b: a ** b)
+def pow(a, b):  # noqa: A001 - mirrors the operator's name
+    """a ** b; the gradient with respect to b needs a > 0."""
+    return Pow.apply(a, b)
+
+
+@register("maximum", _binary_samples, torch=lambda a, b: __import__("torch").maximum(a, b)
+          if hasattr(b, "shape") else a.clamp(min=b))
+def maximum(a, b):
+    """Elementwise larger of a and b (ties send the gradient to a)."""
+    return Maximum.apply(a, b)
+
+
+@register("minimum", _binary_samples, torch=lambda a, b: __import__("torch").minimum(a, b)
+          if hasattr(b, "shape") else a.clamp(max=b))
+def minimum(a, b):
+    """Elementwise smaller of a and b (ties send the gradient to a)."""
+    return Minimum.apply(a, b)
+
+
+# -- unary math ------------------------------------------------------------------------------------
+class Neg(Function):
+    def forward(self, x):
+        return -x
+
+    def backward(self, gy):
+        return -gy
+
+
+class Exp(Function):
+    def forward(self, x):
+        self.y = self.xp.exp(x)
+        return self.y
+
+    def backward(self, gy):
+        return gy * self.y
+
+
+class Log(Function):
+    def forward(self, x):
+        self.x = x
+        return self.xp.log(x)
+
+    def backward(self, gy):
+        return gy / self.x
+
+
+class Sqrt(Function):
+    def forward(self, x):
+        self.y = self.xp.sqrt(x)
+        return self.y
+
+    def backward(self, gy):
+        return gy / (2 * self.y)
+
+
+class Abs(Function):
+    def forward(self, x):
+        self.sign = self.xp.sign(x)
+        return self.xp.abs(x)
+
+    def backward(self, gy):
+        return gy * self.sign
+
+
+class Tanh(Function):
+    def forward(self, x):
+        self.y = self.xp.tanh(x)
+        return self.y
+
+    def backward(self, gy):
+        return gy * (1 - self.y * self.y)
+
+
+class Sigmoid(Function):
+    def forward(self, x):
+        # 0.5 * (1 + tanh(x/2)) never overflows, unlike 1 / (1 + exp(-x)) for large negative x
+        self.y = 0.5 * (1 + self.xp.tanh(0.5 * x))
+        return self.y
+
+    def backward(self, gy):
+        return gy * self.y * (1 - self.y)
+
+
+class Relu(Function):
+    def forward(self, x):
+        self.mask = x > 0
+        return x * self.mask
+
+    def backward(self, gy):
+        return gy * self.mask
+
+
+class LeakyRelu(Function):
+    def forward(self, x):
+        self.scale = self.xp.where(x > 0, 1, self.slope).astype(x.dtype)
+        return x * self.scale
+
+    def backward(self, gy):
+        return gy * self.scale
+
+
+class Gelu(Function):
+    def forward(self, x):
+        xp, self.x = self.xp, x
+        if self.approximate == "tanh":
+            c = math.sqrt(2 / math.pi)
+            self.t = xp.tanh(c * (x + 0.044715 * x ** 3))
+            return 0.5 * x * (1 + self.t)
+        self.cdf = 0.5 * (1 + backend.special(xp).erf(x / math.sqrt(2)))
+        return x * self.cdf
+
+    def backward(self, gy):
+        x, xp = self.x, self.xp
+        if self.approximate == "tanh":
+            c = math.sqrt(2 / math.pi)
+            dt = (1 - self.t * self.t) * c * (1 + 3 * 0.044715 * x * x)
+            return gy * (0.5 * (1 + self.t) + 0.5 * x * dt)
+        pdf = xp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+        return gy * (self.cdf + x * pdf)
+
+
+class Softplus(Function):
+    def forward(self, x):
+        xp, bx = self.xp, self.beta * x
+        self.bx = bx
+        # log(1 + e^bx) / beta computed stably; linear above the threshold as in PyTorch
+        soft = (xp.maximum(bx, 0) + xp.log1p(xp.exp(-xp.abs(bx)))) / self.beta
+        return xp.where(bx > self.threshold, x, soft)
+
+    def backward(self, gy):
+        s = 0.5 * (1 + self.xp.tanh(0.5 * self.bx))
+        return gy * self.xp.where(self.bx > self.threshold, 1, s)
+
+
+class Cast(Function):
+    def forward(self, x):
+        self.src = x.dtype
+        return x.astype(self.dtype)
+
+    def backward(self, gy):
+        return gy.astype(self.src)
+
+
+def _t(name):
+    return lambda *a, **k: getattr(__import__("torch"), name)(*a, **k)
+
+
+@register("neg", _unary_samples(), torch=lambda x: -x)
+def neg(x):
+    """-x."""
+    return Neg.apply(x)
+
+
+@register("exp", _unary_samples(), torch=_t("exp"))
+def exp(x):
+    """e**x."""
+    return Exp.apply(x)
+
+
+@register("log", _unary_samples(0.2, 3.0), torch=_t("log"))
+def log(x):
+    """Natural logarithm (x > 0)."""
+    return Log.apply(x)
+
+
+@register("sqrt", _unary_samples(0.2, 3.0), torch=_t("sqrt"))
+def sqrt(x):
+    """Square root (x > 0 for a finite gradient)."""
+    return Sqrt.apply(x)
+
+
+@register("abs", _unary_samples(away=True), torch=_t("abs"))
+def abs(x):  # noqa: A001
+    """|x| (gradient sign(x), 0 at 0)."""
+    return Abs.apply(x)
+
+
+@register("tanh", _unary_samples(), torch=_t("tanh"))
+def tanh(x):
+    """Hyperbolic tangent."""
+    return Tanh.apply(x)
+
+
+@register("sigmoid", _unary_samples(-6, 6), torch=_t("sigmoid"))
+def sigmoid(x):
+    """Logistic sigmoid 1 / (1 + e**-x), stable for any x."""
+    return Sigmoid.apply(x)
+
+
+@register("relu", _unary_samples(away=True), torch=_t("relu"))
+def relu(x):
+    """max(x, 0)."""
+    return Relu.apply(x)
+
+
+@register("leaky_relu", lambda rng: [Sample((away_from_zero(rng, (3, 4)),), {"slope": 0.1})],
+          torch=lambda x, slope: __import__("torch").nn.functional.leaky_relu(x, slope))
+def leaky_relu(x, slope: float = 0.01):
+    """x for x > 0, slope * x otherwise."""
+    return LeakyRelu.apply(x, slope=float(slope))
+
+
+@register("gelu", lambda rng: [Sample((rng.uniform(-3, 3, (3, 4)),)),
+                               Sample((rng.uniform(-3, 3, (3, 4)),), {"approximate": "tanh"})],
+          torch=lambda x, approximate="none": __import__("torch").nn.functional.gelu(x, approximate=approximate))
+def gelu(x, approximate: str = "none"):
+    """Gaussian error linear unit x * Phi(x); ``approximate="tanh"`` for the tanh formula."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return Gelu.apply(x, approximate=approximate)
+
+
+@register("softplus", lambda rng: [Sample((rng.uniform(-5, 5, (3, 4)),)),
+                                   Sample((away_from_zero(rng, (3, 4), 0.3, 5),), {"beta": 2.0, "threshold": 4.0})],
+          torch=lambda x, beta=1.0, threshold=20.0: __import__("torch").nn.functional.softplus(x, beta, threshold))
+def softplus(x, beta: float = 1.0, threshold: float = 20.0):
+    """log(1 + e**(beta x)) / beta, computed without overflow; linear where beta x > threshold."""
+    return Softplus.apply(x, beta=float(beta), threshold=float(threshold))
+
+
+def cast(x, dtype):
+    """``x`` converted to ``dtype`` inside the graph (the gradient is cast back)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise TypeError(f"cast: dtype must be a floating-point type to stay differentiable, got {dtype}")
+    return Cast.apply(x, dtype=dtype)
+
+
+# -- comparisons and where ---------------------------------------------------------------------------
+def _compare(name, op):
+    def compare(a, b):
+        arrays = [x.data if isinstance(x, Tensor) else x for x in (a, b)]
+        return Tensor(op(*arrays))
+    compare.__name__ = name
+    compare.__doc__ = f"Elementwise a {name} b as a boolean tensor (no gradient flows)."
+    return compare
+
+
+def _compare_samples(rng):
+    a = rng.integers(-2, 3, (3, 4)).astype(float)
+    return [Sample((a, rng.integers(-2, 3, (3, 4)).astype(float))), Sample((a, 0.0))]
+
+
+for _name, _op, _torch in [("eq", np.equal, "eq"), ("ne", np.not_equal, "ne"), ("lt", np.less, "lt"),
+                           ("le", np.less_equal, "le"), ("gt", np.greater, "gt"), ("ge", np.greater_equal, "ge")]:
+    # numpy's ufuncs dispatch to cupy through __array_ufunc__, so one table serves both backends
+    globals()[_name] = register(_name, _compare_samples, torch=_t(_torch), differentiable=False)(
+        _compare(_name, _op))
+
+
+class Where(Function):
+    def forward(self, cond, a, b):
+        self.cond, self.shapes = cond, (_shape(a), _shape(b))
+        return self.xp.where(cond, a, b)
+
+    def backward(self, gy):
+        zero = self.xp.zeros((), gy.dtype)
+        return (None, unbroadcast(self.xp.where(self.cond, gy, zero), self.shapes[0]),
+                unbroadcast(self.xp.where(self.cond, zero, gy), self.shapes[1]))
+
+
+@register("where", lambda rng: [
+    Sample((Const(rng.random((3, 4)) > 0.5), rng.standard_normal((3, 4)), rng.standard_normal((3, 4)))),
+    Sample((Const(rng.random((3, 1)) > 0.5), rng.standard_normal((4,)), 0.0))],
+    torch=lambda c, a, b: __import__("torch").where(c, a, b))
+def where(cond, a, b):
+    """``a`` where ``cond`` else ``b``; the mask is a constant, gradients flow to a and b only."""
+    cond = cond.data if isinstance(cond, Tensor) else cond
+    if getattr(cond, "dtype", None) != np.bool_:
+        raise TypeError(f"where: cond must be a boolean array or tensor, got {getattr(cond, 'dtype', type(cond))}")
+    return Where.apply(cond, a, b)

@@ -1,0 +1,58 @@
+"""Matrix products: matmul with numpy's batching rules, optionally in a reduced precision."""
+from __future__ import annotations
+
+from .. import precision as _precision
+from ..autograd.function import Function
+from .common import unbroadcast
+from .registry import Sample, register
+
+
+class MatMul(Function):
+    """(..., m, k) @ (..., k, n) with broadcast batch axes; ``precision`` picks the GEMM's numerics."""
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return self._mm(a, b)
+
+    def _mm(self, a, b):
+        if self.precision is None:
+            return self.xp.matmul(a, b)
+        return _precision.matmul(a, b, self.precision).astype(a.dtype, copy=False)
+
+    def backward(self, gy):
+        a, b = self.a, self.b
+        ga = unbroadcast(self._mm(gy, b.swapaxes(-1, -2)), a.shape) if self.needs_input_grad[0] else None
+        gb = unbroadcast(self._mm(a.swapaxes(-1, -2), gy), b.shape) if self.needs_input_grad[1] else None
+        return ga, gb
+
+
+def _samples(rng):
+    n = rng.standard_normal
+    return [Sample((n((3, 4)), n((4, 5)))),
+            Sample((n((2, 3, 4)), n((2, 4, 2)))),     # batched
+            Sample((n((2, 1, 3, 4)), n((3, 4, 2)))),  # broadcast batch axes
+            Sample((n((4,)), n((4, 3)))),             # vector @ matrix
+            Sample((n((3, 4)), n((4,))))]             # matrix @ vector
+
+
+@register("matmul", _samples, torch=lambda a, b: a @ b)
+def matmul(a, b, precision=None):
+    """a @ b with numpy's rules (1-d operands are promoted and the added axis removed).
+
+    ``precision`` ("fp16", "bf16", "fp16x3", ...; see :mod:`hpcai.precision`) computes the forward and
+    backward products the way tensor cores do; None uses the operands' own dtype.
+    """
+    from .shape import reshape
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: a and b must have at least one dimension, got shapes {a.shape} and {b.shape}")
+    if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+        raise ValueError(f"matmul: a's last axis ({a.shape[-1]}) must match b's "
+                         f"{'second-to-last' if b.ndim > 1 else 'only'} axis; got shapes {a.shape} and {b.shape}")
+    if precision is not None and precision not in _precision.MATMUL_MODES:
+        raise ValueError(f"matmul: precision must be None or one of {list(_precision.MATMUL_MODES)}, "
+                         f"got {precision!r}")
+    if a.ndim == 1:
+        return reshape(matmul(reshape(a, (1, -1)), b, precision), b.shape[:-2] + b.shape[-1:])
+    if b.ndim == 1:
+        return reshape(matmul(a, reshape(b, (-1, 1)), precision), a.shape[:-1])
+    return MatMul.apply(a, b, precision=precision)
