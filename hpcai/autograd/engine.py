@@ -1,6 +1,8 @@
 """Reverse-mode engine: walk the graph in topological order and accumulate gradients."""
 from __future__ import annotations
 
+from .. import backend, precision
+
 
 def _topological_order(root):
     """Function nodes reachable from ``root``, each before every node it consumes (iterative DFS)."""
@@ -41,7 +43,8 @@ def backward(tensor, grad=None, retain_graph=False) -> None:
                                f"got shape {tensor.shape}; pass grad=")
         grad = xp.ones_like(tensor.data)
     else:
-        grad = xp.asarray(getattr(grad, "data", grad), dtype=tensor.dtype)
+        raw = grad if backend.is_array(grad) else getattr(grad, "data", grad)  # a cupy array's .data is a pointer
+        grad = xp.asarray(raw, dtype=tensor.dtype)
         if grad.shape != tensor.shape:
             raise ValueError(f"backward: grad has shape {grad.shape}, expected the tensor's {tensor.shape}")
     # Ops may hand the same array (or views of it) to several inputs; a leaf's .grad must own its memory,
@@ -73,6 +76,8 @@ def backward(tensor, grad=None, retain_graph=False) -> None:
             to_leaf(out, gy)
         gxs = fn.backward(gy)
         gxs = gxs if isinstance(gxs, tuple) else (gxs,)
+        if fn.autocast is not None:  # gradients leave a reduced-precision op in that precision (underflow too)
+            gxs = tuple(None if g is None else precision.round_to(g, fn.autocast) for g in gxs)
         for x, gx, need in zip(fn.inputs, gxs, fn.needs_input_grad):
             if not need or gx is None:
                 continue

@@ -12,7 +12,7 @@ import weakref
 
 import numpy as np
 
-from .. import backend
+from .. import backend, precision
 from .tensor import Tensor
 
 _state = threading.local()  # grad mode is per thread: Hogwild workers must not switch each other's
@@ -40,9 +40,28 @@ class no_grad:
         return wrapper
 
 
-class Function:
-    """Base class of every op; see the module docstring."""
+def autocast_precision():
+    """The reduced precision that tensor-core ops compute in on this thread (None: their own dtype)."""
+    return getattr(_state, "autocast", None)
 
+
+def set_autocast(precision):
+    """Set this thread's autocast precision (a :class:`~hpcai.precision.Precision` or None); return the old one."""
+    old = autocast_precision()
+    _state.autocast = precision
+    return old
+
+
+class Function:
+    """Base class of every op; see the module docstring.
+
+    Ops with ``lowp = True`` (matrix products, convolutions) compute the way tensor cores do under
+    autocast: float inputs are rounded to the autocast precision, products accumulate in fp32, and
+    the output and the gradients they pass back are rounded to that precision again.
+    """
+
+    lowp = False
+    autocast = None          # the precision this node ran in, when autocast rounded it
     inputs = ()              # the input Tensors (non-Tensor inputs are None), kept for backward
     needs_input_grad = ()
     output = None            # weakref to the output, for retain_grad()
@@ -59,9 +78,9 @@ class Function:
 
     def release(self) -> None:
         """Drop the inputs and whatever forward saved, so the graph's memory is freed."""
-        needs, output = self.needs_input_grad, self.output
+        keep = {k: self.__dict__[k] for k in ("needs_input_grad", "output", "autocast") if k in self.__dict__}
         self.__dict__.clear()
-        self.needs_input_grad, self.output, self.released = needs, output, True
+        self.__dict__.update(keep, released=True)
 
     @classmethod
     def apply(cls, *inputs, **params):
@@ -73,7 +92,13 @@ class Function:
         else:
             _check_same_device(cls.__name__, arrays)
             fn.xp = backend.get_array_module(*arrays)
-        out = fn.forward(*arrays)
+        prec = autocast_precision() if cls.lowp else None
+        if prec is not None:
+            arrays = [_round(a, prec) for a in arrays]
+            out = _round(fn.forward(*arrays), prec)
+            fn.autocast = prec
+        else:
+            out = fn.forward(*arrays)
         needs = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
         if not (is_grad_enabled() and any(needs)):
             return Tensor(out)
@@ -82,6 +107,11 @@ class Function:
         result = Tensor(out, requires_grad=True, _ctx=fn)
         fn.output = weakref.ref(result)
         return result
+
+
+def _round(a, prec):
+    """``a`` rounded to ``prec`` if it is a floating-point array (other arguments pass through)."""
+    return precision.round_to(a, prec) if backend.is_array(a) and a.dtype.kind == "f" else a
 
 
 def _check_same_device(op: str, arrays) -> None:

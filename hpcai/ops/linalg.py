@@ -10,6 +10,8 @@ from .registry import Sample, register
 class MatMul(Function):
     """(..., m, k) @ (..., k, n) with broadcast batch axes; ``precision`` picks the GEMM's numerics."""
 
+    lowp = True
+
     def forward(self, a, b):
         self.a, self.b = a, b
         return self._mm(a, b)

@@ -1,0 +1,167 @@
+"""Normalisation ops: batch norm (statistics over every axis but the channels) and layer norm (trailing axes).
+
+Both compute y = (x - mean) / sqrt(var + eps) * weight + bias with the biased variance
+[Ioffe & Szegedy 2015, Alg. 1; Ba, Kiros & Hinton 2016, eq. 4]; they differ only in the axes the
+statistics run over and the axes the affine parameters vary along, so one Function serves both.
+"""
+from __future__ import annotations
+
+import numbers
+
+from .. import backend
+from ..autograd.function import Function
+from ..autograd.tensor import Tensor
+from .common import expect_float
+from .registry import Const, Sample, register
+
+
+class Normalize(Function):
+    """Normalise ``x`` over ``axes``, then scale and shift by weight and bias (either may be None).
+
+    ``pshape`` is the shape weight and bias broadcast as; their gradients sum over ``paxes``.
+    ``stats`` = (mean, var) given as constants replace the batch statistics (batch norm in eval mode).
+    ``running`` = (mean_buffer, var_buffer, momentum) are updated in place from the batch statistics.
+    """
+
+    def forward(self, x, weight, bias):
+        xp = self.xp
+        if self.stats is None:
+            mean = x.mean(axis=self.axes, keepdims=True)
+            var = ((x - mean) ** 2).mean(axis=self.axes, keepdims=True)
+            if self.running is not None:
+                _update_running(self.running, mean, var, x.size // mean.size)
+        else:
+            mean, var = (s.reshape(self.pshape) for s in self.stats)
+        self.inv_std = 1 / xp.sqrt(var + self.eps)
+        self.xhat = (x - mean) * self.inv_std
+        self.weight = weight
+        self.bias_shape = None if bias is None else bias.shape
+        y = self.xhat if weight is None else self.xhat * weight.reshape(self.pshape)
+        return y if bias is None else y + bias.reshape(self.pshape)
+
+    def backward(self, gy):
+        xhat, w, (need_x, need_w, need_b) = self.xhat, self.weight, self.needs_input_grad
+        gx = gw = gb = None
+        if need_x:
+            g = gy if w is None else gy * w.reshape(self.pshape)   # gradient with respect to xhat
+            if self.stats is not None:                             # constant statistics: a pure scaling
+                gx = g * self.inv_std
+            else:                                                  # mean and var depend on x too
+                ax = self.axes
+                gx = self.inv_std * (g - g.mean(axis=ax, keepdims=True)
+                                     - xhat * (g * xhat).mean(axis=ax, keepdims=True))
+        if need_w:
+            gw = (gy * xhat).sum(axis=self.paxes).reshape(w.shape)
+        if need_b:
+            gb = gy.sum(axis=self.paxes).reshape(self.bias_shape)
+        return gx, gw, gb
+
+
+def _update_running(running, mean, var, n):
+    """PyTorch's rule: buffer <- (1 - momentum) * buffer + momentum * batch statistic (unbiased variance)."""
+    rmean, rvar, momentum = running
+    rmean *= 1 - momentum
+    rmean += momentum * mean.reshape(-1)
+    rvar *= 1 - momentum
+    rvar += momentum * var.reshape(-1) * (n / (n - 1))
+
+
+def _array(a):
+    return a.data if isinstance(a, Tensor) else a
+
+
+def _param(p, shape, name, op, x):
+    """``p`` (Tensor, array or None), checked to have ``shape`` and to live on x's device."""
+    if p is None:
+        return None
+    data = _array(p)
+    if not backend.is_array(data):
+        raise TypeError(f"{op}: {name} must be a Tensor or an array of shape {shape}, got {type(p).__name__}")
+    if tuple(data.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(data.shape)}")
+    if backend.device_of(data) != backend.device_of(_array(x)):
+        raise backend.DeviceError(f"{op}: {name} lives on {backend.device_of(data)} but x on "
+                                  f"{backend.device_of(_array(x))}; move them to one device")
+    return p
+
+
+# -- samples and references ---------------------------------------------------------------------------
+def _bn_samples(rng):
+    c = 3
+    stats = (Const(rng.standard_normal(c)), Const(rng.uniform(0.5, 2.0, c)))
+    return [Sample((rng.standard_normal((6, c)), rng.uniform(0.5, 1.5, c), rng.standard_normal(c))),
+            Sample((rng.standard_normal((2, c, 3, 2)) * 2 + 1, rng.uniform(0.5, 1.5, c), rng.standard_normal(c))),
+            Sample((rng.standard_normal((4, c, 2)), None, None), {"eps": 1e-3}),
+            Sample((rng.standard_normal((2, c, 2, 2)), rng.uniform(0.5, 1.5, c), rng.standard_normal(c)) + stats,
+                   {"training": False})]
+
+
+def _bn_torch(x, weight, bias, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
+    import torch.nn.functional as F
+    return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def _ln_samples(rng):
+    return [Sample((rng.standard_normal((4, 5)), (5,), rng.uniform(0.5, 1.5, 5), rng.standard_normal(5))),
+            Sample((rng.standard_normal((2, 3, 4)) * 3, (3, 4), rng.uniform(0.5, 1.5, (3, 4)),
+                    rng.standard_normal((3, 4)))),
+            Sample((rng.standard_normal((3, 4)), (4,)), {"eps": 1e-3})]
+
+
+# -- public functions --------------------------------------------------------------------------------
+@register("batch_norm", _bn_samples, torch=_bn_torch)
+def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, training=True,
+               momentum=0.1, eps=1e-5):
+    """Batch normalisation of (N, C) or (N, C, *spatial) over every axis but the channel axis 1.
+
+    Training uses the batch statistics and, when running buffers (arrays or Tensors of shape (C,))
+    are given, updates them in place outside the graph as PyTorch does (the variance buffer gets the
+    unbiased batch variance). Eval (``training=False``) normalises with the running statistics.
+    """
+    op = "batch_norm"
+    expect_float(x, "x", op)
+    if x.ndim < 2:
+        raise ValueError(f"{op}: x must be (N, C) or (N, C, H, W), got shape {tuple(x.shape)}")
+    c = x.shape[1]
+    pshape = (1, c) + (1,) * (x.ndim - 2)
+    axes = (0,) + tuple(range(2, x.ndim))
+    weight, bias = (_param(p, (c,), name, op, x) for p, name in ((weight, "weight"), (bias, "bias")))
+    rmean, rvar = (_array(_param(p, (c,), name, op, x)) for p, name in ((running_mean, "running_mean"),
+                                                                          (running_var, "running_var")))
+    if (rmean is None) != (rvar is None):
+        raise ValueError(f"{op}: pass both running_mean and running_var, or neither")
+    if not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
+        raise ValueError(f"{op}: momentum must be a number in [0, 1], got {momentum!r}")
+    stats = running = None
+    if not training:
+        if rmean is None:
+            raise ValueError(f"{op}: eval mode (training=False) normalises with running_mean and running_var; "
+                             "pass them")
+        stats = (rmean.astype(x.dtype, copy=False), rvar.astype(x.dtype, copy=False))
+    else:
+        if x.size // c <= 1:
+            raise ValueError(f"{op}: training needs more than one value per channel, got x of shape "
+                             f"{tuple(x.shape)}")
+        running = None if rmean is None else (rmean, rvar, float(momentum))
+    return Normalize.apply(x, weight, bias, axes=axes, paxes=axes, pshape=pshape, stats=stats,
+                           running=running, eps=float(eps))
+
+
+@register("layer_norm", _ln_samples, torch=lambda x, shape, *a, **k: __import__("torch").nn.functional.layer_norm(
+    x, shape, *a, **k))
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Layer normalisation over the trailing axes ``normalized_shape`` (an int or a tuple of sizes).
+
+    weight and bias (or None) have shape ``normalized_shape``; the statistics are per leading index.
+    """
+    op = "layer_norm"
+    expect_float(x, "x", op)
+    shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
+    k = len(shape)
+    if k == 0 or k > x.ndim or tuple(x.shape[x.ndim - k:]) != shape:
+        raise ValueError(f"{op}: normalized_shape {shape} must equal the trailing sizes of x, "
+                         f"got x of shape {tuple(x.shape)}")
+    weight, bias = (_param(p, shape, name, op, x) for p, name in ((weight, "weight"), (bias, "bias")))
+    lead = x.ndim - k
+    return Normalize.apply(x, weight, bias, axes=tuple(range(lead, x.ndim)), paxes=tuple(range(lead)),
+                           pshape=(1,) * lead + shape, stats=None, running=None, eps=float(eps))

@@ -1,0 +1,245 @@
+"""Normalisation, dropout and losses beyond what the registry checks: running statistics, train/eval,
+dropout's statistics, hand-computed losses, dtypes, and the error messages for bad input."""
+import numpy as np
+import pytest
+
+from hpcai import Tensor, ops
+
+
+def t(a, grad=False, xp=np):
+    return Tensor(xp.asarray(a), requires_grad=grad)
+
+
+def log_softmax_np(z):
+    s = z - z.max(axis=1, keepdims=True)
+    return s - np.log(np.exp(s).sum(axis=1, keepdims=True))
+
+
+# -- batch norm / layer norm ---------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(8, 3), (4, 3, 5, 2)])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_batch_norm_running_stats_follow_torch(shape, as_tensor, rng):
+    torch = pytest.importorskip("torch")
+    c = shape[1]
+    w, b = rng.uniform(0.5, 1.5, c), rng.standard_normal(c)
+    rm, rv = np.zeros(c), np.ones(c)
+    trm, trv = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    bufs = (Tensor(rm), Tensor(rv)) if as_tensor else (rm, rv)
+    for step in range(4):
+        x = rng.standard_normal(shape) * (step + 1) + step
+        y = ops.batch_norm(t(x), t(w), t(b), *bufs, training=True, momentum=0.2)
+        ref = torch.nn.functional.batch_norm(torch.from_numpy(x), trm, trv, torch.from_numpy(w),
+                                             torch.from_numpy(b), training=True, momentum=0.2)
+        np.testing.assert_allclose(y.numpy(), ref.numpy(), rtol=1e-10, atol=1e-12)
+    got = (bufs[0].data, bufs[1].data) if as_tensor else bufs
+    np.testing.assert_allclose(got[0], trm.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(got[1], trv.numpy(), rtol=1e-12)   # unbiased batch variance, as torch
+    x = rng.standard_normal(shape)
+    y = ops.batch_norm(t(x), t(w), t(b), *bufs, training=False)
+    ref = torch.nn.functional.batch_norm(torch.from_numpy(x), trm, trv, torch.from_numpy(w),
+                                         torch.from_numpy(b), training=False)
+    np.testing.assert_allclose(y.numpy(), ref.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_batch_norm_train_uses_batch_stats_and_eval_uses_running(xp, rng):
+    x = rng.standard_normal((16, 3, 4, 4)) * 3 + 5
+    rm, rv = xp.zeros(3), xp.ones(3)
+    y = ops.batch_norm(t(x, xp=xp), running_mean=rm, running_var=rv).numpy()
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-10)
+    np.testing.assert_allclose(y.var(axis=(0, 2, 3)), 1, rtol=1e-4)
+    n = 16 * 4 * 4
+    np.testing.assert_allclose(np.asarray(rm.get() if xp is not np else rm), 0.1 * x.mean(axis=(0, 2, 3)))
+    np.testing.assert_allclose(np.asarray(rv.get() if xp is not np else rv),
+                               0.9 + 0.1 * x.var(axis=(0, 2, 3)) * n / (n - 1))
+    before = (rm.copy(), rv.copy())
+    y = ops.batch_norm(t(x, xp=xp), running_mean=rm, running_var=rv, training=False, eps=0.0).numpy()
+    rm_h, rv_h = (np.asarray(a.get() if xp is not np else a) for a in before)
+    np.testing.assert_allclose(y, (x - rm_h[:, None, None]) / np.sqrt(rv_h[:, None, None]), rtol=1e-12)
+    assert bool((rm == before[0]).all()) and bool((rv == before[1]).all()), "eval must not update the buffers"
+
+
+def test_batch_norm_eval_gradient_treats_stats_as_constants(rng):
+    x = t(rng.standard_normal((5, 2)), grad=True)
+    rv = np.array([4.0, 0.25])
+    ops.batch_norm(x, running_mean=np.zeros(2), running_var=rv, training=False, eps=0.0).sum().backward()
+    np.testing.assert_allclose(x.grad, np.broadcast_to(1 / np.sqrt(rv), (5, 2)))
+
+
+def test_layer_norm_int_shape_and_no_affine(rng):
+    x = rng.standard_normal((3, 6)) * 2 + 1
+    y = ops.layer_norm(t(x), 6, eps=0.0).numpy()
+    ref = (x - x.mean(axis=1, keepdims=True)) / x.std(axis=1, keepdims=True)
+    np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("op", ["batch_norm", "layer_norm"])
+def test_norm_float32_stays_float32(op, xp, rng):
+    x = t(rng.standard_normal((4, 3, 2)).astype(np.float32), grad=True, xp=xp)
+    w = t(np.ones(2 if op == "layer_norm" else 3, np.float32), grad=True, xp=xp)
+    y = ops.layer_norm(x, 2, w) if op == "layer_norm" else ops.batch_norm(x, w)
+    y.sum().backward()
+    assert y.dtype == x.grad.dtype == w.grad.dtype == np.float32
+
+
+# -- dropout ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
+def test_dropout_statistics(p, xp):
+    x = t(np.full((400, 500), 2.0), xp=xp)
+    y = ops.dropout(x, p, seed=3).numpy()
+    assert abs((y == 0).mean() - p) < 0.005                   # 200k draws: std of the fraction < 0.0012
+    assert abs(y.mean() - 2.0) < 0.03                         # inverted dropout keeps the mean
+    np.testing.assert_allclose(np.unique(y), [0.0, 2.0 / (1 - p)] if p else [2.0])
+
+
+def test_dropout_gradient_is_the_scaled_mask(xp, rng):
+    x = t(rng.uniform(0.5, 1.5, (30, 40)), grad=True, xp=xp)
+    y = ops.dropout(x, 0.3, seed=11)
+    y.backward(xp.ones(y.shape))
+    grad = np.asarray(x.grad.get() if xp is not np else x.grad)
+    kept = y.numpy() != 0
+    np.testing.assert_allclose(grad, kept / 0.7)
+    np.testing.assert_allclose(y.numpy(), x.numpy() * kept / 0.7)
+
+
+def test_dropout_eval_identity_and_reproducibility(rng):
+    x = t(rng.standard_normal((20, 20)), grad=True)
+    assert ops.dropout(x, 0.5, training=False) is x
+    assert ops.dropout(x, 0.0) is x
+    a, b = ops.dropout(x, 0.5, seed=5).numpy(), ops.dropout(x, 0.5, seed=5).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, ops.dropout(x, 0.5, seed=6).numpy())
+    g = np.random.default_rng(0)
+    first, second = ops.dropout(x, 0.5, generator=g).numpy(), ops.dropout(x, 0.5, generator=g).numpy()
+    assert not np.array_equal(first, second), "a generator must advance between calls"
+    np.testing.assert_array_equal(first, ops.dropout(x, 0.5, generator=np.random.default_rng(0)).numpy())
+
+
+def test_dropout_float32_stays_float32(xp):
+    y = ops.dropout(t(np.ones((4, 4), np.float32), xp=xp), 0.5, seed=0)
+    assert y.dtype == np.float32
+
+
+# -- losses ----------------------------------------------------------------------------------------
+def test_cross_entropy_label_smoothing_by_hand(rng):
+    z, y, eps, k = rng.standard_normal((6, 5)) * 3, rng.integers(0, 5, 6), 0.15, 5
+    q = (1 - eps) * np.eye(k)[y] + eps / k
+    per = -(q * log_softmax_np(z)).sum(axis=1)
+    np.testing.assert_allclose(ops.cross_entropy(t(z), y, label_smoothing=eps).numpy(), per.mean(), rtol=1e-12)
+    np.testing.assert_allclose(ops.cross_entropy(t(z), y, label_smoothing=eps, reduction="none").numpy(),
+                               per, rtol=1e-12)
+    zt = t(z, grad=True)
+    ops.cross_entropy(zt, y, label_smoothing=eps, reduction="sum").backward()
+    softmax = np.exp(log_softmax_np(z))
+    np.testing.assert_allclose(zt.grad, softmax - q, rtol=1e-10, atol=1e-12)
+
+
+def test_cross_entropy_probability_targets_by_hand(rng):
+    z = rng.standard_normal((2, 4, 3))                       # (N, K, d): classes on axis 1
+    p = rng.uniform(0.1, 1, (2, 4, 3))
+    p /= p.sum(axis=1, keepdims=True)
+    q = 0.9 * p + 0.1 / 4
+    per = -(q * log_softmax_np(z)).sum(axis=1)
+    np.testing.assert_allclose(ops.cross_entropy(t(z), p, label_smoothing=0.1).numpy(), per.mean(), rtol=1e-12)
+    # probabilities equal to a one-hot give the same loss as the class indices
+    idx = rng.integers(0, 4, (2, 3))
+    onehot = np.moveaxis(np.eye(4)[idx], -1, 1)
+    np.testing.assert_allclose(ops.cross_entropy(t(z), onehot).numpy(), ops.cross_entropy(t(z), idx).numpy())
+
+
+def test_cross_entropy_ignore_index_and_stability(rng):
+    z, y = rng.standard_normal((5, 3)), np.array([0, 2, -100, 1, -100])
+    keep = y != -100
+    ref = -log_softmax_np(z[keep])[np.arange(3), y[keep]].mean()
+    np.testing.assert_allclose(ops.cross_entropy(t(z), y).numpy(), ref, rtol=1e-12)
+    big = np.array([[1000.0, 0.0], [0.0, -1000.0]], np.float32)
+    np.testing.assert_allclose(ops.cross_entropy(t(big), np.array([1, 0])).numpy(), 500.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss, target", [
+    (ops.cross_entropy, "indices"), (ops.cross_entropy, "probabilities"),
+    (ops.mse_loss, "values"), (ops.l1_loss, "values"), (ops.huber_loss, "values")])
+def test_losses_float32_in_float32_out(loss, target, xp, rng):
+    x = t(rng.standard_normal((4, 3)).astype(np.float32), grad=True, xp=xp)
+    y = {"indices": rng.integers(0, 3, 4), "probabilities": np.full((4, 3), 1 / 3, np.float32),
+         "values": rng.standard_normal((4, 3)).astype(np.float32)}[target]
+    out = loss(x, xp.asarray(y))
+    out.backward()
+    assert out.dtype == x.grad.dtype == np.float32
+
+
+def test_regression_losses_by_hand(rng):
+    p, q = rng.standard_normal((4, 3)) * 2, rng.standard_normal((4, 3))
+    d = p - q
+    huber = np.where(np.abs(d) <= 0.7, 0.5 * d * d, 0.7 * (np.abs(d) - 0.35))
+    np.testing.assert_allclose(ops.mse_loss(t(p), q).numpy(), (d * d).mean())
+    np.testing.assert_allclose(ops.l1_loss(t(p), q, reduction="sum").numpy(), np.abs(d).sum())
+    np.testing.assert_allclose(ops.huber_loss(t(p), q, 0.7, reduction="none").numpy(), huber)
+    pt, qt = t(p, grad=True), t(q, grad=True)
+    ops.huber_loss(pt, qt, 0.7, reduction="sum").backward()
+    np.testing.assert_allclose(pt.grad, np.clip(d, -0.7, 0.7))
+    np.testing.assert_allclose(qt.grad, -np.clip(d, -0.7, 0.7))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy warns about the NaN/inf before the loss raises
+def test_non_finite_loss_raises_unless_allowed():
+    z = np.zeros((4, 3))
+    z[1, 2], z[3, 0] = np.nan, np.inf
+    with pytest.raises(FloatingPointError, match=r"cross_entropy: the loss is not finite; the inputs hold 2 non-"):
+        ops.cross_entropy(t(z), np.array([0, 1, 2, 0]))
+    p = np.ones(5)
+    p[0] = np.inf
+    with pytest.raises(FloatingPointError, match=r"mse_loss: .* 1 non-finite value"):
+        ops.mse_loss(t(p), np.ones(5))
+    assert not np.isfinite(ops.mse_loss(t(p), np.ones(5), check_finite=False).item())
+    with pytest.raises(FloatingPointError, match=r"mse_loss: .*hold 0 non-finite.*overflowed float16"):
+        ops.mse_loss(t(np.full(3, 300, np.float16)), np.zeros(3, np.float16))   # 300**2 > 65504
+
+
+def tens(*shape):
+    return Tensor(np.zeros(shape))
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: ops.cross_entropy(tens(4, 10), np.array([0, 3, 12, 1])), ValueError,
+     r"cross_entropy: target values must lie in \[0, 10\), got max 12"),
+    (lambda: ops.cross_entropy(tens(4, 10), np.array([0, -3, 2, 1])), ValueError,
+     r"cross_entropy: target values must lie in \[0, 10\), got min -3"),
+    (lambda: ops.cross_entropy(tens(4, 10), np.ones(4, bool)), TypeError,
+     r"cross_entropy: target must hold integer class indices or float class probabilities, got dtype bool"),
+    (lambda: ops.cross_entropy(tens(4, 10), np.ones(4)), ValueError,
+     r"cross_entropy: a float target holds class probabilities and must have the logits' shape \(4, 10\), "
+     r"got \(4,\)"),
+    (lambda: ops.cross_entropy(tens(8, 10), np.zeros(6, int)), ValueError,
+     r"cross_entropy: logits have batch size 8 but target has 6"),
+    (lambda: ops.cross_entropy(tens(2, 3, 4), np.zeros((2, 5), int)), ValueError,
+     r"cross_entropy: integer class indices must have shape \(2, 4\)"),
+    (lambda: ops.cross_entropy(tens(10), np.zeros(1, int)), ValueError,
+     r"cross_entropy: logits must be \(N, K\)"),
+    (lambda: ops.cross_entropy(tens(4, 3), np.zeros(4, int), reduction="avg"), ValueError,
+     r"cross_entropy: reduction must be 'mean', 'sum' or 'none', got 'avg'"),
+    (lambda: ops.cross_entropy(tens(4, 3), np.zeros(4, int), weight=np.ones(4)), ValueError,
+     r"cross_entropy: weight must have shape \(3,\)"),
+    (lambda: ops.cross_entropy(tens(4, 3), [0, 1, 2, 0]), TypeError, r"cross_entropy: target must be a Tensor"),
+    (lambda: ops.mse_loss(tens(8, 1), np.zeros(8)), ValueError,
+     r"mse_loss: pred has shape \(8, 1\) but target has shape \(8,\); they must match"),
+    (lambda: ops.l1_loss(tens(8), np.zeros((8, 1))), ValueError, r"l1_loss: pred has shape \(8,\) but target"),
+    (lambda: ops.huber_loss(tens(3), tens(4)), ValueError, r"huber_loss: pred has shape \(3,\) but target"),
+    (lambda: ops.mse_loss(tens(3), np.zeros(3, int)), TypeError, r"mse_loss: target must be a floating-point"),
+    (lambda: ops.mse_loss(tens(3), tens(3), reduction="avg"), ValueError, r"mse_loss: reduction must be"),
+    (lambda: ops.huber_loss(tens(3), tens(3), 0.0), ValueError, r"huber_loss: delta must be a positive number"),
+    (lambda: ops.dropout(tens(3), 1.0), ValueError, r"dropout: p must lie in \[0, 1\), got 1.0"),
+    (lambda: ops.dropout(tens(3), -0.1), ValueError, r"dropout: p must lie in \[0, 1\)"),
+    (lambda: ops.dropout(tens(3), 0.5, seed=1, generator=np.random.default_rng()), ValueError,
+     r"dropout: pass generator or seed"),
+    (lambda: ops.batch_norm(tens(4, 3), training=False), ValueError,
+     r"batch_norm: eval mode \(training=False\) normalises with running_mean and running_var"),
+    (lambda: ops.batch_norm(tens(4, 3), np.ones(4)), ValueError, r"batch_norm: weight must have shape \(3,\)"),
+    (lambda: ops.batch_norm(tens(1, 3)), ValueError, r"batch_norm: training needs more than one value"),
+    (lambda: ops.batch_norm(tens(4, 3), running_mean=np.zeros(3)), ValueError,
+     r"batch_norm: pass both running_mean and running_var"),
+    (lambda: ops.layer_norm(tens(4, 3), (4,)), ValueError,
+     r"layer_norm: normalized_shape \(4,\) must equal the trailing sizes of x"),
+])
+def test_error_names_the_argument(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
