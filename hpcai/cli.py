@@ -1,84 +1,48 @@
-"""The ``hpcai`` command. ``hpcai demo`` trains a small network with the core and prints the loss falling."""
+"""The ``hpcai`` command. ``hpcai demo`` trains a small network end to end and prints the loss falling."""
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 
-import numpy as np
-
-from . import ops, precision
-from .autograd import Tensor, no_grad
+from . import amp, datasets, nn, optim
+from .train import evaluate, fit
 
 
-def spirals(n_per_class: int, classes: int, rng: np.random.Generator):
-    """Interleaved 2-d spirals, one per class: a small problem no linear model can solve."""
-    t = rng.uniform(0.25, 1.0, (classes, n_per_class))
-    angle = 7.0 * t + 2 * np.pi * np.arange(classes)[:, None] / classes + rng.normal(0, 0.15, t.shape)
-    x = np.stack([t * np.cos(angle), t * np.sin(angle)], axis=-1).reshape(-1, 2)
-    y = np.repeat(np.arange(classes), n_per_class)
-    return x.astype(np.float32), y
-
-
-def demo(epochs: int = 30, hidden: int = 64, matmul_precision: str = "fp32", seed: int = 0, out=sys.stdout):
-    """Train a 2-layer MLP on spirals with momentum SGD, computing every product in ``matmul_precision``.
-
-    Returns the list of per-epoch mean losses and the final training accuracy.
-    """
-    precision.MATMUL_MODES[matmul_precision]  # noqa: B018 - fail early on an unknown name
-    rng = np.random.default_rng(seed)
-    x, y = spirals(300, 3, rng)
-    params = [Tensor(rng.normal(0, np.sqrt(2 / 2), (2, hidden)).astype(np.float32), requires_grad=True),
-              Tensor(np.zeros(hidden, np.float32), requires_grad=True),
-              Tensor(rng.normal(0, np.sqrt(1 / hidden), (hidden, 3)).astype(np.float32), requires_grad=True),
-              Tensor(np.zeros(3, np.float32), requires_grad=True)]
-    velocity = [np.zeros_like(p.data) for p in params]
-    lr, momentum, batch = 0.2, 0.9, 64
-
-    def forward(xb):
-        w1, b1, w2, b2 = params
-        h = ops.relu(ops.matmul(xb, w1, precision=matmul_precision) + b1)
-        return ops.matmul(h, w2, precision=matmul_precision) + b2
-
-    print(f"hpcai demo: 2-layer MLP (hidden {hidden}) on {len(x)} spiral points, 3 classes, "
-          f"matmul precision {matmul_precision}", file=out)
-    losses = []
-    for epoch in range(1, epochs + 1):
-        start, order, total = time.perf_counter(), rng.permutation(len(x)), 0.0
-        for i in range(0, len(x), batch):
-            idx = order[i:i + batch]
-            logp = ops.log_softmax(forward(Tensor(x[idx])), axis=1)
-            loss = -ops.mean(ops.gather(logp, y[idx, None], axis=1))
-            for p in params:
-                p.grad = None
-            loss.backward()
-            for p, v in zip(params, velocity):
-                v *= momentum
-                v -= lr * p.grad
-                p.data += v
-            total += loss.item() * len(idx)
-        losses.append(total / len(x))
-        if epoch == 1 or epoch % 5 == 0 or epoch == epochs:
-            print(f"epoch {epoch:3d}  loss {losses[-1]:.4f}  ({(time.perf_counter() - start) * 1e3:.0f} ms)", file=out)
-    with no_grad():
-        accuracy = float((forward(Tensor(x)).numpy().argmax(axis=1) == y).mean())
-    print(f"training accuracy {accuracy:.3f}; loss {losses[0]:.3f} -> {losses[-1]:.3f}", file=out)
-    return losses, accuracy
+def demo(epochs: int = 20, hidden: int = 64, precision: str = "fp32", optimizer: str = "adam", lr: float = 3e-3,
+         seed: int = 0, verbose: int = 1, out=None):
+    """Train an MLP on interleaved spirals with ``fit`` in a precision policy; return (history, test accuracy)."""
+    out = out or sys.stdout
+    amp.get_policy(precision)  # fail early, naming the argument
+    x, y = datasets.spirals(n=1200, classes=3, noise=0.15, turns=1.25, seed=seed)
+    split = len(x) * 3 // 4
+    model = nn.Sequential(nn.Linear(2, hidden, rng=seed), nn.ReLU(), nn.Linear(hidden, hidden, rng=seed + 1),
+                          nn.ReLU(), nn.Linear(hidden, 3, rng=seed + 2))
+    opt = optim.get_optimizer(optimizer, model.parameters(), lr=lr)
+    print(f"hpcai demo: MLP 2-{hidden}-{hidden}-3 on {split} spiral points, precision {precision}, "
+          f"optimizer {optimizer}", file=out)
+    history = fit(model, (x[:split], y[:split]), "cross_entropy", opt, epochs=epochs, batch_size=32,
+                  metrics=["accuracy"], verbose=verbose, seed=seed, precision=precision)
+    result = evaluate(model, (x[split:], y[split:]), "cross_entropy", metrics=["accuracy"], precision=precision)
+    print(f"held-out accuracy {result['accuracy']:.3f}; training loss {history['loss'][0]:.3f} -> "
+          f"{history['loss'][-1]:.3f}", file=out)
+    return history, result["accuracy"]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="hpcai", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="train a small MLP with the core engine and print the loss falling")
-    p.add_argument("--epochs", type=int, default=30)
+    p = sub.add_parser("demo", help="train a small MLP end to end and print the loss falling")
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--precision", default="fp32", choices=list(precision.MATMUL_MODES),
-                   help="how every matrix product is computed (tensor-core emulation for fp16/bf16)")
+    p.add_argument("--precision", default="fp32", choices=list(amp.POLICIES),
+                   help="precision policy (fp16/bf16 emulate tensor cores on the CPU)")
+    p.add_argument("--optimizer", default="adam", choices=list(optim.OPTIMIZERS))
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.command == "demo":
-        losses, _ = demo(args.epochs, args.hidden, args.precision, args.seed)
-        return 0 if losses[-1] < losses[0] else 1
+        history, _ = demo(args.epochs, args.hidden, args.precision, args.optimizer, args.lr, args.seed, verbose=1)
+        return 0 if history["loss"][-1] < history["loss"][0] else 1
     return 2
 
 

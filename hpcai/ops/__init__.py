@@ -12,14 +12,11 @@ from .registry import OPS, Const, OpSpec, Sample, register
 from .shape import concatenate, gather, getitem, pad, reshape, stack, swapaxes, transpose
 from .softmax import log_softmax, logsumexp, softmax
 
-_MODULES = ("conv", "pool", "normalization", "dropout", "loss")  # op families added by later modules
-for _m in _MODULES:
-    try:
-        globals().update({k: v for k, v in vars(__import__(f"{__name__}.{_m}", fromlist=["*"])).items()
-                          if k in OPS and not k.startswith("_")})
-    except ModuleNotFoundError as _e:
-        if _e.name != f"{__name__}.{_m}":
-            raise
+from .conv import conv2d, conv_transpose2d
+from .dropout import dropout
+from .loss import cross_entropy, huber_loss, l1_loss, mse_loss
+from .normalization import batch_norm, layer_norm
+from .pool import avg_pool2d, max_pool2d, pixel_shuffle
 
 
 def _swap(fn):

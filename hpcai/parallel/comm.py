@@ -1,0 +1,195 @@
+"""Communicator: the MPI calls training needs, over mpi4py, with a serial stand-in of the same shape.
+
+Buffer methods (``allreduce_``, ``bcast_``, ...) work in place on numpy or cupy arrays; queued GPU work
+is synchronised first, and cupy buffers are staged through the host unless the MPI library is known to
+be CUDA-aware (``HPCAI_CUDA_AWARE_MPI=1``). Object methods (``allreduce_obj``, ...) move small Python
+values between our own ranks. :func:`install_abort_hook` turns an unhandled exception on any rank into
+an ``MPI_Abort`` of the whole job, so one failing rank never leaves the others waiting forever.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import traceback
+
+import numpy as np
+
+from .. import backend
+
+_OPS = ("sum", "max", "min", "prod")
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise ImportError("MPI needs mpi4py and an MPI library: pip install 'hpcai[mpi]'") from None
+    return MPI
+
+
+def _check_op(op: str) -> str:
+    if op not in _OPS:
+        raise ValueError(f"op: expected one of {_OPS}, got {op!r}")
+    return op
+
+
+class SerialCommunicator:
+    """One rank, no MPI: every collective is the identity, so the same code runs in a plain process."""
+
+    rank, size, local_rank, local_size = 0, 1, 0, 1
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def allreduce_(self, buf, op: str = "sum"):
+        _check_op(op)
+        return buf
+
+    def bcast_(self, buf, root: int = 0):
+        return buf
+
+    def allgather(self, buf):
+        return backend.get_array_module(buf).stack([buf])
+
+    def allreduce_obj(self, value, op: str = "sum"):
+        _check_op(op)
+        return value
+
+    def bcast_obj(self, value, root: int = 0):
+        return value
+
+    def allgather_obj(self, value) -> list:
+        return [value]
+
+    def gather_obj(self, value, root: int = 0):
+        return [value]
+
+    def average(self, value: float) -> float:
+        return float(value)
+
+    def barrier(self) -> None:
+        pass
+
+    def split(self, color: int, key: int = 0):
+        return self
+
+    def abort(self, code: int = 1) -> None:
+        raise SystemExit(code)
+
+    def __repr__(self) -> str:
+        return "SerialCommunicator()"
+
+
+class Communicator(SerialCommunicator):
+    """An MPI communicator (``MPI.COMM_WORLD`` by default, or any sub-communicator)."""
+
+    def __init__(self, comm=None):
+        MPI = _mpi()
+        self.MPI = MPI
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+        node.Free()
+        self.cuda_aware = os.environ.get("HPCAI_CUDA_AWARE_MPI", "0") == "1"
+        self._op = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "prod": MPI.PROD}
+
+    # -- buffers, in place ---------------------------------------------------------------------------
+    def _host(self, buf):
+        """A buffer MPI can read: the array itself, or a host copy of a cupy array (after a sync)."""
+        if backend.get_array_module(buf) is np:
+            if not buf.flags.c_contiguous:
+                raise ValueError("buf: MPI needs a C-contiguous array; pass np.ascontiguousarray(buf)")
+            return buf
+        backend.synchronize(backend.device_of(buf))
+        return buf if self.cuda_aware else backend.to_host(buf)
+
+    @staticmethod
+    def _back(buf, host):
+        if host is not buf:
+            buf.set(host)  # cupy: copy the result back onto the device
+        return buf
+
+    def allreduce_(self, buf, op: str = "sum"):
+        """Reduce ``buf`` over all ranks, in place; returns ``buf``."""
+        host = self._host(buf)
+        self.comm.Allreduce(self.MPI.IN_PLACE, host, op=self._op[_check_op(op)])
+        return self._back(buf, host)
+
+    def bcast_(self, buf, root: int = 0):
+        """Overwrite ``buf`` on every rank with rank ``root``'s, in place; returns ``buf``."""
+        host = self._host(buf)
+        self.comm.Bcast(host, root=root)
+        return self._back(buf, host)
+
+    def allgather(self, buf):
+        """A new array of shape (size, *buf.shape) holding every rank's ``buf`` in rank order."""
+        host = self._host(buf)
+        out = np.empty((self.size,) + host.shape, host.dtype)
+        self.comm.Allgather(host, out)
+        return out if backend.get_array_module(buf) is np else backend.to_device(out, backend.device_of(buf))
+
+    # -- small Python values ------------------------------------------------------------------------
+    def allreduce_obj(self, value, op: str = "sum"):
+        return self.comm.allreduce(value, op=self._op[_check_op(op)])
+
+    def bcast_obj(self, value, root: int = 0):
+        return self.comm.bcast(value, root=root)
+
+    def allgather_obj(self, value) -> list:
+        return self.comm.allgather(value)
+
+    def gather_obj(self, value, root: int = 0):
+        return self.comm.gather(value, root=root)
+
+    def average(self, value: float) -> float:
+        """The mean of a number over all ranks (how metrics are reported)."""
+        return self.comm.allreduce(float(value), op=self.MPI.SUM) / self.size
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def split(self, color: int, key: int = 0) -> "Communicator":
+        """Ranks with the same ``color`` form a new communicator, ordered by ``key``."""
+        return Communicator(self.comm.Split(color, key))
+
+    def abort(self, code: int = 1) -> None:
+        """End every rank of the job now (MPI_Abort)."""
+        self.comm.Abort(code)
+
+    def __repr__(self) -> str:
+        return f"Communicator(rank={self.rank}, size={self.size})"
+
+
+_WORLD = None
+
+
+def world():
+    """The world communicator: MPI's when mpi4py is importable, else the serial stand-in (cached)."""
+    global _WORLD
+    if _WORLD is None:
+        try:
+            _WORLD = Communicator()
+        except ImportError:
+            _WORLD = SerialCommunicator()
+    return _WORLD
+
+
+def install_abort_hook(comm=None) -> None:
+    """On an unhandled exception in any thread of any rank: print it with the rank, then abort all ranks."""
+    comm = comm or world()
+    if comm.size == 1:
+        return
+
+    def report_and_abort(exc_type, exc, tb, where="main thread"):
+        msg = "".join(traceback.format_exception(exc_type, exc, tb))
+        sys.stderr.write(f"[hpcai rank {comm.rank}/{comm.size}] unhandled exception in {where}; "
+                         f"aborting all ranks\n{msg}")
+        sys.stderr.flush()
+        comm.abort(1)
+
+    sys.excepthook = report_and_abort
+    threading.excepthook = lambda args: report_and_abort(args.exc_type, args.exc_value, args.exc_traceback,
+                                                         f"thread {args.thread.name if args.thread else '?'}")
