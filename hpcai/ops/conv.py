@@ -1,0 +1,320 @@
+"""2-d convolutions over NCHW tensors: ``conv2d`` and its adjoint ``conv_transpose2d``.
+
+Both rest on one core. A convolution is im2col + GEMM: the padded input is viewed (``as_strided``,
+no copy) as columns (N, C·kh·kw, Ho·Wo), copied once, and multiplied by the weight (O, C·kh·kw); with
+the batch leading the columns, the product lands in NCHW order with no transpose. On the CPU this runs
+in tiles of a few samples (or rows) whose columns stay in cache, so columns are never stored: the weight
+gradient rebuilds them. The adjoint (the input gradient, which *is* the transposed convolution)
+multiplies by the transposed weight and folds the columns back (col2im: one vectorised add per kernel
+offset). At stride 1 the adjoint is itself a convolution (of the output gradient with the flipped
+weight), which skips the big column gradient and the kh·kw folding passes; it is used there when it
+moves fewer bytes. Groups are a leading axis of the GEMMs: (G, O/G, K/G) @ (N, G, K/G, L).
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ..autograd.function import Function
+from .common import expect_float, expect_ndim
+from .registry import Sample, register
+
+# Geometry travels as plain tuples: stride (sh, sw), pads ((top, bottom), (left, right)) where a negative
+# pad crops, dilation (dh, dw), and the output size (Ho, Wo). The core works on inputs already padded.
+
+# Bytes of columns per GEMM on the CPU: small enough that a tile's columns are still in cache when the
+# GEMM reads them (and that the buffer is recycled by malloc instead of page-faulted in afresh), large
+# enough that each GEMM is efficient. On a GPU one tile of up to 64× this is better.
+_TILE_BYTES = 2 << 20
+
+
+def _pad(xp, x, pads):
+    """Zero-pad the last two axes of ``x`` by ``pads``; negative amounts crop instead."""
+    (t, b), (l, r) = pads
+    if min(t, b, l, r) < 0:
+        h, w = x.shape[-2:]
+        x = x[..., max(-t, 0):h - max(-b, 0), max(-l, 0):w - max(-r, 0)]
+        (t, b), (l, r) = pads = (max(t, 0), max(b, 0)), (max(l, 0), max(r, 0))
+    if t or b or l or r:
+        x = xp.pad(x, ((0, 0), (0, 0), pads[0], pads[1]))
+    return x
+
+
+def _tiles(xp, n, ho, row_bytes):
+    """(batch slice, output-row slice) pairs covering n × ho with about one tile budget of columns each."""
+    rows = max(1, (_TILE_BYTES if xp is np else 64 * _TILE_BYTES) // row_bytes)
+    if rows < ho:  # one sample's columns exceed the budget: split its rows
+        return [(slice(b, b + 1), slice(r, min(r + rows, ho))) for b in range(n) for r in range(0, ho, rows)]
+    nb = rows // ho
+    return [(slice(b, min(b + nb, n)), slice(0, ho)) for b in range(0, n, nb)]
+
+
+def _column_tiles(xp, xpad, tiles, ksize, stride, dilation, groups, wo):
+    """im2col, one tile at a time: yields (batch slice, row slice, columns (G, C/G·kh·kw, nb·rows·Wo)).
+
+    Each tile is one copy of an ``as_strided`` view into a buffer reused by every tile, rows ordered
+    (c, i, j) like the weight's and the tile's samples side by side along the columns, so that each
+    tile is a single GEMM (large enough for BLAS to thread); a tile must be consumed before the next.
+    """
+    c = xpad.shape[1]
+    (kh, kw), (sh, sw), (dh, dw) = ksize, stride, dilation
+    s0, s1, s2, s3 = xpad.strides
+    buf = xp.empty(max((b.stop - b.start) * (r.stop - r.start) for b, r in tiles) * c * kh * kw * wo, xpad.dtype)
+    for bs, rs in tiles:
+        nb, nr = bs.stop - bs.start, rs.stop - rs.start
+        view = xp.lib.stride_tricks.as_strided(xpad[bs, :, rs.start * sh:], (c, kh, kw, nb, nr, wo),
+                                               (s1, s2 * dh, s3 * dw, s0, s2 * sh, s3 * sw))
+        cols = buf[:view.size].reshape(view.shape)
+        xp.copyto(cols, view)
+        yield bs, rs, cols.reshape(groups, -1, nb * nr * wo)
+
+
+def _tile_matrix(xp, a, bs, rs, wo):
+    """Tile (bs, rs) of ``a`` (N, G, O/G, Ho·Wo) as one (G, O/G, nb·rows·Wo) matrix, the columns' order."""
+    t = a[bs, :, :, rs.start * wo:rs.stop * wo]
+    return t[0] if t.shape[0] == 1 else xp.ascontiguousarray(t.transpose(1, 2, 0, 3)).reshape(t.shape[1:3] + (-1,))
+
+
+def _conv_pass(xp, xpad, w, stride, dilation, groups, out_hw, y=None, gy=None):
+    """One sweep over the column tiles of the padded input ``xpad``: writes the convolution by ``w`` into
+    ``y`` (N, G, O/G, Ho·Wo) when given, and returns dL/dw for the output gradient ``gy`` when given."""
+    g, o, (kh, kw), wo = groups, w.shape[0], w.shape[2:], out_hw[1]
+    w3 = w.reshape(g, o // g, -1)
+    gy = gy.reshape(gy.shape[0], g, o // g, -1) if gy is not None else None
+    gw = xp.zeros(w3.shape, w.dtype) if gy is not None else None
+    tiles = _tiles(xp, xpad.shape[0], out_hw[0], xpad.shape[1] * kh * kw * wo * xpad.itemsize)
+    for bs, rs, cols in _column_tiles(xp, xpad, tiles, (kh, kw), stride, dilation, groups, wo):
+        nb = bs.stop - bs.start
+        if y is not None:
+            out = y[bs, :, :, rs.start * wo:rs.stop * wo]
+            if nb == 1:
+                xp.matmul(w3, cols, out=out[0])
+            else:  # samples come out side by side: one transposing copy puts them back in NCHW order
+                out[...] = xp.matmul(w3, cols).reshape(g, o // g, nb, -1).transpose(2, 0, 1, 3)
+        if gy is not None:
+            gw += xp.matmul(_tile_matrix(xp, gy, bs, rs, wo), cols.swapaxes(-1, -2))
+    return gw.reshape(w.shape) if gw is not None else None
+
+
+def _conv(xp, xpad, w, stride, dilation, groups, out_hw):
+    """The convolution of the padded input ``xpad`` by ``w``: (N, O, Ho, Wo)."""
+    n, o = xpad.shape[0], w.shape[0]
+    y = xp.empty((n, groups, o // groups, out_hw[0] * out_hw[1]), w.dtype)
+    _conv_pass(xp, xpad, w, stride, dilation, groups, out_hw, y=y)
+    return y.reshape((n, o) + tuple(out_hw))
+
+
+def _input_grad(xp, gy, w, in_hw, stride, pads, dilation, groups):
+    """The adjoint of the convolution in x: gy (N, O, Ho, Wo) -> (N, C, H, W), H, W = ``in_hw``."""
+    (kh, kw), (dh, dw), (ho, wo) = w.shape[2:], dilation, gy.shape[2:]
+    (h, wd), g, o, cg = in_hw, groups, w.shape[0], w.shape[1]
+    if stride == (1, 1) and o <= _ADJOINT_AS_CONV * cg * g:
+        # gx = gy (zero-extended by the dilated kernel) correlated with w flipped, channels swapped
+        wf = w.reshape(g, o // g, cg, kh, kw).swapaxes(1, 2)[..., ::-1, ::-1].reshape(cg * g, o // g, kh, kw)
+        top, left = dh * (kh - 1) - pads[0][0], dw * (kw - 1) - pads[1][0]
+        fpads = ((top, h + dh * (kh - 1) - ho - top), (left, wd + dw * (kw - 1) - wo - left))
+        return _conv(xp, _pad(xp, gy, fpads), xp.ascontiguousarray(wf), (1, 1), dilation, groups, in_hw)
+    return _col2im(xp, gy, w, in_hw, stride, pads, dilation, groups)
+
+
+# Use the convolution form of the adjoint at stride 1 when O <= this × C: it writes O·kh·kw columns per
+# pixel where col2im writes C·kh·kw and then reads and rewrites the input gradient kh·kw times.
+_ADJOINT_AS_CONV = 3
+
+
+def _col2im(xp, gy, w, in_hw, stride, pads, dilation, groups):
+    """The adjoint by columns: per tile, column gradients w^T @ gy, each kernel offset's slab added back
+    onto the padded input gradient (one vectorised add per offset); the padding is cropped at the end."""
+    n, (ho, wo), g, (o, cg, kh, kw) = gy.shape[0], gy.shape[2:], groups, w.shape
+    (sh, sw), (dh, dw), ((t, b), (l, r)) = stride, dilation, pads
+    gx = xp.zeros((n, g * cg, in_hw[0] + t + b, in_hw[1] + l + r), gy.dtype)
+    wt = xp.ascontiguousarray(w.reshape(g, o // g, -1).swapaxes(1, 2))              # (G, K/G, O/G)
+    gy = gy.reshape(n, g, o // g, ho * wo)
+    for bs, rs in _tiles(xp, n, ho, g * cg * kh * kw * wo * gy.itemsize):
+        nr, top = rs.stop - rs.start, rs.start * sh
+        gcols = xp.matmul(wt, _tile_matrix(xp, gy, bs, rs, wo)).reshape(g * cg, kh, kw, -1, nr, wo)
+        gxt = gx[bs].transpose(1, 0, 2, 3)                                               # (C, nb, Hp, Wp)
+        for i in range(kh):
+            for j in range(kw):
+                gxt[:, :, top + i * dh:top + i * dh + sh * (nr - 1) + 1:sh,
+                    j * dw:j * dw + sw * (wo - 1) + 1:sw] += gcols[:, i, j]
+    return gx[:, :, t:t + in_hw[0], l:l + in_hw[1]]
+
+
+# -- the two ops --------------------------------------------------------------------------------------
+class Conv2d(Function):
+    """y = conv(x, w) + b. Keeps the padded x for the weight gradient and w for the input gradient."""
+
+    def forward(self, x, w, b=None):
+        xp = self.xp
+        self.xpad, self.w, self.in_hw = _pad(xp, x, self.pads), w, x.shape[2:]
+        y = _conv(xp, self.xpad, w, self.stride, self.dilation, self.groups, self.out_hw)
+        if b is not None:
+            y += b.reshape(1, -1, 1, 1)
+        return y
+
+    def backward(self, gy):
+        xp, need = self.xp, self.needs_input_grad
+        gx = _input_grad(xp, gy, self.w, self.in_hw, self.stride, self.pads, self.dilation,
+                         self.groups) if need[0] else None
+        gw = _conv_pass(xp, self.xpad, self.w, self.stride, self.dilation, self.groups, self.out_hw,
+                        gy=gy) if need[1] else None
+        gb = gy.sum(axis=(0, 2, 3)) if need[2] else None
+        return gx, gw, gb
+
+
+class ConvTranspose2d(Function):
+    """y = conv^T(x, w) + b, the input gradient of a convolution; its backward is that convolution."""
+
+    def forward(self, x, w, b=None):
+        xp = self.xp
+        self.x, self.w = x, w
+        y = _input_grad(xp, x, w, self.out_hw, self.stride, self.pads, self.dilation, self.groups)
+        return y + b.reshape(1, -1, 1, 1) if b is not None else xp.ascontiguousarray(y)
+
+    def backward(self, gy):
+        xp, need = self.xp, self.needs_input_grad
+        n, c, h, w = self.x.shape
+        gx = xp.empty((n, self.groups, c // self.groups, h * w), gy.dtype) if need[0] else None
+        gw = _conv_pass(xp, _pad(xp, gy, self.pads), self.w, self.stride, self.dilation, self.groups, (h, w),
+                        y=gx, gy=self.x if need[1] else None) if need[0] or need[1] else None
+        gb = gy.sum(axis=(0, 2, 3)) if need[2] else None
+        return (gx.reshape(self.x.shape) if need[0] else None), gw, gb
+
+
+# -- argument checks ----------------------------------------------------------------------------------
+def _pair(v, name, op, minimum):
+    """``v`` (an int or a pair of ints, each >= minimum) as a pair; a ValueError naming ``name`` otherwise."""
+    pair = (v, v) if isinstance(v, numbers.Integral) else tuple(v) if isinstance(v, (tuple, list)) else None
+    if (pair is None or len(pair) != 2 or
+            any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < minimum for k in pair)):
+        what = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{op}: {name} must be a {what} int or a pair of them, got {v!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _check_operands(op, x, weight, bias, groups, x_channels_axis_of_w):
+    """Shapes and dtypes shared by both ops; returns groups as an int."""
+    expect_ndim(x, 4, "x", op, "N, C, H, W")
+    expect_ndim(weight, 4, "weight", op, "O, C/groups, kh, kw" if x_channels_axis_of_w else
+                "C_in, C_out/groups, kh, kw")
+    expect_float(x, "x", op)
+    expect_float(weight, "weight", op)
+    if x.dtype != weight.dtype:
+        raise TypeError(f"{op}: x and weight must have the same dtype, got {x.dtype} and {weight.dtype}")
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    groups = int(groups)
+    c = x.shape[1]
+    if c % groups:
+        raise ValueError(f"{op}: x's {c} channels are not divisible by groups={groups}")
+    if x_channels_axis_of_w:
+        if weight.shape[0] % groups:
+            raise ValueError(f"{op}: weight's {weight.shape[0]} output channels are not divisible by "
+                             f"groups={groups}")
+        expected, out = weight.shape[1] * groups, weight.shape[0]
+    else:
+        expected, out = weight.shape[0], weight.shape[1] * groups
+    if c != expected:
+        raise ValueError(f"{op}: x has {c} channels but weight expects {expected} "
+                         f"(weight shape {tuple(weight.shape)}, groups={groups})")
+    if bias is not None:
+        if tuple(bias.shape) != (out,):
+            raise ValueError(f"{op}: bias must have shape ({out},), one value per output channel, "
+                             f"got {tuple(bias.shape)}")
+        if bias.dtype != x.dtype:
+            raise TypeError(f"{op}: bias must have x's dtype {x.dtype}, got {bias.dtype}")
+    return groups
+
+
+def _out_size(op, in_hw, ksize, stride, pads, dilation, what):
+    """Ho, Wo of a convolution, or a ValueError when the dilated kernel overhangs the padded input."""
+    out = []
+    for n, k, s, (lo, hi), d in zip(in_hw, ksize, stride, pads, dilation):
+        extent, padded = d * (k - 1) + 1, n + lo + hi
+        if extent > padded:
+            raise ValueError(f"{op}: the kernel {tuple(ksize)} (extent {extent} with dilation {d}) is larger than "
+                             f"the padded {what} ({n} + {lo + hi} padding = {padded}); pad more or use a "
+                             f"smaller kernel")
+        out.append((padded - extent) // s + 1)
+    return tuple(out)
+
+
+# -- public functions ---------------------------------------------------------------------------------
+def _conv2d_samples(rng):
+    n = rng.standard_normal
+    return [Sample((n((2, 3, 5, 5)), n((4, 3, 3, 3)), n(4)), {"padding": 1}),
+            Sample((n((2, 2, 7, 6)), n((3, 2, 2, 3))), {"stride": 2, "padding": (1, 2)}),   # non-square kernel
+            Sample((n((1, 2, 7, 7)), n((2, 2, 3, 3)), n(2)), {"dilation": 2, "padding": 1}),
+            Sample((n((2, 4, 5, 6)), n((6, 2, 3, 3)), n(6)), {"groups": 2, "stride": (2, 1)}),
+            Sample((n((1, 3, 5, 5)), n((6, 1, 3, 3))), {"groups": 3, "padding": 1}),          # depthwise
+            Sample((n((2, 4, 3, 3)), n((5, 4, 1, 1)), n(5)), {"padding": 1}),                 # 1x1, pad > kernel
+            Sample((n((1, 2, 5, 6)), n((3, 2, 2, 4))), {"padding": "same", "dilation": (1, 2)}),
+            Sample((n((1, 2, 4, 4)), n((8, 2, 3, 3))), {"padding": "valid"})]                 # O > 3C: col2im
+
+
+@register("conv2d", _conv2d_samples,
+          torch=lambda *a, **k: __import__("torch").nn.functional.conv2d(*a, **k))
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-d cross-correlation of x (N, C, H, W) with weight (O, C/groups, kh, kw), plus bias (O,).
+
+    stride and dilation are positive ints or pairs; padding is a non-negative int or pair of zeros
+    added on both sides, or "valid" (none) or "same" (output size = input size; stride 1 only; an odd
+    total goes one more on the bottom/right, as in PyTorch).
+    """
+    op = "conv2d"
+    groups = _check_operands(op, x, weight, bias, groups, x_channels_axis_of_w=True)
+    stride, dilation = _pair(stride, "stride", op, 1), _pair(dilation, "dilation", op, 1)
+    ksize = tuple(weight.shape[2:])
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"{op}: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+        if padding == "same" and stride != (1, 1):
+            raise ValueError(f"{op}: padding='same' needs stride 1, got stride={stride}")
+        total = [d * (k - 1) if padding == "same" else 0 for k, d in zip(ksize, dilation)]
+        pads = tuple((t // 2, t - t // 2) for t in total)
+    else:
+        pads = tuple((p, p) for p in _pair(padding, "padding", op, 0))
+    out_hw = _out_size(op, x.shape[2:], ksize, stride, pads, dilation, "input")
+    return Conv2d.apply(x, weight, bias, stride=stride, pads=pads, dilation=dilation, groups=groups,
+                        out_hw=out_hw)
+
+
+def _conv_transpose2d_samples(rng):
+    n = rng.standard_normal
+    return [Sample((n((2, 3, 4, 4)), n((3, 2, 3, 3)), n(2)), {"stride": 2, "padding": 1, "output_padding": 1}),
+            Sample((n((1, 2, 4, 5)), n((2, 3, 2, 3)))),                                        # stride 1
+            Sample((n((1, 4, 3, 3)), n((4, 1, 3, 2)), n(2)),
+                   {"stride": (2, 3), "dilation": 2, "groups": 2, "output_padding": (1, 0)}),
+            Sample((n((1, 2, 3, 3)), n((2, 1, 3, 3))), {"dilation": 2, "output_padding": 1}),  # op < dilation
+            Sample((n((2, 6, 3, 3)), n((6, 1, 2, 2))), {"padding": 1})]                        # C_in > 3 C_out
+
+
+@register("conv_transpose2d", _conv_transpose2d_samples,
+          torch=lambda *a, **k: __import__("torch").nn.functional.conv_transpose2d(*a, **k))
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+    """The adjoint of conv2d in its input: x (N, C_in, H, W), weight (C_in, C_out/groups, kh, kw) -> y
+    (N, C_out, (H-1)·stride - 2·padding + dilation·(k-1) + output_padding + 1, ...), plus bias (C_out,).
+
+    ``padding`` removes that many rows and columns from each border of the full output; ``output_padding``
+    adds them back on the bottom/right only (to pick one of the sizes a strided conv2d maps to the same
+    size); it must be smaller than stride or dilation.
+    """
+    op = "conv_transpose2d"
+    groups = _check_operands(op, x, weight, bias, groups, x_channels_axis_of_w=False)
+    stride, dilation = _pair(stride, "stride", op, 1), _pair(dilation, "dilation", op, 1)
+    padding, out_pad = _pair(padding, "padding", op, 0), _pair(output_padding, "output_padding", op, 0)
+    for o, s, d in zip(out_pad, stride, dilation):
+        if o >= s and o >= d:
+            raise ValueError(f"{op}: output_padding must be smaller than stride or dilation, got "
+                             f"output_padding={out_pad}, stride={stride}, dilation={dilation}")
+    ksize = tuple(weight.shape[2:])
+    out_hw = tuple((n - 1) * s - 2 * p + d * (k - 1) + o + 1
+                   for n, s, p, d, k, o in zip(x.shape[2:], stride, padding, dilation, ksize, out_pad))
+    if min(out_hw) < 1:
+        raise ValueError(f"{op}: padding={padding} removes the whole output of x {tuple(x.shape)} with kernel "
+                         f"{ksize}, stride={stride}, dilation={dilation} (size {out_hw})")
+    pads = tuple((p, p) for p in padding)
+    return ConvTranspose2d.apply(x, weight, bias, stride=stride, pads=pads, dilation=dilation, groups=groups,
+                                 out_hw=out_hw)

@@ -1,0 +1,174 @@
+"""Pooling and resampling over NCHW tensors: ``max_pool2d``, ``avg_pool2d``, ``pixel_shuffle``.
+
+Pooling loops over the kh·kw kernel offsets, each step one vectorised operation on a strided slab
+(N, C, Ho, Wo) of the input; no window array is ever built. Max pooling sends each window's gradient
+to exactly one input, the first maximum in row-major window order (PyTorch's choice on ties, common
+after a ReLU); a window holding a NaN outputs NaN and passes no gradient.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ..autograd.function import Function
+from .common import expect_float, expect_ndim
+from .registry import Sample, register
+
+
+def _slab(a, i, j, stride, out_hw):
+    """The (N, C, Ho, Wo) view of ``a`` seen by kernel offset (i, j)."""
+    (sh, sw), (ho, wo) = stride, out_hw
+    return a[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+
+
+def _padded(xp, x, padding, value):
+    ph, pw = padding
+    return xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value) if ph or pw else x
+
+
+def _unpad(g, padding, in_hw):
+    (ph, pw), (h, w) = padding, in_hw
+    return g[:, :, ph:ph + h, pw:pw + w]
+
+
+class MaxPool2d(Function):
+    """Forward is a running maximum, one pass per offset; backward finds each window's first maximum
+    (scanning offsets last to first, so the first one wins ties, as in PyTorch) and routes gy there."""
+
+    def forward(self, x):
+        xp, (kh, kw) = self.xp, self.kernel
+        self.xpad = _padded(xp, x, self.padding, -np.inf)
+        self.in_hw = x.shape[2:]
+        self.out = _slab(self.xpad, 0, 0, self.stride, self.out_hw).copy()
+        for k in range(1, kh * kw):
+            xp.maximum(self.out, _slab(self.xpad, k // kw, k % kw, self.stride, self.out_hw), out=self.out)
+        return self.out
+
+    def backward(self, gy):
+        xp, (kh, kw), (ph, pw) = self.xp, self.kernel, self.padding
+        (h, w), n = self.in_hw, kh * kw
+        arg = xp.full(gy.shape, n, np.uint8 if n < 255 else np.int32)  # n: no maximum (a NaN window)
+        for k in reversed(range(n)):
+            xp.copyto(arg, k, where=_slab(self.xpad, k // kw, k % kw, self.stride, self.out_hw) == self.out)
+        gx = xp.zeros(gy.shape[:2] + (h + 2 * ph, w + 2 * pw), gy.dtype)
+        for k in range(n):
+            _slab(gx, k // kw, k % kw, self.stride, self.out_hw)[...] += xp.where(arg == k, gy, 0)
+        return _unpad(gx, self.padding, self.in_hw)
+
+
+class AvgPool2d(Function):
+    """The mean over each window, padding zeros included in the count (PyTorch's count_include_pad)."""
+
+    def forward(self, x):
+        (kh, kw) = self.kernel
+        xp_ = _padded(self.xp, x, self.padding, 0)
+        self.in_hw = x.shape[2:]
+        out = _slab(xp_, 0, 0, self.stride, self.out_hw).copy()
+        for k in range(1, kh * kw):
+            out += _slab(xp_, k // kw, k % kw, self.stride, self.out_hw)
+        out *= out.dtype.type(1.0 / (kh * kw))
+        return out
+
+    def backward(self, gy):
+        xp, (kh, kw), (ph, pw) = self.xp, self.kernel, self.padding
+        h, w = self.in_hw
+        g = gy * gy.dtype.type(1.0 / (kh * kw))
+        gx = xp.zeros(gy.shape[:2] + (h + 2 * ph, w + 2 * pw), gy.dtype)
+        for k in range(kh * kw):
+            _slab(gx, k // kw, k % kw, self.stride, self.out_hw)[...] += g
+        return _unpad(gx, self.padding, self.in_hw)
+
+
+class PixelShuffle(Function):
+    """(N, C·r², H, W) -> (N, C, H·r, W·r): a reshape and a transpose, so backward is the inverse pair."""
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        r = self.r
+        return x.reshape(n, c // (r * r), r, r, h, w).transpose(0, 1, 4, 2, 5, 3).reshape(
+            n, c // (r * r), h * r, w * r)
+
+    def backward(self, gy):
+        n, c, hr, wr = gy.shape
+        r = self.r
+        return gy.reshape(n, c, hr // r, r, wr // r, r).transpose(0, 1, 3, 5, 2, 4).reshape(
+            n, c * r * r, hr // r, wr // r)
+
+
+# -- argument checks ----------------------------------------------------------------------------------
+def _pair(v, name, op, minimum):
+    pair = (v, v) if isinstance(v, numbers.Integral) else tuple(v) if isinstance(v, (tuple, list)) else None
+    if (pair is None or len(pair) != 2 or
+            any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < minimum for k in pair)):
+        what = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{op}: {name} must be a {what} int or a pair of them, got {v!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _pool_args(op, x, kernel_size, stride, padding):
+    """Validated (kernel, stride, padding, out_hw) of a pooling call."""
+    expect_ndim(x, 4, "x", op, "N, C, H, W")
+    expect_float(x, "x", op)
+    kernel = _pair(kernel_size, "kernel_size", op, 1)
+    stride = kernel if stride is None else _pair(stride, "stride", op, 1)
+    padding = _pair(padding, "padding", op, 0)
+    if any(2 * p > k for p, k in zip(padding, kernel)):
+        raise ValueError(f"{op}: padding must be at most half the kernel size, got padding={padding} "
+                         f"for kernel_size={kernel}")
+    out_hw = []
+    for n, k, s, p in zip(x.shape[2:], kernel, stride, padding):
+        if k > n + 2 * p:
+            raise ValueError(f"{op}: kernel_size {kernel} is larger than the padded input "
+                             f"({tuple(x.shape[2:])} + 2×{padding}) of x with shape {tuple(x.shape)}")
+        out_hw.append((n + 2 * p - k) // s + 1)
+    return kernel, stride, padding, tuple(out_hw)
+
+
+# -- public functions ---------------------------------------------------------------------------------
+def _pool_samples(rng):
+    # continuous random data: no ties inside a window, so max pooling is differentiable at the samples
+    n = rng.standard_normal
+    return [Sample((n((2, 3, 6, 6)),), {"kernel_size": 2}),
+            Sample((n((1, 2, 7, 8)),), {"kernel_size": 3, "stride": 2, "padding": 1}),      # overlapping
+            Sample((n((2, 2, 5, 7)),), {"kernel_size": (2, 3), "stride": (1, 2)}),
+            Sample((n((1, 1, 5, 5)),), {"kernel_size": (3, 2), "stride": (3, 1), "padding": (1, 1)})]
+
+
+def _torch_pool(name):
+    def ref(x, kernel_size, stride=None, padding=0):
+        return getattr(__import__("torch").nn.functional, name)(x, kernel_size, stride, padding)
+    return ref
+
+
+@register("max_pool2d", _pool_samples, torch=_torch_pool("max_pool2d"))
+def max_pool2d(x, kernel_size, stride=None, padding=0):
+    """The maximum over each kh×kw window of x (N, C, H, W); stride defaults to the kernel size and
+    padding (at most half the kernel) is -inf, so it never wins. The gradient goes to the first maximum.
+    """
+    kernel, stride, padding, out_hw = _pool_args("max_pool2d", x, kernel_size, stride, padding)
+    return MaxPool2d.apply(x, kernel=kernel, stride=stride, padding=padding, out_hw=out_hw)
+
+
+@register("avg_pool2d", _pool_samples, torch=_torch_pool("avg_pool2d"))
+def avg_pool2d(x, kernel_size, stride=None, padding=0):
+    """The mean over each kh×kw window of x (N, C, H, W), zero padding counted (PyTorch's default)."""
+    kernel, stride, padding, out_hw = _pool_args("avg_pool2d", x, kernel_size, stride, padding)
+    return AvgPool2d.apply(x, kernel=kernel, stride=stride, padding=padding, out_hw=out_hw)
+
+
+@register("pixel_shuffle", lambda rng: [Sample((rng.standard_normal((2, 8, 3, 2)),), {"upscale_factor": 2}),
+                                        Sample((rng.standard_normal((1, 9, 2, 3)),), {"upscale_factor": 3})],
+          torch=lambda x, upscale_factor: __import__("torch").nn.functional.pixel_shuffle(x, upscale_factor))
+def pixel_shuffle(x, upscale_factor):
+    """Sub-pixel upsampling [Shi et al. 2016]: (N, C·r², H, W) -> (N, C, H·r, W·r), r = upscale_factor;
+    output pixel (h·r + i, w·r + j) of channel c is input channel c·r² + i·r + j at (h, w).
+    """
+    op = "pixel_shuffle"
+    expect_ndim(x, 4, "x", op, "N, C·r², H, W")
+    r = upscale_factor
+    if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1:
+        raise ValueError(f"{op}: upscale_factor must be a positive int, got {r!r}")
+    if x.shape[1] % (r * r):
+        raise ValueError(f"{op}: x's {x.shape[1]} channels are not divisible by upscale_factor² = {r * r}")
+    return PixelShuffle.apply(x, r=int(r))

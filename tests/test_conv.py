@@ -1,0 +1,199 @@
+"""Convolution, pooling and pixel shuffle beyond the registry's gradient checks: independent references
+(nested loops, the adjoint identity), float32 against PyTorch on larger shapes, tiling, and the errors."""
+import itertools
+
+import numpy as np
+import pytest
+
+from hpcai import Tensor, backend, ops
+from hpcai.ops import conv as conv_module
+
+
+def _t(xp, a, dtype=np.float64, grad=False):
+    return Tensor(xp.asarray(np.asarray(a, dtype=dtype)), requires_grad=grad)
+
+
+def _host(a):
+    return backend.to_host(a.data if isinstance(a, Tensor) else a)
+
+
+def _loop_conv2d(x, w, b, stride, padding, dilation, groups):
+    """Definition of the cross-correlation, one output element at a time."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    xp_ = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    y = np.zeros((n, o, ho, wo))
+    og = o // groups
+    for i, k, r, q in itertools.product(range(n), range(o), range(ho), range(wo)):
+        g = k // og
+        acc = b[k] if b is not None else 0.0
+        for ci, a, e in itertools.product(range(cg), range(kh), range(kw)):
+            acc += w[k, ci, a, e] * xp_[i, g * cg + ci, r * sh + a * dh, q * sw + e * dw]
+        y[i, k, r, q] = acc
+    return y
+
+
+# -- independent references (no torch) -----------------------------------------------------------------
+@pytest.mark.parametrize("stride,padding,dilation,groups", [
+    ((1, 1), (0, 0), (1, 1), 1), ((2, 1), (1, 2), (1, 1), 1), ((1, 2), (2, 1), (2, 1), 2), ((2, 2), (1, 1), (1, 2), 4)])
+def test_conv2d_matches_nested_loops(xp, rng, stride, padding, dilation, groups):
+    x = rng.standard_normal((2, 4, 7, 8))
+    w = rng.standard_normal((4, 4 // groups, 3, 2))
+    b = rng.standard_normal(4)
+    got = ops.conv2d(_t(xp, x), _t(xp, w), _t(xp, b), stride, padding, dilation, groups)
+    np.testing.assert_allclose(_host(got), _loop_conv2d(x, w, b, stride, padding, dilation, groups), atol=1e-12)
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups,kernel", [
+    (1, 0, 1, 1, (3, 3)), (2, 1, 1, 1, (3, 3)), (3, 2, 2, 2, (3, 2)), (1, 2, 1, 1, (1, 1)), (2, 0, 1, 3, (2, 4))])
+def test_conv_transpose2d_is_the_adjoint_of_conv2d(xp, rng, stride, padding, dilation, groups, kernel):
+    """<conv2d(x, w), y> == <x, conv_transpose2d(y, w)> for every x and y: the definition of the adjoint."""
+    n, c, o, h, wd = 2, 3 * groups, 2 * groups, 9, 8
+    x = rng.standard_normal((n, c, h, wd))
+    w = rng.standard_normal((o, c // groups) + kernel)
+    y = ops.conv2d(_t(xp, x), _t(xp, w), None, stride, padding, dilation, groups)
+    gy = rng.standard_normal(y.shape)
+    # output_padding recovers the rows/columns a strided conv2d drops, so the shapes match exactly
+    out_pad = tuple((s + 2 * padding - dilation * (k - 1) - 1) % stride for s, k in zip((h, wd), kernel))
+    xt = ops.conv_transpose2d(_t(xp, gy), _t(xp, w), None, stride, padding, out_pad, dilation, groups)
+    assert xt.shape == x.shape
+    lhs, rhs = float((_host(y) * gy).sum()), float((x * _host(xt)).sum())
+    assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
+
+
+def test_tiling_and_adjoint_paths_agree(xp, rng, monkeypatch):
+    """Every tile layout (whole batch, batch chunks, row chunks) and both forms of the adjoint give one answer."""
+    x = rng.standard_normal((3, 4, 9, 7))
+    w = rng.standard_normal((6, 2, 3, 3))
+    g = rng.standard_normal((3, 6, 9, 7))
+
+    def run(stride=1):
+        xt, wt = _t(xp, x, grad=True), _t(xp, w, grad=True)
+        y = ops.conv2d(xt, wt, None, stride, 1, 1, 2)
+        y.backward(xp.asarray(g[:, :, :y.shape[2], :y.shape[3]]))
+        return _host(y), _host(xt.grad), _host(wt.grad)
+
+    for stride in (1, 2):
+        want = run(stride)
+        for tile_bytes, adjoint in [(10**9, 3), (4 * 4 * 9 * 7 * 8 * 2, 3), (64, 3), (64, 0), (10**9, 0)]:
+            monkeypatch.setattr(conv_module, "_TILE_BYTES", tile_bytes)
+            monkeypatch.setattr(conv_module, "_ADJOINT_AS_CONV", adjoint)
+            for a, b in zip(run(stride), want):
+                np.testing.assert_allclose(a, b, atol=1e-12)
+        monkeypatch.undo()
+
+
+def test_max_pool2d_ties_go_to_the_first_maximum(xp):
+    x = _t(xp, np.ones((1, 1, 4, 4)), grad=True)
+    ops.max_pool2d(x, 2).sum().backward()
+    want = np.zeros((4, 4))
+    want[::2, ::2] = 1.0
+    np.testing.assert_array_equal(_host(x.grad)[0, 0], want)
+
+
+def test_pooling_values(xp):
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    np.testing.assert_array_equal(_host(ops.max_pool2d(_t(xp, x), 2))[0, 0], [[5, 7], [13, 15]])
+    np.testing.assert_array_equal(_host(ops.max_pool2d(_t(xp, -x), 3, 2, 1))[0, 0], [[0, -1], [-4, -5]])
+    # avg pool counts the zero padding: the corner window holds x[0,0], x[0,1], x[1,0], x[1,1] of 9
+    corner = _host(ops.avg_pool2d(_t(xp, x), 3, 2, 1))[0, 0, 0, 0]
+    assert corner == pytest.approx((0 + 1 + 4 + 5) / 9)
+
+
+def test_pixel_shuffle_layout(xp, rng):
+    r, x = 3, rng.standard_normal((2, 2 * 9, 3, 4))
+    y = _host(ops.pixel_shuffle(_t(xp, x), r))
+    assert y.shape == (2, 2, 9, 12)
+    for c, i, j in itertools.product(range(2), range(r), range(r)):
+        np.testing.assert_array_equal(y[:, c, i::r, j::r], x[:, c * r * r + i * r + j])
+
+
+@pytest.mark.parametrize("name", ["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "pixel_shuffle"])
+def test_float32_in_float32_out(xp, rng, name):
+    x = _t(xp, rng.standard_normal((2, 4, 8, 8)), np.float32, grad=True)
+    w = _t(xp, rng.standard_normal((4, 2, 3, 3)), np.float32, grad=True)
+    b = _t(xp, rng.standard_normal(4 if name == "conv2d" else 2), np.float32, grad=True)
+    call = {"conv2d": lambda: ops.conv2d(x, w, b, padding=1, groups=2), "conv_transpose2d": lambda: ops.conv_transpose2d(
+        x, w, b, stride=2), "max_pool2d": lambda: ops.max_pool2d(x, 2), "avg_pool2d": lambda: ops.avg_pool2d(x, 3, 1, 1),
+        "pixel_shuffle": lambda: ops.pixel_shuffle(x, 2)}[name]
+    y = call()
+    assert y.dtype == np.float32
+    y.sum().backward()
+    for t in (x, w, b) if "conv" in name else (x,):
+        assert t.grad.dtype == np.float32
+
+
+# -- float32 against PyTorch on larger shapes ------------------------------------------------------------
+def test_float32_matches_torch_on_a_larger_case(rng):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x = rng.standard_normal((4, 8, 32, 32)).astype(np.float32)
+    w = (rng.standard_normal((16, 8, 3, 3)) / 9).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    g = rng.standard_normal((4, 16, 32, 32)).astype(np.float32)
+    ours = [Tensor(a, requires_grad=True) for a in (x, w, b)]
+    theirs = [torch.tensor(a, requires_grad=True) for a in (x, w, b)]
+    y = ops.conv2d(*ours, stride=1, padding=1)
+    ref = F.conv2d(*theirs, stride=1, padding=1)
+    y.backward(g)
+    ref.backward(torch.from_numpy(g))
+    np.testing.assert_allclose(y.numpy(), ref.detach().numpy(), rtol=1e-4, atol=1e-4)
+    for a, t in zip(ours, theirs):
+        np.testing.assert_allclose(a.grad, t.grad.numpy(), rtol=1e-4, atol=1e-5 * float(np.abs(t.grad.numpy()).max()))
+    yt = ops.conv_transpose2d(Tensor(x), Tensor(w.transpose(1, 0, 2, 3).copy()), None, 2, 1, 1)
+    ref = F.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(w.transpose(1, 0, 2, 3).copy()), None, 2, 1, 1)
+    np.testing.assert_allclose(yt.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ops.max_pool2d(Tensor(x), 3, 2, 1).numpy(), F.max_pool2d(torch.from_numpy(x), 3, 2, 1))
+    np.testing.assert_allclose(ops.avg_pool2d(Tensor(x), 2).numpy(), F.avg_pool2d(torch.from_numpy(x), 2), rtol=1e-6)
+
+
+# -- errors name the argument, say what was expected and what came --------------------------------------
+def _z(*shape, dtype=np.float32):
+    return Tensor(np.zeros(shape, dtype))
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: ops.conv2d(_z(3, 5, 5), _z(2, 3, 3, 3)), ValueError, r"conv2d: x must be 4-d .*got shape \(3, 5, 5\)"),
+    (lambda: ops.conv2d(_z(1, 3, 5, 5), _z(2, 3, 3)), ValueError, r"conv2d: weight must be 4-d"),
+    (lambda: ops.conv2d(_z(1, 3, 5, 5), _z(2, 4, 3, 3)), ValueError,
+     r"conv2d: x has 3 channels but weight expects 4 \(weight shape \(2, 4, 3, 3\)"),
+    (lambda: ops.conv2d(_z(1, 3, 5, 5), _z(4, 1, 3, 3), groups=2), ValueError,
+     r"x's 3 channels are not divisible by groups=2"),
+    (lambda: ops.conv2d(_z(1, 4, 5, 5), _z(3, 2, 3, 3), groups=2), ValueError,
+     r"weight's 3 output channels are not divisible by groups=2"),
+    (lambda: ops.conv2d(_z(1, 4, 5, 5), _z(3, 4, 3, 3), groups=0), ValueError, r"groups must be a positive int"),
+    (lambda: ops.conv2d(_z(1, 1, 2, 2), _z(1, 1, 3, 3)), ValueError, r"kernel \(3, 3\).*larger than the padded input"),
+    (lambda: ops.conv2d(_z(1, 1, 5, 5), _z(1, 1, 3, 3), dilation=3), ValueError, r"extent 7 with dilation 3"),
+    (lambda: ops.conv2d(_z(1, 1, 5, 5), _z(2, 1, 3, 3), _z(3)), ValueError, r"bias must have shape \(2,\).*got \(3,\)"),
+    (lambda: ops.conv2d(_z(1, 1, 5, 5), _z(2, 1, 3, 3), stride=0), ValueError, r"stride must be a positive int"),
+    (lambda: ops.conv2d(_z(1, 1, 5, 5), _z(2, 1, 3, 3), stride=(1, 2, 3)), ValueError, r"stride.*got \(1, 2, 3\)"),
+    (lambda: ops.conv2d(_z(1, 1, 5, 5), _z(2, 1, 3, 3), stride=1.5), ValueError, r"stride.*got 1.5"),
+    (lambda: ops.conv2d(_z(1, 1, 5, 5), _z(2, 1, 3, 3), padding=-1), ValueError, r"padding must be a non-negative"),
+    (lambda: ops.conv2d(_z(1, 1, 5, 5), _z(2, 1, 3, 3), padding="full"), ValueError, r"padding must be .*'same'"),
+    (lambda: ops.conv2d(_z(1, 1, 5, 5), _z(2, 1, 3, 3), stride=2, padding="same"), ValueError,
+     r"padding='same' needs stride 1"),
+    (lambda: ops.conv2d(_z(1, 1, 5, 5), _z(2, 1, 3, 3), dilation=(1, 0)), ValueError, r"dilation must be a positive"),
+    (lambda: ops.conv2d(_z(1, 1, 5, 5), _z(2, 1, 3, 3, dtype=np.float64)), TypeError,
+     r"x and weight must have the same dtype, got float32 and float64"),
+    (lambda: ops.conv2d(_z(1, 1, 5, 5), _z(2, 1, 3, 3), _z(2, dtype=np.float64)), TypeError, r"bias must have x's dtype"),
+    (lambda: ops.conv2d(_z(1, 1, 5, 5, dtype=np.int64), _z(2, 1, 3, 3)), TypeError, r"x must be a floating-point"),
+    (lambda: ops.conv_transpose2d(_z(1, 3, 4, 4), _z(4, 2, 3, 3)), ValueError,
+     r"conv_transpose2d: x has 3 channels but weight expects 4"),
+    (lambda: ops.conv_transpose2d(_z(1, 4, 4, 4), _z(4, 2, 3, 3), stride=2, output_padding=2), ValueError,
+     r"output_padding must be smaller than stride or dilation"),
+    (lambda: ops.conv_transpose2d(_z(1, 4, 2, 2), _z(4, 2, 1, 1), padding=1), ValueError,
+     r"padding=\(1, 1\) removes the whole output"),
+    (lambda: ops.conv_transpose2d(_z(1, 4, 2, 2), _z(4, 2, 3, 3), _z(4)), ValueError, r"bias must have shape \(2,\)"),
+    (lambda: ops.max_pool2d(_z(2, 5, 5), 2), ValueError, r"max_pool2d: x must be 4-d"),
+    (lambda: ops.max_pool2d(_z(1, 1, 2, 2), 3), ValueError, r"kernel_size \(3, 3\) is larger than the padded input"),
+    (lambda: ops.avg_pool2d(_z(1, 1, 4, 4), 2, padding=2), ValueError, r"padding must be at most half the kernel"),
+    (lambda: ops.avg_pool2d(_z(1, 1, 4, 4), 2, stride=0), ValueError, r"avg_pool2d: stride must be a positive"),
+    (lambda: ops.max_pool2d(_z(1, 1, 4, 4), (2, 0)), ValueError, r"kernel_size must be a positive"),
+    (lambda: ops.pixel_shuffle(_z(1, 6, 2, 2), 2), ValueError, r"x's 6 channels are not divisible by upscale_factor"),
+    (lambda: ops.pixel_shuffle(_z(1, 4, 2, 2), 0), ValueError, r"upscale_factor must be a positive int"),
+])
+def test_errors_name_the_argument(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
