@@ -1,4 +1,15 @@
-"""Parallel training over MPI: communicators, synchronous data parallel, asynchronous SGD."""
-from .comm import Communicator, SerialCommunicator, install_abort_hook, world
+"""Parallel training over MPI: communicators, synchronous data parallel, asynchronous SGD.
 
-__all__ = ["Communicator", "SerialCommunicator", "install_abort_hook", "world"]
+Synchronous data parallel follows Horovod's API (``init``, ``rank``, ``size``, ``DistributedOptimizer``,
+``broadcast_parameters``); ``train_async`` runs Hogwild threads, a parameter server, or one-sided MPI
+RMA windows behind one interface, next to a synchronous baseline.
+"""
+from .asynchronous import METHODS, AsyncResult, train_async
+from .comm import Communicator, SerialCommunicator, install_abort_hook, world
+from .data_parallel import (COMPRESSIONS, DistributedOptimizer, broadcast_optimizer_state, broadcast_parameters,
+                            init, local_rank, rank, size)
+from .rma import ParamWindow
+
+__all__ = ["COMPRESSIONS", "METHODS", "AsyncResult", "Communicator", "DistributedOptimizer", "ParamWindow",
+           "SerialCommunicator", "broadcast_optimizer_state", "broadcast_parameters", "init", "install_abort_hook",
+           "local_rank", "rank", "size", "train_async", "world"]

@@ -130,6 +130,7 @@ class Loop:
     def train_epoch(self, epoch: int) -> dict:
         model, opt, policy, scaler = self.model, self.optimizer, self.policy, self.scaler
         params, like = model.parameters(), _model_array(model)
+        sync = getattr(opt, "synchronize", None)  # a data-parallel optimizer's gradient exchange
         model.train()
         avg, consecutive_skips = _Averager(), 0
         self.epoch_steps = 0
@@ -150,7 +151,17 @@ class Loop:
                 out = None
             self.step += 1
             self.epoch_steps += 1
-            if out is not None and scaler is not None:
+            if scaler is not None and sync is not None:
+                # data parallel: exchange first, so every rank checks the same gradients and all skip or step
+                # together; a rank whose loss is not finite still joins the exchange, with NaN gradients
+                if out is None:
+                    for p in params:
+                        p.grad = p.xp.full_like(p.data, np.nan)
+                else:
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        scaler.scale_loss(loss).backward()
+                stepped = scaler.step(opt) if sync() else None  # None: still accumulating passes
+            elif out is not None and scaler is not None:
                 with np.errstate(over="ignore", invalid="ignore"):  # overflow is the scaler's to handle
                     scaler.scale_loss(loss).backward()
                 stepped = scaler.step(opt)
@@ -164,7 +175,7 @@ class Loop:
             if stepped:
                 policy.round_parameters(params)
                 consecutive_skips = 0
-            else:
+            elif stepped is False:
                 self.skipped_steps += 1
                 consecutive_skips += 1
                 if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
