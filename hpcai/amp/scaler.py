@@ -40,8 +40,15 @@ class DynamicLossScaler:
         return finite
 
     def step(self, optimizer, params=None) -> bool:
-        """Unscale, then step ``optimizer`` unless a gradient overflowed; update the scale. True if stepped."""
+        """Unscale, then step ``optimizer`` unless a gradient overflowed; update the scale.
+
+        Returns False only when the step was skipped for an overflow. A data-parallel optimizer exchanges its
+        gradients first (``synchronize``), so every rank sees the same gradients and skips or steps alike.
+        """
         params = params if params is not None else [p for g in optimizer.param_groups for p in g["params"]]
+        synchronize = getattr(optimizer, "synchronize", None)
+        if synchronize is not None and not synchronize():
+            return True  # a data-parallel optimizer still accumulating backward passes: nothing to step yet
         finite = self.unscale(params)
         if finite:
             optimizer.step()

@@ -41,8 +41,7 @@ class Linear(Module):
     def forward(self, x):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: x must end in {self.in_features} features, got shape {tuple(x.shape)}")
-        y = ops.matmul(x, self.weight.T)
-        return y + self.bias if self.bias is not None else y
+        return ops.linear(x, self.weight, self.bias)
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"

@@ -6,7 +6,7 @@ Importing this package also gives :class:`~hpcai.autograd.Tensor` its operators 
 from ..autograd.tensor import Tensor, as_tensor
 from .elementwise import (abs, add, cast, div, eq, exp, ge, gelu, gt, le, leaky_relu, log, lt, maximum, minimum,
                           mul, ne, neg, pow, relu, sigmoid, softplus, sqrt, sub, tanh, where)
-from .linalg import matmul
+from .linalg import linear, matmul
 from .reduction import max, mean, min, sum, var
 from .registry import OPS, Const, OpSpec, Sample, register
 from .shape import concatenate, gather, getitem, pad, reshape, stack, swapaxes, transpose

@@ -58,3 +58,39 @@ def matmul(a, b, precision=None):
     if b.ndim == 1:
         return reshape(matmul(a, reshape(b, (-1, 1)), precision), a.shape[:-1])
     return MatMul.apply(a, b, precision=precision)
+
+
+class Linear(Function):
+    """x @ w.T + b over the last axis of x, with w in PyTorch's (out, in) layout; one node instead of three,
+    and a weight gradient that comes out contiguous in w's own layout."""
+
+    lowp = True
+
+    def forward(self, x, w, b):
+        self.x2, self.w, self.in_shape = x.reshape(-1, x.shape[-1]), w, x.shape
+        y = self.x2 @ w.T
+        if b is not None:
+            y += b
+        return y.reshape(x.shape[:-1] + (w.shape[0],))
+
+    def backward(self, gy):
+        g2 = gy.reshape(-1, gy.shape[-1])
+        need_x, need_w, need_b = self.needs_input_grad
+        gx = (g2 @ self.w).reshape(self.in_shape) if need_x else None
+        gw = g2.T @ self.x2 if need_w else None
+        gb = g2.sum(axis=0) if need_b else None
+        return gx, gw, gb
+
+
+@register("linear", lambda rng: [
+    Sample((rng.standard_normal((4, 3)), rng.standard_normal((5, 3)), rng.standard_normal(5))),
+    Sample((rng.standard_normal((2, 4, 3)), rng.standard_normal((2, 3)), None))],
+    torch=lambda x, w, b: __import__("torch").nn.functional.linear(x, w, b))
+def linear(x, weight, bias=None):
+    """``x @ weight.T + bias`` (weight (out, in), bias (out,) or None), as in PyTorch's F.linear."""
+    if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: x must end in weight's {weight.shape[-1] if weight.ndim else '?'} input features "
+                         f"and weight must be 2-d (out, in); got x {tuple(x.shape)} and weight {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"linear: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    return Linear.apply(x, weight, bias)
