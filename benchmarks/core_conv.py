@@ -1,12 +1,13 @@
 """Convolution speed against PyTorch CPU: conv2d forward+backward in float32 (prints ratios; asserts nothing).
 
-  python benchmarks/core_conv.py          # the three core shapes, about 30 s on 2 cores
-  python benchmarks/core_conv.py srcnn    # also the 64->32 and 32->1 5x5 layers of SRCNN (about 2 min more)
+  python benchmarks/core_conv.py          # the three core shapes, about a minute on 2 cores
+  python benchmarks/core_conv.py srcnn    # also the 64->32 and 32->1 5x5 layers of SRCNN (about 1 min more)
 
 Shapes: the two layers of a small CNN (1x64x64 -> 16 -> 32 channels, batch 64) and SRCNN's first 9x9
 layer (1x128x256, batch 8). Both frameworks get the same thread count and the same gradients (x and
-weight require grad; bias on); each repeat times hpcai then torch, and the medians are compared, so a
-drifting clock or a busy neighbour hits both alike. ``benchmarks/core.py`` calls
+weight require grad; bias on; the input layers are also timed without dL/dx, as in training); each
+repeat times hpcai then torch (see ``run`` for how they are kept from disturbing each other), and the
+medians are compared, so a drifting clock or a busy neighbour hits both alike. ``benchmarks/core.py`` calls
 ``run(report)``; torch rows are skipped when torch is not installed.
 """
 from __future__ import annotations
@@ -41,8 +42,8 @@ def _blas_threads() -> int:
         return os.cpu_count() or 1
 
 
-def _hpcai_step(x_np, w_np, b_np, g_np, padding):
-    x, w, b = (Tensor(a, requires_grad=True) for a in (x_np, w_np, b_np))
+def _hpcai_step(x_np, w_np, b_np, g_np, padding, x_grad):
+    x, w, b = (Tensor(a, requires_grad=r) for a, r in ((x_np, x_grad), (w_np, True), (b_np, True)))
 
     def step():
         x.grad = w.grad = b.grad = None
@@ -50,8 +51,8 @@ def _hpcai_step(x_np, w_np, b_np, g_np, padding):
     return step
 
 
-def _torch_step(torch, x_np, w_np, b_np, g_np, padding):
-    x, w, b = (torch.tensor(a, requires_grad=True) for a in (x_np, w_np, b_np))
+def _torch_step(torch, x_np, w_np, b_np, g_np, padding, x_grad):
+    x, w, b = (torch.tensor(a, requires_grad=r) for a, r in ((x_np, x_grad), (w_np, True), (b_np, True)))
     g = torch.from_numpy(g_np)
 
     def step():
@@ -60,12 +61,13 @@ def _torch_step(torch, x_np, w_np, b_np, g_np, padding):
     return step
 
 
-def run(report, repeats: int = 7, srcnn: bool = False, settle: float = 0.25) -> None:
+def run(report, repeats: int = 7, srcnn: bool = False, settle: float = 0.3) -> None:
     """Time each shape in both frameworks and ``report(name, value, note)`` ms and the ratio.
 
-    Each timed call starts ``settle`` seconds after the previous one: the other framework's worker
-    threads (OpenBLAS, OpenMP) spin for a while after their last task, and would otherwise steal the
-    cores from the run being timed.
+    Both share one process, so each would pay for the other's traces: after a call of one, the other's
+    next call finds its freed memory returned to the OS (thousands of page faults, up to 2x slower here)
+    and its worker threads (OpenBLAS, OpenMP) still spinning. So each timed call comes ``settle`` seconds
+    and one untimed call after the other framework's, as in a training loop that runs one framework.
     """
     try:
         import torch
@@ -81,21 +83,26 @@ def run(report, repeats: int = 7, srcnn: bool = False, settle: float = 0.25) -> 
         b = rng.standard_normal(ws[0], dtype=np.float32)
         g = rng.standard_normal((xs[0], ws[0], xs[2] + 2 * pad - ws[2] + 1, xs[3] + 2 * pad - ws[3] + 1),
                                 dtype=np.float32)
-        cases = {"hpcai": _hpcai_step(x, w, b, g, pad)}
-        if torch is not None:
-            cases["torch"] = _torch_step(torch, x, w, b, g, pad)
-        times = {k: [] for k in cases}
-        for fn in cases.values():
-            fn()  # warm-up: thread pools, allocator
-        for _ in range(repeats if xs[1] * ws[0] < 1024 else max(3, repeats // 2)):
-            for k, fn in cases.items():
-                time.sleep(settle)
-                t = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t)
-        ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-        note = f"torch {ms['torch']:.1f} ms, ratio {ms['hpcai'] / ms['torch']:.2f}" if torch else "torch absent"
-        report(f"{name} ms", ms["hpcai"], note)
+        for x_grad in (True, False) if xs[1] == 1 else (True,):  # an input layer trains without dL/dx
+            cases = {"hpcai": _hpcai_step(x, w, b, g, pad, x_grad)}
+            if torch is not None:
+                cases["torch"] = _torch_step(torch, x, w, b, g, pad, x_grad)
+            ms = _alternate(cases, repeats if xs[1] * ws[0] < 1024 else max(3, repeats // 2), settle)
+            note = f"torch {ms['torch']:.1f} ms, ratio {ms['hpcai'] / ms['torch']:.2f}" if torch else "torch absent"
+            report(f"{name}{'' if x_grad else ' (no dx)'} ms", ms["hpcai"], note)
+
+
+def _alternate(cases, repeats, settle):
+    """Median ms per case, the cases timed in turn, each after a pause and an untimed call of its own."""
+    times = {k: [] for k in cases}
+    for _ in range(repeats):
+        for k, fn in cases.items():
+            time.sleep(settle)
+            fn()  # untimed: the other framework's frees return memory that this call must fault in again
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 if __name__ == "__main__":

@@ -115,10 +115,11 @@ def test_float32_in_float32_out(xp, rng, name):
     x = _t(xp, rng.standard_normal((2, 4, 8, 8)), np.float32, grad=True)
     w = _t(xp, rng.standard_normal((4, 2, 3, 3)), np.float32, grad=True)
     b = _t(xp, rng.standard_normal(4 if name == "conv2d" else 2), np.float32, grad=True)
-    call = {"conv2d": lambda: ops.conv2d(x, w, b, padding=1, groups=2), "conv_transpose2d": lambda: ops.conv_transpose2d(
-        x, w, b, stride=2), "max_pool2d": lambda: ops.max_pool2d(x, 2), "avg_pool2d": lambda: ops.avg_pool2d(x, 3, 1, 1),
-        "pixel_shuffle": lambda: ops.pixel_shuffle(x, 2)}[name]
-    y = call()
+    calls = {"conv2d": lambda: ops.conv2d(x, w, b, padding=1, groups=2),
+             "conv_transpose2d": lambda: ops.conv_transpose2d(x, w, b, stride=2),
+             "max_pool2d": lambda: ops.max_pool2d(x, 2), "avg_pool2d": lambda: ops.avg_pool2d(x, 3, 1, 1),
+             "pixel_shuffle": lambda: ops.pixel_shuffle(x, 2)}
+    y = calls[name]()
     assert y.dtype == np.float32
     y.sum().backward()
     for t in (x, w, b) if "conv" in name else (x,):
@@ -177,7 +178,8 @@ def _z(*shape, dtype=np.float32):
     (lambda: ops.conv2d(_z(1, 1, 5, 5), _z(2, 1, 3, 3), dilation=(1, 0)), ValueError, r"dilation must be a positive"),
     (lambda: ops.conv2d(_z(1, 1, 5, 5), _z(2, 1, 3, 3, dtype=np.float64)), TypeError,
      r"x and weight must have the same dtype, got float32 and float64"),
-    (lambda: ops.conv2d(_z(1, 1, 5, 5), _z(2, 1, 3, 3), _z(2, dtype=np.float64)), TypeError, r"bias must have x's dtype"),
+    (lambda: ops.conv2d(_z(1, 1, 5, 5), _z(2, 1, 3, 3), _z(2, dtype=np.float64)), TypeError,
+     r"bias must have x's dtype"),
     (lambda: ops.conv2d(_z(1, 1, 5, 5, dtype=np.int64), _z(2, 1, 3, 3)), TypeError, r"x must be a floating-point"),
     (lambda: ops.conv_transpose2d(_z(1, 3, 4, 4), _z(4, 2, 3, 3)), ValueError,
      r"conv_transpose2d: x has 3 channels but weight expects 4"),

@@ -51,11 +51,10 @@ def _tiles(xp, n, ho, row_bytes):
 
 
 def _column_tiles(xp, xpad, tiles, ksize, stride, dilation, groups, wo):
-    """im2col, one tile at a time: yields (batch slice, row slice, columns (G, C/G·kh·kw, nb·rows·Wo)).
+    """im2col, one tile at a time: yields (batch slice, row slice, columns (nb, G, C/G·kh·kw, rows·Wo)).
 
     Each tile is one copy of an ``as_strided`` view into a buffer reused by every tile, rows ordered
-    (c, i, j) like the weight's and the tile's samples side by side along the columns, so that each
-    tile is a single GEMM (large enough for BLAS to thread); a tile must be consumed before the next.
+    (c, i, j) like the weight's; a tile must be consumed before the next is made.
     """
     c = xpad.shape[1]
     (kh, kw), (sh, sw), (dh, dw) = ksize, stride, dilation
@@ -63,17 +62,11 @@ def _column_tiles(xp, xpad, tiles, ksize, stride, dilation, groups, wo):
     buf = xp.empty(max((b.stop - b.start) * (r.stop - r.start) for b, r in tiles) * c * kh * kw * wo, xpad.dtype)
     for bs, rs in tiles:
         nb, nr = bs.stop - bs.start, rs.stop - rs.start
-        view = xp.lib.stride_tricks.as_strided(xpad[bs, :, rs.start * sh:], (c, kh, kw, nb, nr, wo),
-                                               (s1, s2 * dh, s3 * dw, s0, s2 * sh, s3 * sw))
+        view = xp.lib.stride_tricks.as_strided(xpad[bs, :, rs.start * sh:], (nb, c, kh, kw, nr, wo),
+                                               (s0, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw))
         cols = buf[:view.size].reshape(view.shape)
         xp.copyto(cols, view)
-        yield bs, rs, cols.reshape(groups, -1, nb * nr * wo)
-
-
-def _tile_matrix(xp, a, bs, rs, wo):
-    """Tile (bs, rs) of ``a`` (N, G, O/G, Ho·Wo) as one (G, O/G, nb·rows·Wo) matrix, the columns' order."""
-    t = a[bs, :, :, rs.start * wo:rs.stop * wo]
-    return t[0] if t.shape[0] == 1 else xp.ascontiguousarray(t.transpose(1, 2, 0, 3)).reshape(t.shape[1:3] + (-1,))
+        yield bs, rs, cols.reshape(nb, groups, -1, nr * wo)
 
 
 def _conv_pass(xp, xpad, w, stride, dilation, groups, out_hw, y=None, gy=None):
@@ -85,15 +78,11 @@ def _conv_pass(xp, xpad, w, stride, dilation, groups, out_hw, y=None, gy=None):
     gw = xp.zeros(w3.shape, w.dtype) if gy is not None else None
     tiles = _tiles(xp, xpad.shape[0], out_hw[0], xpad.shape[1] * kh * kw * wo * xpad.itemsize)
     for bs, rs, cols in _column_tiles(xp, xpad, tiles, (kh, kw), stride, dilation, groups, wo):
-        nb = bs.stop - bs.start
+        part = (bs, slice(None), slice(None), slice(rs.start * wo, rs.stop * wo))
         if y is not None:
-            out = y[bs, :, :, rs.start * wo:rs.stop * wo]
-            if nb == 1:
-                xp.matmul(w3, cols, out=out[0])
-            else:  # samples come out side by side: one transposing copy puts them back in NCHW order
-                out[...] = xp.matmul(w3, cols).reshape(g, o // g, nb, -1).transpose(2, 0, 1, 3)
+            xp.matmul(w3, cols, out=y[part])
         if gy is not None:
-            gw += xp.matmul(_tile_matrix(xp, gy, bs, rs, wo), cols.swapaxes(-1, -2))
+            gw += xp.matmul(gy[part], cols.swapaxes(-1, -2)).sum(axis=0)
     return gw.reshape(w.shape) if gw is not None else None
 
 
@@ -103,6 +92,11 @@ def _conv(xp, xpad, w, stride, dilation, groups, out_hw):
     y = xp.empty((n, groups, o // groups, out_hw[0] * out_hw[1]), w.dtype)
     _conv_pass(xp, xpad, w, stride, dilation, groups, out_hw, y=y)
     return y.reshape((n, o) + tuple(out_hw))
+
+
+# Use the convolution form of the adjoint at stride 1 when O <= this × C: it writes O·kh·kw columns per
+# pixel where col2im writes C·kh·kw and then reads and rewrites the input gradient kh·kw times.
+_ADJOINT_AS_CONV = 3
 
 
 def _input_grad(xp, gy, w, in_hw, stride, pads, dilation, groups):
@@ -118,11 +112,6 @@ def _input_grad(xp, gy, w, in_hw, stride, pads, dilation, groups):
     return _col2im(xp, gy, w, in_hw, stride, pads, dilation, groups)
 
 
-# Use the convolution form of the adjoint at stride 1 when O <= this × C: it writes O·kh·kw columns per
-# pixel where col2im writes C·kh·kw and then reads and rewrites the input gradient kh·kw times.
-_ADJOINT_AS_CONV = 3
-
-
 def _col2im(xp, gy, w, in_hw, stride, pads, dilation, groups):
     """The adjoint by columns: per tile, column gradients w^T @ gy, each kernel offset's slab added back
     onto the padded input gradient (one vectorised add per offset); the padding is cropped at the end."""
@@ -133,12 +122,11 @@ def _col2im(xp, gy, w, in_hw, stride, pads, dilation, groups):
     gy = gy.reshape(n, g, o // g, ho * wo)
     for bs, rs in _tiles(xp, n, ho, g * cg * kh * kw * wo * gy.itemsize):
         nr, top = rs.stop - rs.start, rs.start * sh
-        gcols = xp.matmul(wt, _tile_matrix(xp, gy, bs, rs, wo)).reshape(g * cg, kh, kw, -1, nr, wo)
-        gxt = gx[bs].transpose(1, 0, 2, 3)                                               # (C, nb, Hp, Wp)
+        gcols = xp.matmul(wt, gy[bs, :, :, rs.start * wo:rs.stop * wo]).reshape(-1, g * cg, kh, kw, nr, wo)
         for i in range(kh):
             for j in range(kw):
-                gxt[:, :, top + i * dh:top + i * dh + sh * (nr - 1) + 1:sh,
-                    j * dw:j * dw + sw * (wo - 1) + 1:sw] += gcols[:, i, j]
+                gx[bs, :, top + i * dh:top + i * dh + sh * (nr - 1) + 1:sh,
+                   j * dw:j * dw + sw * (wo - 1) + 1:sw] += gcols[:, :, i, j]
     return gx[:, :, t:t + in_hw[0], l:l + in_hw[1]]
 
 

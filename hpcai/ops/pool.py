@@ -13,6 +13,7 @@ import numpy as np
 
 from ..autograd.function import Function
 from .common import expect_float, expect_ndim
+from .conv import _pair
 from .registry import Sample, register
 
 
@@ -97,15 +98,6 @@ class PixelShuffle(Function):
 
 
 # -- argument checks ----------------------------------------------------------------------------------
-def _pair(v, name, op, minimum):
-    pair = (v, v) if isinstance(v, numbers.Integral) else tuple(v) if isinstance(v, (tuple, list)) else None
-    if (pair is None or len(pair) != 2 or
-            any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < minimum for k in pair)):
-        what = "positive" if minimum == 1 else "non-negative"
-        raise ValueError(f"{op}: {name} must be a {what} int or a pair of them, got {v!r}")
-    return int(pair[0]), int(pair[1])
-
-
 def _pool_args(op, x, kernel_size, stride, padding):
     """Validated (kernel, stride, padding, out_hw) of a pooling call."""
     expect_ndim(x, 4, "x", op, "N, C, H, W")
