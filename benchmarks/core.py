@@ -35,7 +35,7 @@ def median_time(fn, repeat: int = 7, number: int = 1, warmup: int = 1) -> float:
 
 
 def report(name: str, value: float, note: str = "") -> None:
-    print(f"  {name:<44} {value:>10.3f}  {note}", flush=True)
+    print(f"  {name:<44} {value:>12.4g}  {note}", flush=True)
 
 
 def overhead(report=report) -> None:

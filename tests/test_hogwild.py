@@ -10,25 +10,12 @@ import pytest
 from hpcai import Tensor, datasets, nn
 from hpcai.parallel.asynchronous import METHODS, FlatModel, train_async
 from hpcai.parallel.comm import SerialCommunicator
-
-
-def mlp(seed=0):
-    return nn.Sequential(nn.Linear(64, 64, rng=seed), nn.ReLU(), nn.Linear(64, 10, rng=seed + 1))
+from problems import least_squares, mlp
 
 
 @pytest.fixture(scope="module")
 def digits():
     return datasets.digits(flat=True)
-
-
-def least_squares(n=512, d=8, noise=0.1, seed=0):
-    """x, y (float32) and the exact least-squares optimum [w; b] (float64, from np.linalg.lstsq)."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, d)).astype(np.float32)
-    y = (x @ rng.standard_normal(d) + 0.5 + noise * rng.standard_normal(n)).astype(np.float32)[:, None]
-    optimum, *_ = np.linalg.lstsq(np.hstack([x, np.ones((n, 1), np.float32)]).astype(np.float64),
-                                  y[:, 0].astype(np.float64), rcond=None)
-    return x, y, optimum
 
 
 def test_threads_share_weights_but_not_graphs_or_grads():

@@ -6,9 +6,14 @@ Every test must issue the same collectives in the same order on every rank, skip
 conditions every rank agrees on, such as ``comm.size``), and assert only after its last collective: a
 rank that fails an assertion leaves the test, and must not leave the others waiting in a collective.
 """
+import pathlib
+import sys
+
 import pytest
 
 from hpcai.parallel.comm import world
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # tests/: the shared problems module
 
 
 @pytest.fixture(scope="session")

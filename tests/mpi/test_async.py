@@ -15,6 +15,7 @@ from hpcai import Tensor, datasets, nn
 from hpcai.parallel.asynchronous import train_async
 from hpcai.parallel.comm import SerialCommunicator, world
 from hpcai.parallel.rma import TICKETS, ParamWindow
+from problems import least_squares, mlp
 
 COMM = world()
 METHODS = ["sync", "ps", "rma"]
@@ -30,22 +31,9 @@ def budget(method, steps, lr):
     return (max(1, steps // COMM.size), lr * COMM.size) if method == "sync" else (steps, lr)
 
 
-def mlp(seed=0):
-    return nn.Sequential(nn.Linear(64, 64, rng=seed), nn.ReLU(), nn.Linear(64, 10, rng=seed + 1))
-
-
 @pytest.fixture(scope="module")
 def digits():
     return datasets.digits(flat=True)
-
-
-def least_squares(n=512, d=8, noise=0.1, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, d)).astype(np.float32)
-    y = (x @ rng.standard_normal(d) + 0.5 + noise * rng.standard_normal(n)).astype(np.float32)[:, None]
-    optimum, *_ = np.linalg.lstsq(np.hstack([x, np.ones((n, 1), np.float32)]).astype(np.float64),
-                                  y[:, 0].astype(np.float64), rcond=None)
-    return x, y, optimum
 
 
 def same_on_every_rank(array) -> bool:
