@@ -43,8 +43,8 @@ def demo(epochs: int = 20, hidden: int = 64, precision: str = "fp32", optimizer:
 def _config_options(parser, config_cls) -> None:
     """One ``--name`` option per Config field, typed from its default."""
     for f in dataclasses.fields(config_cls):
-        default = f.default
-        kind = type(default) if default is not None and not isinstance(default, bool) else str
+        default, annotation = f.default, str(f.type)
+        kind = next((t for t in (int, float) if annotation.split(" |")[0] == t.__name__), str)
         flag = "--" + f.name.replace("_", "-")
         if isinstance(default, bool):
             parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None)

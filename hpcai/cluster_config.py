@@ -45,6 +45,15 @@ def find_mpiexec() -> str:
     return shutil.which("mpiexec") or "mpiexec"
 
 
+def _thread_limits(n: int) -> dict:
+    """BLAS/OpenMP threads per local engine so n engines share this machine's cores instead of spinning
+    against each other (OpenBLAS threads that busy-wait on oversubscribed cores slow training 5-10x);
+    variables the user has set win."""
+    per_rank = str(max(1, (os.cpu_count() or 1) // n))
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    return {k: per_rank for k in names if k not in os.environ}
+
+
 def cluster_config(n: int, launcher=None, mpi_args=None, mpiexec=None, env=None, queue=None, account=None,
                    walltime=None, batch_options=()) -> dict:
     """Keyword arguments for ``ipyparallel.Cluster``: the one place engines are configured.
@@ -73,7 +82,7 @@ def cluster_config(n: int, launcher=None, mpi_args=None, mpiexec=None, env=None,
     if kind == "mpi":
         c.MPIEngineSetLauncher.mpi_cmd = [mpiexec]
         c.MPIEngineSetLauncher.mpi_args = mpi_args
-        c.MPIEngineSetLauncher.environment = dict(env or {})
+        c.MPIEngineSetLauncher.environment = {**_thread_limits(n), **dict(env or {})}
         return {"engines": "mpi", "n": n, "config": c}
     queue, account, walltime = (v or os.environ.get(f"HPCAI_{k}", "") for k, v in
                                 (("QUEUE", queue), ("ACCOUNT", account), ("WALLTIME", walltime)))

@@ -40,6 +40,7 @@ def atomic_write(path, write) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are meant to be shared
     try:
         write(tmp)
         with open(tmp, "rb+") as f:

@@ -24,7 +24,12 @@ SMALL = dict(days=1.5, iters_per_output=4, final_epochs=40, verbose=0)
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("climate_sr")
-    return climate_sr.run(output_dir=str(out), **SMALL), out
+    try:  # one BLAS thread: on 2 shared cores, 2 spinning OpenBLAS threads make this run ~8x slower, not faster
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return climate_sr.run(output_dir=str(out), **SMALL), out
+    with threadpool_limits(1, user_api="blas"):
+        return climate_sr.run(output_dir=str(out), **SMALL), out
 
 
 @pytest.mark.parametrize("overrides, name", [

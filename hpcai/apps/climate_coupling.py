@@ -58,7 +58,9 @@ def run_coupled(config, comm, verbose: int = 1) -> Result:
         else:
             _learn(config, comm, learners, grid["lat"], grid["lon"], verbose)
             result = None
-        return comm.bcast_obj(result, root=0)
+        result = comm.bcast_obj(result, root=0)
+        learners.comm.Free()
+        return result
     except Exception:
         sys.stderr.write(f"[hpcai climate_sr rank {comm.rank}/{comm.size}] failed; aborting all ranks\n"
                          f"{traceback.format_exc()}")

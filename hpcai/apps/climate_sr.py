@@ -11,6 +11,12 @@ they interleave: after each output step the learner trains ``iters_per_output`` 
 (:mod:`hpcai.apps.climate_coupling`) rank 0 produces and sends, the other ranks learn data-parallel, and the
 simulation never waits for training. The compressed data and the trained weights go into one HDF5 file that
 ``xarray.open_dataset`` reads; :func:`read_compressed` decompresses (and, asked to, restores) it.
+
+What to expect from the defaults (T42, 6 days, output every 3 h, truncation to 12 x 12 DCT coefficients,
+x111 in bytes; ~720 training iterations, 1-2 minutes on 2 cores): held-out relative L2 error 0.77 -> ~0.05,
+about 15x; ~40x around day 1.5, ~8x in the last day, when the jet has rolled up into vortices far finer
+than the kept modes. The weights (250 kB in float16) are part of the price: x111 for the data alone is x11
+for data plus weights over this short run, and tends to x111 as the run grows.
 """
 from __future__ import annotations
 
@@ -430,9 +436,9 @@ def _finish(config, producer, evaluation, start, ranks, verbose) -> Result:
     arrays.update(lat=producer.lat, lon=producer.lon, l2_compressed=before[:, 0], l2_restored=after[:, 0],
                   step_days=np.array(producer.times) / 86400, step_l2_compressed=np.array(producer.step_errors))
     result = Result(metrics, arrays)
+    metrics["seconds_total"] = time.perf_counter() - start  # without writing the files
     if config.output_dir:
         _write(config, result, producer, evaluation)
-    metrics["seconds_total"] = time.perf_counter() - start
     if verbose:
         print(f"held-out L2 error: compressed {metrics['l2_compressed']:.3e} -> restored {metrics['l2_restored']:.3e}"
               f" ({metrics['l2_improvement']:.1f}x better; max error {metrics['max_improvement']:.1f}x) at compression "
@@ -451,8 +457,11 @@ def _write(config, result, producer, evaluation) -> None:
     from . import climate_plots
     result.figures.update(climate_plots.save_figures(result, out, config.field, FIELDS[config.field]))
     result.files["metrics"] = os.path.join(out, "metrics.json")
-    io.atomic_write(result.files["metrics"], lambda tmp: open(tmp, "w").write(
-        json.dumps({"config": dataclasses.asdict(config), "metrics": result.metrics}, indent=2)))
+
+    def write_metrics(tmp):
+        with open(tmp, "w") as f:
+            json.dump({"config": dataclasses.asdict(config), "metrics": result.metrics}, f, indent=2)
+    io.atomic_write(result.files["metrics"], write_metrics)
 
 
 def write_compressed(path, config, stored, hours, lat, lon, state=None, norm=None) -> str:
