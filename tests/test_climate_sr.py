@@ -4,19 +4,15 @@ hang when a rank fails). About a minute on 2 cores; the MPI tests skip without m
 import importlib.util
 import json
 import os
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
 
 from hpcai.apps import climate_sr
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+from mpijob import MPIEXEC, mpirun
 # 1.5 model days at T42, output every 3 h: 13 steps, 3 held out (days 0.375, 0.875, 1.375), 10 training pairs
 SMALL = dict(days=1.5, iters_per_output=4, final_epochs=40, verbose=0)
 
@@ -101,21 +97,9 @@ mpi_only = pytest.mark.skipif(
     reason=f"needs mpi4py and an mpiexec next to {sys.executable} (and not to run under mpiexec already)")
 
 
-def mpirun(script, *args, n=2, timeout=120):
+def run_script(script, *args, n=2, timeout=120):
     """``mpiexec -n n python script *args``: (returncode or None on timeout, stdout, stderr, seconds)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_"))}
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    start = time.perf_counter()
-    proc = subprocess.Popen([MPIEXEC, "-n", str(n), sys.executable, str(script), *map(str, args)], cwd=ROOT, env=env,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-        code = proc.returncode
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        code = None
-    return code, out, err, time.perf_counter() - start
+    return mpirun(n, [script, *args], timeout)
 
 
 def _script(tmp_path, body):
@@ -134,7 +118,7 @@ def test_coupled_run_stores_the_serial_runs_data_and_every_rank_returns_the_same
         with open(f"{sys.argv[1]}.rank{comm.rank}.json", "w") as f:
             json.dump({**r.metrics, "files": r.files}, f)
     """)
-    code, out, err, seconds = mpirun(script, tmp_path / "out", n=ranks)
+    code, out, err, seconds = run_script(script, tmp_path / "out", n=ranks)
     assert code == 0, f"exit {code} after {seconds:.0f} s\n{out[-3000:]}\n{err[-3000:]}"
     results = [json.loads((tmp_path / f"out.rank{rank}.json").read_text()) for rank in range(ranks)]
     assert all(r == results[0] for r in results)
@@ -155,7 +139,7 @@ def test_a_bad_parameter_found_on_rank_0_raises_on_every_rank(tmp_path):
         except ValueError as exc:
             open(f"{sys.argv[1]}.rank{comm.rank}", "w").write(str(exc))
     """)
-    code, out, err, seconds = mpirun(script, tmp_path / "error", timeout=60)
+    code, out, err, seconds = run_script(script, tmp_path / "error", timeout=60)
     assert code == 0, f"exit {code}\n{out}\n{err}"
     for rank in (0, 1):
         assert (tmp_path / f"error.rank{rank}").read_text().startswith("dt: 3600 s exceeds the stable limit")
@@ -167,7 +151,7 @@ def test_an_exception_on_one_rank_ends_the_job_instead_of_hanging(tmp_path, fail
     patch = {"learner": "climate_sr._Learner.train = lambda self, *a, **k: 1 / 0",
              "producer": "climate_sr._Producer.report = lambda self, k, *a: 1 / 0 if k == 3 else None"}[failing]
     script = _script(tmp_path, patch + "\nclimate_sr.run(days=1, final_epochs=1)\nprint('NOT REACHED')\n")
-    code, out, err, seconds = mpirun(script, timeout=60)
+    code, out, err, seconds = run_script(script, timeout=60)
     assert code is not None and code != 0 and seconds < 45, f"exit {code} after {seconds:.0f} s\n{out}\n{err}"
     rank = 1 if failing == "learner" else 0
     assert f"[hpcai climate_sr rank {rank}/2]" in err and "ZeroDivisionError" in err, err

@@ -7,16 +7,12 @@ skips without mpi4py or mpiexec, and when these tests already run under mpiexec.
 """
 import importlib.util
 import os
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+from mpijob import MPIEXEC, mpirun
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None, reason="mpi4py is not installed"),
@@ -24,27 +20,6 @@ pytestmark = [
     pytest.mark.skipif(int(os.environ.get("PMI_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))) > 1,
                        reason="already running under mpiexec"),
 ]
-
-
-def mpirun(n: int, args: list, timeout: float) -> tuple:
-    """Run ``mpiexec -n n python *args`` in the repository root; (returncode, stdout, stderr, seconds).
-
-    One thread per rank (the ranks share the cores), and no MPI variables of an enclosing launch. On
-    timeout the whole process group (mpiexec, its proxies, the ranks) is killed and returncode is None.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_"))}
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    start = time.perf_counter()
-    proc = subprocess.Popen([MPIEXEC, "-n", str(n), sys.executable, *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-        code = proc.returncode
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        code = None
-    return code, out, err, time.perf_counter() - start
 
 
 def _show(out: str, err: str) -> str:
