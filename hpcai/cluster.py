@@ -351,12 +351,14 @@ class Engines:
         return f"Engines(n={self.n}, launcher={self.config['engines']!r}, {state})"
 
     # -- run --------------------------------------------------------------------------------------------
-    async def run(self, fn, *args, timeout: float | None = None, stream: bool = True, **kwargs) -> list:
+    async def run(self, fn, *args, timeout: float | None = None, stream: bool = True, on_data=None, **kwargs) -> list:
         """``fn(*args, **kwargs)`` on every engine; the results as a list ordered by MPI rank.
 
         Raises EngineError naming the ranks that raised (with their tracebacks) or were lost; if the job
         ended, the engines are gone (``restart()``). ``timeout`` (seconds) ends the job when exceeded.
-        ``stream`` prints the engines' output here as it arrives.
+        ``stream`` prints the engines' output here as it arrives. ``on_data(datas)`` is called, while ``fn``
+        runs, whenever what the engines published (``ipyparallel.datapub.publish_data``) changed: one dict
+        per rank.
         """
         self._require_running()
         name = getattr(fn, "__name__", repr(fn))
@@ -364,9 +366,15 @@ class Engines:
         ar = self._track(view.apply_async(cluster_engine.call, fn, args, kwargs))
         start = time.monotonic()
         with ar.stream_output() if stream else contextlib.nullcontext():
+            seen = None
             while not ar.done() and self.ended is None:
                 if timeout is not None and time.monotonic() - start > timeout:
                     await asyncio.to_thread(self._end, f"run({name}) exceeded timeout={timeout:g} s")
+                if on_data is not None:
+                    datas = [dict(md["data"]) for md in _metadata(ar)]
+                    if datas != seen and any(datas):
+                        seen = datas
+                        on_data(datas)
                 await asyncio.sleep(POLL)
             if self.ended is None and ar.done() and any(  # engines died: the watchdog is about to say so
                     getattr(o, "ename", None) == "EngineError" for o in ar.get(0, return_exceptions=True)):
@@ -396,6 +404,19 @@ class Engines:
         lines.append("The engines are gone: engines.restart() starts fresh ones; engines.run_resilient() "
                      "restarts them and resumes from a checkpoint.")
         raise EngineError("\n".join(lines), failures, lost, self.ended, output)
+
+    async def interrupt(self) -> None:
+        """Send SIGINT to every engine: the function running there raises KeyboardInterrupt between two Python
+        statements. A rank blocked inside an MPI call does not notice; the watchdog then ends the job
+        ``abort_after`` seconds after the others were interrupted (``restart()`` starts fresh engines)."""
+        self._require_running()
+        if not self._local():
+            await self.cluster.signal_engines(signal.SIGINT)
+            return
+        for proc in self._engine_procs():  # the engines themselves: mpiexec would end the whole job on SIGINT
+            if proc is not None and self._alive(proc):
+                with contextlib.suppress(Exception):
+                    proc.send_signal(signal.SIGINT)
 
     def _output_tail(self) -> str:
         """The last lines of the engines' output, without ipyparallel's own log lines."""
@@ -427,7 +448,7 @@ class Engines:
                             e, self.n, checkpoint, attempt + 1, retries)
 
     start_sync, stop_sync, restart_sync = _sync(start), _sync(stop), _sync(restart)
-    run_sync, run_resilient_sync = _sync(run), _sync(run_resilient)
+    run_sync, run_resilient_sync, interrupt_sync = _sync(run), _sync(run_resilient), _sync(interrupt)
 
     # -- the watchdog -----------------------------------------------------------------------------------
     def _track(self, ar):

@@ -52,6 +52,14 @@ def atomic_write(path, write) -> None:
         raise
 
 
+def write_json(path, obj) -> None:
+    """Write ``obj`` as indented JSON, atomically (numbers that numpy made are written as plain numbers)."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v))
+    atomic_write(path, write)
+
+
 def _format(path) -> str:
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext == ".npz":

@@ -1,11 +1,14 @@
-"""Applications: each a Config dataclass and ``run(config) -> Result``, listed in :data:`APPS`.
+"""Applications: each a Config dataclass and ``run(config, verbose, comm, progress) -> Result``, listed in :data:`APPS`.
 
 The control panel and the CLI read :data:`APPS`, so a new application appears there by registering here.
+A Config field's ``metadata["choices"]`` lists its allowed values (a dropdown in the panel, choices in the CLI).
 """
 import dataclasses
 from typing import Callable
 
-from . import climate_sr
+from . import climate_sr, digits
+from .progress import Progress, Stopped
+from .result import Result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,7 +19,11 @@ class App:
     description: str
 
 
-APPS = {"climate_sr": App("climate_sr", climate_sr.Config, climate_sr.run,
-                          "Shallow-water jet on the sphere, DCT-compressed in situ, restored by a CNN")}
+APPS = {
+    "digits": App("digits", digits.Config, digits.run,
+                  "Handwritten digits: any precision, optimizer and parallel strategy, in seconds"),
+    "climate_sr": App("climate_sr", climate_sr.Config, climate_sr.run,
+                      "Shallow-water jet on the sphere, DCT-compressed in situ, restored by a CNN"),
+}
 
-__all__ = ["APPS", "App"]
+__all__ = ["APPS", "App", "Progress", "Result", "Stopped"]

@@ -33,13 +33,18 @@ import traceback
 import numpy as np
 
 from .climate_sr import Result, _finish, _Learner, _Producer, _progress
+from .progress import as_progress
 
 PAIR, HELD, END, PROGRESS, EVALUATION = 1, 2, 3, 4, 5
 _POLL_S = 0.005  # sleep between polls while idle: MPI's blocking calls would spin on a core a learner needs
 
 
-def run_coupled(config, comm, verbose: int = 1) -> Result:
-    """Run ``config`` with rank 0 producing and ranks 1.. learning; every rank returns the same Result."""
+def run_coupled(config, comm, verbose: int = 1, progress=None) -> Result:
+    """Run ``config`` with rank 0 producing and ranks 1.. learning; every rank returns the same Result.
+
+    ``progress`` (each rank's own): rank 0 reports the simulation, the learners their training.
+    """
+    progress = as_progress(progress)
     start = time.perf_counter()
     producer, grid = None, None
     if comm.rank == 0:
@@ -54,11 +59,12 @@ def run_coupled(config, comm, verbose: int = 1) -> Result:
     try:
         learners = comm.split(0 if comm.rank == 0 else 1, comm.rank)
         if comm.rank == 0:
-            result = _produce(config, comm, producer, start, verbose)
+            result = _produce(config, comm, producer, start, verbose, progress)
         else:
-            _learn(config, comm, learners, grid["lat"], grid["lon"], verbose)
+            _learn(config, comm, learners, grid["lat"], grid["lon"], verbose, progress)
             result = None
         result = comm.bcast_obj(result, root=0)
+        progress.finish()
         learners.comm.Free()
         return result
     except Exception:
@@ -69,7 +75,7 @@ def run_coupled(config, comm, verbose: int = 1) -> Result:
         raise  # only reached by the serial stand-in, whose abort raises SystemExit
 
 
-def _produce(config, comm, producer, start, verbose) -> Result:
+def _produce(config, comm, producer, start, verbose, progress) -> Result:
     """Rank 0: simulate, compress, store, send; then collect the learners' evaluation and finish."""
     MPI, world = comm.MPI, comm.comm
     everyone = range(1, comm.size)
@@ -88,8 +94,11 @@ def _produce(config, comm, producer, start, verbose) -> Result:
         producer.timers["sends"] += time.perf_counter() - t0
         if verbose:
             producer.report(k, t, held)
+        progress.update(k + 1, message=f"day {t / 86400:.2f}")
 
+    progress.phase("simulation", producer.outputs)
     producer.run(on_output)
+    progress.phase("waiting for the learners", 0)
     send(np.zeros(1), END, everyone)
     MPI.Request.Waitall([req for req, _ in pending])
     pending.clear()
@@ -106,11 +115,13 @@ def _produce(config, comm, producer, start, verbose) -> Result:
     return _finish(config, producer, message, start, ranks=comm.size, verbose=verbose)
 
 
-def _learn(config, comm, learners, lat, lon, verbose) -> None:
+def _learn(config, comm, learners, lat, lon, verbose, progress) -> None:
     """Ranks 1..n-1: train data-parallel on what has arrived while the simulation runs, then finish training;
     the first learner evaluates on the held-out steps and sends the evaluation to rank 0."""
     MPI, world = comm.MPI, comm.comm
-    learner = _Learner(config, lat, lon, comm=learners, seed=config.seed + 1000 * (learners.rank + 1))
+    learner = _Learner(config, lat, lon, comm=learners, seed=config.seed + 1000 * (learners.rank + 1),
+                       progress=progress)
+    progress.phase("in situ training", 0)
     shape, n = (config.nlat, config.nlon), config.nlat * config.nlon
     held_out, inbox, ended, status, agreed = [], [], False, MPI.Status(), np.zeros(2)
     while True:
@@ -138,8 +149,9 @@ def _learn(config, comm, learners, lat, lon, verbose) -> None:
     in_situ = math.ceil(config.iters_per_output * len(learner.inputs) / learners.size)
     learner.train(max(0, in_situ - len(learner.losses)))  # the serial run's in situ budget, if not yet spent
     root = learners.rank == 0
-    progress = (lambda *a: world.send(a, dest=0, tag=PROGRESS)) if root and verbose else None
-    learner.train(learner.final_iterations(), final=True, progress=progress)
+    printer = (lambda *a: world.send(a, dest=0, tag=PROGRESS)) if root and verbose else None
+    progress.phase("final training", learner.final_iterations())
+    learner.train(learner.final_iterations(), final=True, progress=printer)
     if root:
         evaluation = learner.evaluate(held_out, np.cos(np.radians(lat))[:, None])
         evaluation["seconds_training"] = learner.seconds

@@ -5,13 +5,7 @@ import os
 
 import numpy as np
 
-
-def _figure(**kwargs):
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError("figures need matplotlib: pip install 'hpcai[notebook]'") from None
-    return Figure(**kwargs)
+from .figures import new_figure as _figure, save
 
 
 def field_panels(result, field: str = "vorticity", units: str = "1/s"):
@@ -64,5 +58,5 @@ def save_figures(result, folder, field: str = "vorticity", units: str = "1/s") -
     paths = {}
     for name, make in (("fields", lambda r: field_panels(r, field, units)), ("errors", error_over_time)):
         paths[name] = os.path.join(folder, f"{name}.png")
-        make(result).savefig(paths[name], dpi=110)
+        save(make(result), paths[name])
     return paths

@@ -33,6 +33,8 @@ from .. import amp, backend, io, nn, ops, optim
 from ..autograd import Tensor, no_grad
 from ..sim import compression as _codec
 from ..sim.shallow_water import INITIAL_CONDITIONS, ShallowWater
+from .progress import as_progress
+from .result import Result
 
 FIELDS = {"vorticity": "1/s", "h": "m"}
 
@@ -52,17 +54,17 @@ class Config:
     nlon: int = 128                 # grid; T = nlon // 3 (128 x 64 is T42, 256 x 128 is T85)
     nlat: int = 64
     days: float = 6.0
-    initial_condition: str = "galewsky"  # a name in hpcai.sim.shallow_water.INITIAL_CONDITIONS
+    initial_condition: str = dataclasses.field(default="galewsky", metadata={"choices": tuple(INITIAL_CONDITIONS)})
     dt: float | None = None         # time step in s; None: the largest stable divisor of an hour
     output_hours: float = 3.0       # an output step (compressed and stored) every this many model hours
-    field: str = "vorticity"        # the field compressed and restored: one of FIELDS
-    codec: str = "truncate"         # see hpcai.sim.compression.CODECS
+    field: str = dataclasses.field(default="vorticity", metadata={"choices": tuple(FIELDS)})  # compressed, restored
+    codec: str = dataclasses.field(default="truncate", metadata={"choices": tuple(_codec.CODECS)})
     ratio: float = 100.0            # target compression ratio in bytes (raw float64 / stored)
     holdout_every: int = 4          # every k-th output step is held out from training
     channels: int = 12              # U-Net width at full resolution (x2 at 1/2, x4 at 1/4 resolution)
     blocks: int = 1                 # residual blocks at the coarsest level
-    precision: str = "fp32"         # a policy in hpcai.amp.POLICIES
-    optimizer: str = "adam"         # a name in hpcai.optim.OPTIMIZERS
+    precision: str = dataclasses.field(default="fp32", metadata={"choices": tuple(amp.POLICIES)})
+    optimizer: str = dataclasses.field(default="adam", metadata={"choices": tuple(optim.OPTIMIZERS)})
     lr: float = 3e-3                # constant while the simulation runs, cosine-decayed in the final phase
     iters_per_output: int = 2       # training iterations per new training step (in situ)
     final_epochs: int = 70          # passes over the stored pairs once the simulation has ended
@@ -98,16 +100,6 @@ class Config:
                 raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
         amp.get_policy(self.precision)
         return self
-
-
-@dataclasses.dataclass
-class Result:
-    """What a run produced: numbers, arrays for plots, and the files written (the same on every rank)."""
-
-    metrics: dict
-    arrays: dict
-    figures: dict = dataclasses.field(default_factory=dict)
-    files: dict = dataclasses.field(default_factory=dict)
 
 
 # -- the network ----------------------------------------------------------------------------------------
@@ -192,8 +184,8 @@ class _Learner:
     the final phase it follows a cosine from ``lr`` to ``lr/100``.
     """
 
-    def __init__(self, config: Config, lat, lon, comm=None, seed: int | None = None):
-        self.config, self.comm = config, comm
+    def __init__(self, config: Config, lat, lon, comm=None, seed: int | None = None, progress=None):
+        self.config, self.comm, self.progress = config, comm, as_progress(progress)
         self.pos, self.area = _position_channels(lat, lon), _area_weights(lat)
         self.sqrt_area = np.sqrt(self.area).astype(np.float32)
         self.model = Restorer(config.channels, config.blocks, seed=config.seed)
@@ -253,6 +245,10 @@ class _Learner:
                 self.scaler.step(self.opt)
             self.policy.round_parameters(self.model.parameters())
             self.losses.append(loss.item())
+            if final:
+                self.progress.update(loss=self.losses[-1])
+            else:
+                self.progress.loss(self.losses[-1])
             if progress is not None and ((i + 1) % 50 == 0 or i + 1 == iterations):
                 progress(i + 1, iterations, float(np.mean(self.losses[-10:])))
         self.seconds += time.perf_counter() - start
@@ -297,7 +293,8 @@ class _Producer:
         self.sim.run(0.0, output_hours=config.output_hours)  # raises the solver's ValueError for dt now
         every = round(config.output_hours * 3600 / self.sim.dt_used)
         steps = math.ceil(config.days * 86400 / self.sim.dt_used - 1e-9)
-        if (1 + steps // every + (steps % every > 0)) < config.holdout_every:
+        self.outputs = 1 + steps // every + (steps % every > 0)  # output steps, the initial state included
+        if self.outputs < config.holdout_every:
             raise ValueError(f"days: a run of {config.days} days with output every {config.output_hours} h has no "
                              f"held-out step (every {config.holdout_every}th); run longer or output more often")
         self.lat, self.lon = self.sim.lat, self.sim.lon
@@ -375,24 +372,28 @@ def _communicator(comm):
     return None
 
 
-def run(config: Config | None = None, verbose: int = 1, comm=None, **overrides) -> Result:
+def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None, **overrides) -> Result:
     """Simulate, compress each output step, train the restorer in situ, evaluate on held-out steps.
 
     Fields of ``config`` may be overridden by keyword (``run(days=2, ratio=50)``). ``comm`` (a
     :class:`hpcai.parallel.comm.Communicator`; default MPI's world under ``mpiexec``, else none): with one
     rank the simulation and training interleave; with more, rank 0 simulates while the others train
     (:mod:`hpcai.apps.climate_coupling`). Every rank returns the same Result; only rank 0 prints and
-    writes. With ``verbose`` a line per output step and training progress are printed.
+    writes. With ``verbose`` a line per output step and training progress are printed. ``progress``: a
+    :class:`~hpcai.apps.progress.Progress` (or a callable receiving its snapshots) told of every output step
+    and training iteration.
     """
     config = dataclasses.replace(config or Config(), **overrides).validate()
     comm = _communicator(comm)
     if comm is not None and comm.size > 1:
         from .climate_coupling import run_coupled
-        return run_coupled(config, comm, verbose)
+        return run_coupled(config, comm, verbose, progress)
+    progress = as_progress(progress)
     start = time.perf_counter()
     producer = _Producer(config)
-    learner = _Learner(config, producer.lat, producer.lon)
+    learner = _Learner(config, producer.lat, producer.lon, progress=progress)
     held_out = []
+    progress.phase("simulation + in situ training", producer.outputs)
 
     def on_output(model):
         k, t, original, compressed, held = producer.output(model)
@@ -405,13 +406,17 @@ def run(config: Config | None = None, verbose: int = 1, comm=None, **overrides) 
             producer.timers["training"] += time.perf_counter() - t0
         if verbose:
             producer.report(k, t, held, np.mean(learner.losses[-5:]) if learner.losses else None)
+        progress.update(k + 1, message=f"day {t / 86400:.2f}")
 
     producer.run(on_output)
+    progress.phase("final training", learner.final_iterations())
     t0 = time.perf_counter()
     learner.train(learner.final_iterations(), final=True, progress=_progress if verbose else None)
     producer.timers["training"] += time.perf_counter() - t0
     evaluation = learner.evaluate(held_out, producer.weights)
-    return _finish(config, producer, evaluation, start, ranks=1, verbose=verbose)
+    result = _finish(config, producer, evaluation, start, ranks=1, verbose=verbose)
+    progress.finish(f"held-out L2 error {result.metrics['l2_compressed']:.3g} -> {result.metrics['l2_restored']:.3g}")
+    return result
 
 
 def _finish(config, producer, evaluation, start, ranks, verbose) -> Result:
@@ -457,11 +462,7 @@ def _write(config, result, producer, evaluation) -> None:
     from . import climate_plots
     result.figures.update(climate_plots.save_figures(result, out, config.field, FIELDS[config.field]))
     result.files["metrics"] = os.path.join(out, "metrics.json")
-
-    def write_metrics(tmp):
-        with open(tmp, "w") as f:
-            json.dump({"config": dataclasses.asdict(config), "metrics": result.metrics}, f, indent=2)
-    io.atomic_write(result.files["metrics"], write_metrics)
+    io.write_json(result.files["metrics"], {"config": dataclasses.asdict(config), "metrics": result.metrics})
 
 
 def write_compressed(path, config, stored, hours, lat, lon, state=None, norm=None) -> str:

@@ -27,12 +27,14 @@ from typing import Callable
 import numpy as np
 
 from .. import backend, ops
+from ..amp.policy import get_policy
 from ..autograd import no_grad
 from ..autograd.tensor import Tensor
 from ..train.data import DataLoader
 from .comm import SerialCommunicator, world
 
 LOSSES = {"cross_entropy": ops.cross_entropy, "mse": ops.mse_loss}
+ASYNC_PRECISIONS = ("fp64", "fp32", "mixed-bf16")  # the amp policies train_async accepts
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,9 @@ class FlatModel:
     ``.grad``, while the weights are shared — what Hogwild threads need.
     """
 
-    def __init__(self, module, loss_fn, flat=None):
+    def __init__(self, module, loss_fn, flat=None, policy="fp32"):
+        self.policy = get_policy(policy)
+        self.policy.prepare(module)
         self.module, self.loss_fn, self.params = module, loss_fn, module.parameters()
         if not self.params or any(backend.get_array_module(p.data) is not np for p in self.params):
             raise ValueError("model_fn: expected a Module with parameters in host (numpy) memory")
@@ -84,7 +88,8 @@ class FlatModel:
         """(minibatch loss, flat gradient) at the current weights; the graph is this object's own."""
         for p in self.params:
             p.grad = None
-        loss = self.loss_fn(self.module(Tensor(x)), Tensor(y))
+        with self.policy.autocast():
+            loss = self.loss_fn(self.module(Tensor(x)), Tensor(y))
         loss.backward()
         g = np.concatenate([(p.grad if p.grad is not None else np.zeros(p.shape, p.dtype)).ravel()
                             for p in self.params])
@@ -93,7 +98,7 @@ class FlatModel:
     def loss_at(self, weights, x, y) -> float:
         """The loss on (x, y) with ``weights`` copied in (no graph)."""
         self.flat[...] = weights
-        with no_grad():
+        with no_grad(), self.policy.autocast():
             return float(self.loss_fn(self.module(Tensor(x)), Tensor(y)).item())
 
 
@@ -106,10 +111,13 @@ class WorkerLog:
     snapshots: list = field(default_factory=list)   # (seconds, updates applied, flat weights)
     dropped: int = 0                                # gradients discarded as staler than max_staleness
     initial: np.ndarray | None = None               # the starting weights (set by one log per run)
+    listener: Callable | None = field(default=None, repr=False)  # the run's ``progress``
 
     def update(self, staleness: int, seconds: float, loss: float) -> None:
         self.staleness.append(int(staleness))
         self.batch.append((seconds, loss))
+        if self.listener is not None:
+            self.listener(self.worker, len(self.staleness), loss)
 
 
 @dataclass
@@ -129,9 +137,15 @@ class Job:
     delay: dict
     seed: int
     record_every: int
+    policy: object = None
+    progress: Callable | None = None
 
     def flat_model(self, flat=None) -> FlatModel:
-        return FlatModel(self.model_fn(), self.loss_fn, flat)
+        return FlatModel(self.model_fn(), self.loss_fn, flat, self.policy or "fp32")
+
+    def log(self, worker: int | None, initial=None) -> WorkerLog:
+        """A new log for ``worker`` that tells the run's ``progress`` about every update."""
+        return WorkerLog(worker, initial=initial, listener=self.progress)
 
     def batches(self, worker: int, workers: int):
         """Endless minibatches from this worker's shard, reshuffled every epoch (seeded per run)."""
@@ -237,7 +251,8 @@ def _finish(job, logs, weights, wall) -> AsyncResult:
 
 def train_async(method: str, model_fn: Callable, data, loss="cross_entropy", lr=0.1, steps: int = 1000,
                 batch_size: int = 32, comm=None, threads: int = 2, max_staleness: int | None = None,
-                delay: dict | None = None, seed: int = 0, record_every: int | None = None) -> AsyncResult:
+                delay: dict | None = None, seed: int = 0, record_every: int | None = None, precision="fp32",
+                progress: Callable | None = None) -> AsyncResult:
     """Train ``model_fn()`` on ``data = (x, y)`` with one SGD variant; returns the same result on every rank.
 
     Args:
@@ -255,6 +270,10 @@ def train_async(method: str, model_fn: Callable, data, loss="cross_entropy", lr=
         delay: ``{worker: factor}``: that worker sleeps so each of its steps takes factor times its
             compute time (a straggler). Workers are ranks (threads for hogwild).
         record_every: snapshot the weights every this many updates (default steps // 40).
+        precision: a policy of :mod:`hpcai.amp` whose master weights stay as they are: "fp64", "fp32" or
+            "mixed-bf16" (updates land in the shared fp32 weights; no loss scaling, no rounding of them).
+        progress: ``progress(worker, updates by this worker, minibatch loss)``, called by this process
+            after each of its workers' updates (from the worker's thread, for hogwild).
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {sorted(METHODS)}, got {method!r}")
@@ -265,6 +284,12 @@ def train_async(method: str, model_fn: Callable, data, loss="cross_entropy", lr=
     loss_fn = LOSSES.get(loss, loss) if isinstance(loss, str) else loss
     if not callable(loss_fn):
         raise ValueError(f"loss: expected one of {sorted(LOSSES)} or a function, got {loss!r}")
+    policy = get_policy(precision)
+    if policy.pure or policy.loss_scaling:
+        raise ValueError(f"precision: asynchronous updates keep full-precision shared weights without loss "
+                         f"scaling; expected one of {ASYNC_PRECISIONS}, got {policy.name!r}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress: expected a function progress(worker, updates, loss), got {progress!r}")
     steps, threads = _check_int("steps", steps, 1), _check_int("threads", threads, 1)
     if max_staleness is not None:
         max_staleness = _check_int("max_staleness", max_staleness, 0)
@@ -272,7 +297,8 @@ def train_async(method: str, model_fn: Callable, data, loss="cross_entropy", lr=
     comm = SerialCommunicator() if not spec.mpi else comm if comm is not None else world()
     job = Job(method, model_fn, np.asarray(data[0]), np.asarray(data[1]), loss_fn, _lr_schedule(lr), steps,
               _check_int("batch_size", batch_size, 1), comm, threads, max_staleness, {}, int(seed),
-              _check_int("record_every", record_every, 1) if record_every is not None else max(1, steps // 40))
+              _check_int("record_every", record_every, 1) if record_every is not None else max(1, steps // 40),
+              policy, progress)
     ids = list(spec.workers(job))
     for worker, factor in (delay or {}).items():
         if worker not in ids:
@@ -284,6 +310,8 @@ def train_async(method: str, model_fn: Callable, data, loss="cross_entropy", lr=
         raise ValueError(f"data: {len(job.x)} samples cannot be shared by {len(ids)} workers")
 
     logs, weights, wall = spec.run(job)
+    for log in logs:
+        log.listener = None  # logs travel between ranks; the listener is this process's own
     if spec.mpi and comm.size > 1:
         gathered = comm.gather_obj(logs)
         result = _finish(job, [log for part in gathered for log in part], weights, wall) if comm.rank == 0 else None
@@ -313,7 +341,7 @@ def run_sync(job):
     """
     comm, fm = job.comm, job.flat_model()
     comm.bcast_(fm.flat)
-    log = WorkerLog(comm.rank, initial=fm.flat.copy() if comm.rank == 0 else None)
+    log = job.log(comm.rank, initial=fm.flat.copy() if comm.rank == 0 else None)
     batches = job.batches(comm.rank, comm.size)
     t0 = start_clock(comm)
     for step in range(job.steps):

@@ -19,14 +19,14 @@ import time
 
 import numpy as np
 
-from .asynchronous import WorkerLog, register
+from .asynchronous import register
 
 
 @register("hogwild", workers=lambda job: range(job.threads), mpi=False)
 def run_hogwild(job):
     """``job.threads`` threads share ``job.steps`` updates of one weight array; returns (logs, weights, wall)."""
     shared = job.flat_model().flat  # the one set of weights every thread reads and writes in place
-    logs = [WorkerLog(i) for i in range(job.threads)]
+    logs = [job.log(i) for i in range(job.threads)]
     logs[0].initial = shared.copy()
     lock = threading.Lock()
     count = {"issued": 0, "applied": 0}

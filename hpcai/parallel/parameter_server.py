@@ -37,7 +37,7 @@ def serve(job, w, t0) -> WorkerLog:
     """Rank 0: apply pushed gradients to ``w`` in arrival order until every worker has said DONE."""
     comm, MPI = job.comm.comm, job.comm.MPI
     inbox, outbox = np.empty(w.size + 1), np.empty(w.size + 1)
-    log = WorkerLog(None, initial=w.copy())
+    log = job.log(None, initial=w.copy())
     version, active, status = 0, job.comm.size - 1, MPI.Status()
     while active:
         wait(comm.Irecv([inbox, MPI.DOUBLE], MPI.ANY_SOURCE, MPI.ANY_TAG), MPI, status)
@@ -63,7 +63,7 @@ def work(job, fm, t0) -> WorkerLog:
     """Rank >= 1: compute a gradient, push it, take the weights that come back, until told to STOP."""
     comm, MPI, rank = job.comm.comm, job.comm.MPI, job.comm.rank
     outbox, inbox = np.empty(fm.flat.size + 1), np.empty(fm.flat.size + 1)
-    log, seen, status = WorkerLog(rank), 0, MPI.Status()
+    log, seen, status = job.log(rank), 0, MPI.Status()
     batches = job.batches(rank - 1, job.comm.size - 1)
     while True:
         x, y = next(batches)

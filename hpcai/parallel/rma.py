@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from .asynchronous import WorkerLog, register, run_sync, start_clock, wait
+from .asynchronous import register, run_sync, start_clock, wait
 
 TICKETS, APPLIED, MUTEX = 0, 1, 2
 
@@ -161,7 +161,7 @@ def run_rma(job):
         return run_sync(job)
     fm = job.flat_model()
     comm.bcast_(fm.flat)
-    log = WorkerLog(comm.rank, initial=fm.flat.copy() if comm.rank == 0 else None)
+    log = job.log(comm.rank, initial=fm.flat.copy() if comm.rank == 0 else None)
     win = ParamWindow(comm, fm.flat.size, fm.flat.dtype).open(fm.flat)
     batches, scratch = job.batches(comm.rank, comm.size), np.empty_like(fm.flat)
     t0 = start_clock(comm)

@@ -1,0 +1,219 @@
+"""Digits: a handwritten-digit classifier trained in any precision, with any optimizer and parallel strategy.
+
+The quickstart application: small enough to finish in seconds on a laptop, big enough to show the
+trade-offs the platform is about. scikit-learn's 1797 digits (8x8 images, no download) are split 80/20;
+an MLP or a small CNN learns them with
+
+* ``strategy="sync"``: synchronous data parallel (:class:`~hpcai.parallel.DistributedOptimizer`: gradients
+  averaged by allreduce every step, Horovod-style) with any optimizer and precision policy;
+* ``"hogwild"``, ``"ps"``, ``"rma"``: asynchronous SGD (:func:`~hpcai.parallel.train_async`: threads sharing
+  weights lock-free, a parameter server on rank 0, one-sided MPI windows) -- plain SGD on full-precision
+  shared weights, which is what these methods are.
+
+``straggler`` slows worker 1 down by that factor, to see synchronous training wait for it and
+asynchronous training not. Results: test accuracy, the loss curve, per-class accuracy and a confusion matrix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+
+import numpy as np
+
+from .. import amp, datasets, io, nn, optim
+from ..parallel.asynchronous import ASYNC_PRECISIONS, METHODS, train_async
+from ..train import Callback, evaluate, fit, predict
+from .figures import new_figure, save
+from .progress import as_progress
+from .result import Result
+
+STRATEGIES = {"sync": "synchronous data parallel (allreduce)", "hogwild": "Hogwild threads (lock-free, shared memory)",
+              "ps": "asynchronous parameter server (MPI)", "rma": "asynchronous one-sided MPI windows (RMA)"}
+MODELS = ("mlp", "cnn")
+
+
+@dataclasses.dataclass
+class Config:
+    """What to train, in which precision, with which optimizer and parallel strategy."""
+
+    model: str = dataclasses.field(default="mlp", metadata={"choices": MODELS})
+    hidden: int = 128               # MLP hidden width / CNN channels of the first convolution
+    precision: str = dataclasses.field(default="fp32", metadata={"choices": tuple(amp.POLICIES)})
+    optimizer: str = dataclasses.field(default="adam", metadata={"choices": tuple(optim.OPTIMIZERS)})
+    strategy: str = dataclasses.field(default="sync", metadata={"choices": tuple(STRATEGIES)})
+    epochs: int = 20                # passes over the training set (all workers together)
+    batch_size: int = 32            # per worker
+    lr: float | None = None         # None: a good default for the optimizer
+    straggler: float = 1.0          # worker 1 takes this many times longer per step (1: no straggler)
+    seed: int = 0
+    output_dir: str | None = None   # where metrics and figures go (None: nowhere)
+
+    def validate(self) -> "Config":
+        """Check every field, raising a ValueError that names it."""
+        integer = lambda n, low: isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= low  # noqa: E731
+        number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)  # noqa: E731
+        checks = [("model", self.model in MODELS, f"one of {list(MODELS)}"),
+                  ("hidden", integer(self.hidden, 1), "a positive integer"),
+                  ("optimizer", self.optimizer in optim.OPTIMIZERS, f"one of {list(optim.OPTIMIZERS)}"),
+                  ("strategy", self.strategy in STRATEGIES, f"one of {list(STRATEGIES)}"),
+                  ("epochs", integer(self.epochs, 1), "a positive integer"),
+                  ("batch_size", integer(self.batch_size, 1), "a positive integer"),
+                  ("lr", self.lr is None or number(self.lr) and self.lr > 0, "None or a positive number"),
+                  ("straggler", number(self.straggler) and self.straggler >= 1, "a slow-down factor >= 1"),
+                  ("seed", integer(self.seed, 0), "a non-negative integer")]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
+        amp.get_policy(self.precision)
+        if self.strategy != "sync":
+            if self.optimizer != "sgd":
+                raise ValueError(f"optimizer: the asynchronous strategy {self.strategy!r} applies plain SGD "
+                                 f"updates to shared weights; expected 'sgd', got {self.optimizer!r}")
+            if self.precision not in ASYNC_PRECISIONS:
+                raise ValueError(f"precision: the asynchronous strategy {self.strategy!r} keeps full-precision "
+                                 f"shared weights; expected one of {list(ASYNC_PRECISIONS)}, got {self.precision!r}")
+        return self
+
+
+LEARNING_RATES = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "lars": 0.05}  # others: 3e-3
+
+
+def _model(config: Config, seed: int):
+    h = config.hidden
+    if config.model == "mlp":
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, h, rng=seed), nn.ReLU(), nn.Linear(h, 10, rng=seed + 1))
+    return nn.Sequential(nn.Conv2d(1, h // 2 or 1, 3, padding=1, rng=seed), nn.ReLU(),
+                         nn.Conv2d(h // 2 or 1, h, 3, padding=1, rng=seed + 1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(h * 16, 10, rng=seed + 2))
+
+
+class _Report(Callback):
+    """fit's per-step hook into the run's Progress (the running loss of the epoch)."""
+
+    def __init__(self, progress, steps_per_epoch):
+        self.progress, self.steps_per_epoch, self.epoch = progress, steps_per_epoch, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_end(self, step, logs=None):
+        self.progress.update(self.epoch * self.steps_per_epoch + step + 1, loss=(logs or {}).get("loss"))
+
+
+def _communicator(comm, strategy):
+    if comm is not None or strategy == "hogwild" or not METHODS[strategy].mpi:
+        return comm
+    from .climate_sr import _communicator as from_environment
+    return from_environment(None)
+
+
+def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None, **overrides) -> Result:
+    """Train and evaluate; every rank of ``comm`` (default: MPI's world under mpiexec) returns the same Result.
+
+    ``progress``: a :class:`~hpcai.apps.progress.Progress` or a callable receiving its snapshots.
+    """
+    config = dataclasses.replace(config or Config(), **overrides).validate()
+    progress = as_progress(progress)
+    comm = _communicator(comm, config.strategy)
+    rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
+    (xtr, ytr), (xte, yte) = datasets.digits(seed=config.seed)
+    lr = config.lr or LEARNING_RATES.get(config.optimizer, 3e-3)
+    workers = 2 if config.strategy == "hogwild" else size
+    delay = {1: config.straggler} if config.straggler > 1 and workers > 1 else None
+    start = time.perf_counter()
+    if config.strategy == "sync":
+        model, history = _train_sync(config, lr, (xtr, ytr), comm, delay, progress, verbose)
+        losses, curve_x, x_label = np.asarray(history["loss"]), np.arange(1, len(history["loss"]) + 1), "epoch"
+    else:
+        steps = math.ceil(config.epochs * len(xtr) / config.batch_size)
+        progress.phase(f"training ({config.strategy})", steps)
+        counts = {}
+
+        def listener(worker, updates, loss):
+            counts[worker] = updates
+            progress.update(sum(counts.values()) * (size if config.strategy != "hogwild" else 1) // max(1, len(counts)),
+                            loss=loss)
+
+        result = train_async(config.strategy, lambda: _model(config, config.seed), (xtr, ytr), lr=lr, steps=steps,
+                             batch_size=config.batch_size, comm=comm, threads=workers, delay=delay,
+                             seed=config.seed, precision=config.precision, progress=listener)
+        model, losses, curve_x, x_label = result.model, result.losses, result.times, "seconds"
+        history = {"staleness_mean": result.staleness_mean, "staleness_max": result.staleness_max}
+    seconds = time.perf_counter() - start
+    scores = evaluate(model, (xte, yte), "cross_entropy", metrics=["accuracy"], precision=config.precision)
+    predicted = np.argmax(predict(model, xte, precision=config.precision), axis=1)
+    confusion = np.zeros((10, 10), np.int64)
+    np.add.at(confusion, (yte, predicted), 1)
+    metrics = {"test_accuracy": float(scores["accuracy"]), "test_loss": float(scores["loss"]),
+               "final_training_loss": float(losses[-1]), "seconds": seconds, "workers": workers,
+               "strategy": config.strategy, "precision": config.precision, "optimizer": config.optimizer, "lr": lr}
+    if config.strategy != "sync":
+        metrics.update({k: float(v) for k, v in history.items()})
+    arrays = {"loss": np.asarray(losses), "loss_x": np.asarray(curve_x), "confusion": confusion}
+    result = Result(metrics, arrays)
+    progress.finish(f"test accuracy {metrics['test_accuracy']:.3f}")
+    if rank == 0 and verbose:
+        print(f"digits: {config.model} with {config.optimizer} (lr {lr:g}), {config.precision}, "
+              f"{STRATEGIES[config.strategy]} on {workers} worker(s): test accuracy "
+              f"{metrics['test_accuracy']:.4f} in {seconds:.1f} s", flush=True)
+    if config.output_dir is not None and rank == 0:
+        _write(config, result, x_label)
+    if comm is not None and size > 1:
+        result.figures, result.files = comm.bcast_obj((result.figures, result.files))
+    return result
+
+
+def _train_sync(config, lr, data, comm, delay, progress, verbose):
+    from ..parallel.data_parallel import DistributedOptimizer, broadcast_optimizer_state, broadcast_parameters
+    model = _model(config, config.seed)
+    opt = optim.get_optimizer(config.optimizer, model.parameters(), lr=lr)
+    callbacks = []
+    if comm is not None and comm.size > 1:
+        opt = DistributedOptimizer(opt, comm=comm)
+        broadcast_parameters(model, 0, comm)
+        broadcast_optimizer_state(opt, 0, comm)
+        if delay and comm.rank in delay:
+            callbacks.append(_Straggle(delay[comm.rank]))
+    steps_per_epoch = math.ceil(len(data[0]) / (config.batch_size * (comm.size if comm is not None else 1)))
+    progress.phase("training (sync)", config.epochs * steps_per_epoch)
+    callbacks.append(_Report(progress, steps_per_epoch))
+    history = fit(model, data, "cross_entropy", opt, epochs=config.epochs, batch_size=config.batch_size,
+                  metrics=["accuracy"], callbacks=callbacks, verbose=0, seed=config.seed,
+                  precision=config.precision, comm=comm)
+    return model, history
+
+
+class _Straggle(Callback):
+    """Sleep after each step so this rank takes ``factor`` times its own step time (a slow node)."""
+
+    def __init__(self, factor):
+        self.factor, self.last = factor, None
+
+    def on_batch_end(self, step, logs=None):
+        now = time.perf_counter()
+        if self.last is not None:
+            time.sleep((self.factor - 1) * (now - self.last))
+        self.last = time.perf_counter()
+
+
+def _write(config: Config, result: Result, x_label: str) -> None:
+    """metrics.json and two figures (loss curve, confusion matrix) in ``config.output_dir``."""
+    os.makedirs(config.output_dir, exist_ok=True)
+    path = os.path.join(config.output_dir, "metrics.json")
+    io.write_json(path, {"config": dataclasses.asdict(config), "metrics": result.metrics})
+    result.files["metrics"] = path
+    fig = new_figure(figsize=(5, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(result.arrays["loss_x"], result.arrays["loss"], marker="o" if len(result.arrays["loss"]) < 30 else None)
+    ax.set(xlabel=x_label, ylabel="training loss", yscale="log",
+           title=f"{config.model}, {config.optimizer}, {config.precision}, {config.strategy}")
+    result.figures["loss"] = save(fig, os.path.join(config.output_dir, "loss.png"))
+    fig = new_figure(figsize=(4, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(result.arrays["confusion"], cmap="Blues")
+    ax.set(xlabel="predicted digit", ylabel="true digit", xticks=range(10), yticks=range(10),
+           title=f"test accuracy {result.metrics['test_accuracy']:.3f}")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    result.figures["confusion"] = save(fig, os.path.join(config.output_dir, "confusion.png"))

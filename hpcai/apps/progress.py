@@ -1,0 +1,118 @@
+"""How far an application run is, told to whoever watches: the control panel, a notebook, the engines' client.
+
+An application calls ``progress.phase("simulation", total)`` when it starts a stage and
+``progress.update(done, loss=...)`` as it goes. :class:`Progress` keeps the state (phase, step of total,
+elapsed time, the loss curve so far) and hands a snapshot -- a plain dict, cheap to send between processes --
+to its sinks at most every ``every`` seconds (always on a phase change and at the end). Sinks are plain
+callables: the panel's widgets in this process, or ``ipyparallel.datapub.publish_data`` on an MPI engine,
+which the client reads from ``AsyncResult.data`` while the run goes on.
+
+Stopping is cooperative in-process: when the ``stop`` event is set, the next ``update`` raises
+:class:`Stopped` in the application's own thread, between two steps, so nothing is left half-written.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Callable, Iterable
+
+MAX_POINTS = 400  # loss points kept in a snapshot (older ones thinned), so snapshots stay small
+
+
+class Stopped(Exception):
+    """Raised inside an application's run when it was asked to stop."""
+
+
+class Progress:
+    """A run's progress: the current phase, its step of total, and the training loss so far.
+
+    Args:
+        sinks: callables ``sink(snapshot: dict)``; see :meth:`snapshot` for the keys.
+        every: least seconds between two snapshots sent (phase changes and :meth:`finish` always send).
+        stop: a ``threading.Event``; once set, :meth:`update` and :meth:`phase` raise :class:`Stopped`.
+    """
+
+    def __init__(self, sinks: Iterable[Callable] = (), every: float = 0.25, stop: threading.Event | None = None):
+        self.sinks, self.every, self.stop = list(sinks), float(every), stop
+        self._lock = threading.Lock()  # updates may come from several threads (Hogwild workers)
+        self._start = time.perf_counter()
+        self._sent = -math.inf
+        self.name, self.done, self.total, self.message, self.finished = "starting", 0, 0, "", False
+        self.losses: list[tuple[int, float]] = []  # (training step, loss) over the whole run
+        self._step = 0  # training steps seen, across phases
+
+    def phase(self, name: str, total: int, message: str = "") -> None:
+        """Begin stage ``name`` of ``total`` steps (a simulation's output steps, training iterations, ...)."""
+        self._check_stop()
+        with self._lock:
+            self.name, self.done, self.total, self.message = name, 0, int(total), message
+        self._send(force=True)
+
+    def update(self, done: int | None = None, loss: float | None = None, message: str | None = None) -> None:
+        """``done`` steps of the phase so far (default: one more); ``loss``: a training loss to plot."""
+        self._check_stop()
+        with self._lock:
+            self.done = self.done + 1 if done is None else int(done)
+            if loss is not None and math.isfinite(loss):
+                self._step += 1
+                self.losses.append((self._step, float(loss)))
+            if message is not None:
+                self.message = message
+        self._send()
+
+    def loss(self, value: float) -> None:
+        """Record a training loss without advancing the phase (training that runs inside another phase)."""
+        self._check_stop()
+        if math.isfinite(value):
+            with self._lock:
+                self._step += 1
+                self.losses.append((self._step, float(value)))
+        self._send()
+
+    def finish(self, message: str = "done") -> None:
+        with self._lock:
+            self.finished, self.message, self.done = True, message, self.total
+        self._send(force=True)
+
+    def snapshot(self) -> dict:
+        """``{"phase", "done", "total", "fraction", "elapsed", "message", "finished", "steps", "losses"}``."""
+        with self._lock:
+            points = self.losses
+            if len(points) > MAX_POINTS:  # thin evenly, keeping the newest point
+                stride = math.ceil(len(points) / MAX_POINTS)
+                points = points[len(points) - 1::-stride][::-1]
+            return {"phase": self.name, "done": self.done, "total": self.total,
+                    "fraction": min(1.0, self.done / self.total) if self.total else 0.0,
+                    "elapsed": time.perf_counter() - self._start, "message": self.message,
+                    "finished": self.finished, "steps": [p[0] for p in points], "losses": [p[1] for p in points]}
+
+    def _check_stop(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise Stopped(f"stopped by request during {self.name}")
+
+    def _send(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not self.sinks or (not force and now - self._sent < self.every):
+            return
+        self._sent = now
+        snap = self.snapshot()
+        for sink in self.sinks:
+            sink(snap)
+
+
+def as_progress(progress) -> Progress:
+    """``progress`` itself, a Progress around a callable sink, or a silent Progress for None."""
+    if isinstance(progress, Progress):
+        return progress
+    if progress is None:
+        return Progress()
+    if callable(progress):
+        return Progress([progress])
+    raise TypeError(f"progress: expected a Progress, a callable or None, got {type(progress).__name__}")
+
+
+def publish_to_client(snapshot: dict) -> None:
+    """A sink for MPI engines: the snapshot becomes ``AsyncResult.data["progress"]`` on the client."""
+    from ipyparallel.datapub import publish_data
+    publish_data({"progress": snapshot})
