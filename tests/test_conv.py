@@ -93,6 +93,23 @@ def test_max_pool2d_ties_go_to_the_first_maximum(xp):
     np.testing.assert_array_equal(_host(x.grad)[0, 0], want)
 
 
+@pytest.mark.parametrize("shape, args", [((2, 3, 8, 8), (2,)), ((2, 3, 7, 9), (2,)), ((2, 3, 9, 9), (3, 2, 1)),
+                                         ((1, 2, 6, 6), ((2, 3), (1, 2), (1, 1)))])
+def test_max_pool2d_gradient_matches_torch_with_many_ties(shape, args, rng):
+    torch = pytest.importorskip("torch")
+    x = np.maximum(np.round(rng.standard_normal(shape) * 2) / 2, 0)  # after a ReLU: zeros and repeated values
+    x[0, 0, 1, 1] = np.nan  # its windows output NaN and route no gradient anywhere
+    g = rng.standard_normal(ops.max_pool2d(Tensor(x), *args).shape)
+    t = Tensor(x, requires_grad=True)
+    ops.max_pool2d(t, *args).backward(g)
+    tx = torch.tensor(x, requires_grad=True)
+    ref = torch.nn.functional.max_pool2d(tx, *args)
+    ref.backward(torch.from_numpy(g))
+    finite = ~np.isnan(ref.detach().numpy()).any(axis=(2, 3), keepdims=True)  # torch sends NaN windows' grads
+    np.testing.assert_array_equal(ops.max_pool2d(Tensor(x), *args).numpy(), ref.detach().numpy())
+    np.testing.assert_allclose(np.where(finite, t.grad, 0), np.where(finite, tx.grad.numpy(), 0), atol=1e-12)
+
+
 def test_pooling_values(xp):
     x = np.arange(16.0).reshape(1, 1, 4, 4)
     np.testing.assert_array_equal(_host(ops.max_pool2d(_t(xp, x), 2))[0, 0], [[5, 7], [13, 15]])

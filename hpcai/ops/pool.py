@@ -34,8 +34,8 @@ def _unpad(g, padding, in_hw):
 
 
 class MaxPool2d(Function):
-    """Forward is a running maximum, one pass per offset; backward finds each window's first maximum
-    (scanning offsets last to first, so the first one wins ties, as in PyTorch) and routes gy there."""
+    """Forward is a running maximum, one pass per offset; backward walks the offsets in order, routing
+    gy to the first input equal to its window's maximum (the first one wins ties, as in PyTorch)."""
 
     def forward(self, x):
         xp, (kh, kw) = self.xp, self.kernel
@@ -47,14 +47,24 @@ class MaxPool2d(Function):
         return self.out
 
     def backward(self, gy):
-        xp, (kh, kw), (ph, pw) = self.xp, self.kernel, self.padding
+        xp, (kh, kw), (ph, pw), (sh, sw) = self.xp, self.kernel, self.padding, self.stride
         (h, w), n = self.in_hw, kh * kw
-        arg = xp.full(gy.shape, n, np.uint8 if n < 255 else np.int32)  # n: no maximum (a NaN window)
-        for k in reversed(range(n)):
-            xp.copyto(arg, k, where=_slab(self.xpad, k // kw, k % kw, self.stride, self.out_hw) == self.out)
-        gx = xp.zeros(gy.shape[:2] + (h + 2 * ph, w + 2 * pw), gy.dtype)
-        for k in range(n):
-            _slab(gx, k // kw, k % kw, self.stride, self.out_hw)[...] += xp.where(arg == k, gy, 0)
+        # windows that tile the input without overlap write disjoint slabs: assigned, not accumulated
+        disjoint = (sh, sw) == (kh, kw) and (ph, pw) == (0, 0)
+        tiled = disjoint and h % kh == 0 and w % kw == 0
+        gx = (xp.empty if tiled else xp.zeros)(gy.shape[:2] + (h + 2 * ph, w + 2 * pw), gy.dtype)
+        hit, free = xp.empty(gy.shape, bool), xp.ones(gy.shape, bool)  # free: window's maximum not yet found
+        tmp = None if disjoint else xp.empty(gy.shape, gy.dtype)
+        for k in range(n):  # the first maximum in row-major window order wins; a NaN window matches nothing
+            xp.equal(_slab(self.xpad, k // kw, k % kw, self.stride, self.out_hw), self.out, out=hit)
+            xp.logical_and(hit, free, out=hit)
+            xp.logical_xor(free, hit, out=free)
+            target = _slab(gx, k // kw, k % kw, self.stride, self.out_hw)
+            if disjoint:
+                xp.multiply(gy, hit, out=target)
+            else:
+                xp.multiply(gy, hit, out=tmp)
+                target += tmp
         return _unpad(gx, self.padding, self.in_hw)
 
 
