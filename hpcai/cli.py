@@ -4,6 +4,9 @@
   hpcai run climate_sr --days 2 --ratio 50 --output results/
   mpiexec -n 4 python -m hpcai run climate_sr   # a batch job: every rank runs its part
   hpcai demo                               # a small MLP trained end to end with the core
+  hpcai lab                                # JupyterLab on the notebooks, 127.0.0.1 only, token always on
+  hpcai bench                              # the quick benchmarks (core, parallel); --list shows them all
+  hpcai bench climate -- --quick           # one benchmark, with arguments for its script
 
 Every field of an application's Config is an option (``--days``, ``--precision``, ...), read from the
 dataclass, so a new field or application needs no change here.
@@ -12,9 +15,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import ipaddress
 import json
 import os
+import secrets
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 from . import amp, datasets, nn, optim
 from .train import evaluate, fit
@@ -41,46 +50,23 @@ def demo(epochs: int = 20, hidden: int = 64, precision: str = "fp32", optimizer:
 
 
 def _config_options(parser, config_cls) -> None:
-    """One ``--name`` option per Config field, typed from its default."""
+    """One ``--name`` option per Config field, typed from its annotation; its declared choices, if any."""
     for f in dataclasses.fields(config_cls):
         default, annotation = f.default, str(f.type)
+        choices = f.metadata.get("choices")
         kind = next((t for t in (int, float) if annotation.split(" |")[0] == t.__name__), str)
         flag = "--" + f.name.replace("_", "-")
         if isinstance(default, bool):
             parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
         else:
-            parser.add_argument(flag, type=kind, default=None, help=f"(default: {default})")
-
-
-def run_app(name: str, overrides: dict, engines: int = 0, verbose: int = 1):
-    """Run application ``name`` here (engines=0), on local MPI engines (engines=N), or as this MPI job's part."""
-    from .apps import APPS
-    from .parallel import world
-    app = APPS[name]
-    config = dataclasses.replace(app.config(), **overrides).validate()
-    comm = world() if "OMPI_COMM_WORLD_SIZE" in os.environ or "PMI_SIZE" in os.environ else None
-    if comm is not None and comm.size > 1:  # launched by mpiexec: this process is one rank of the job
-        return app.run(config, verbose=verbose if comm.rank == 0 else 0, comm=comm)
-    if engines <= 0:
-        return app.run(config, verbose=verbose)
-    from .cluster import Engines
-    with Engines(n=engines) as cluster:
-        results = cluster.run_sync(_run_on_engine, name, dataclasses.asdict(config), verbose)
-    return results[0]
-
-
-def _run_on_engine(name, config, verbose):
-    """Engine side of :func:`run_app`: every rank runs the app on MPI's world communicator."""
-    import dataclasses as dc
-    from hpcai.apps import APPS
-    from hpcai.parallel import world
-    comm = world()
-    app = APPS[name]
-    return app.run(dc.replace(app.config(), **config), verbose=verbose if comm.rank == 0 else 0, comm=comm)
+            parser.add_argument(flag, type=kind, default=None, choices=choices, help=f"(default: {default})")
 
 
 def main(argv=None) -> int:
     from .apps import APPS
+    argv, script_args = list(sys.argv[1:] if argv is None else argv), []
+    if argv[:1] == ["bench"] and "--" in argv:  # hpcai bench NAME -- ARGS: ARGS go to the script untouched
+        argv, script_args = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     parser = argparse.ArgumentParser(prog="hpcai", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="train a small MLP end to end and print the loss falling")
@@ -99,7 +85,36 @@ def main(argv=None) -> int:
                        help="start this many local MPI engines (ipyparallel) and run there; 0: in this process")
         a.add_argument("--quiet", action="store_true")
         _config_options(a, app.config)
+    lb = sub.add_parser("lab", help="start JupyterLab on the notebooks (127.0.0.1 and a token unless told otherwise)")
+    lb.add_argument("--notebook-dir", default=None,
+                    help="folder to serve (default: the source tree's notebooks/ if there, else the current folder)")
+    lb.add_argument("--ip", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    lb.add_argument("--port", type=int, default=8888, help="port (default: 8888; fails if taken, no silent change)")
+    lb.add_argument("--token", default=None, help="access token (default: a new random one, printed in the URL)")
+    lb.add_argument("--no-browser", action="store_true", help="do not open a web browser")
+    lb.add_argument("--allow-root", action="store_true", help="let root run it (containers; not recommended)")
+    b = sub.add_parser("bench", help="run the source tree's benchmark scripts (hpcai bench NAME -- ARGS)")
+    b.add_argument("names", nargs="*", metavar="NAME",
+                   help=f"benchmarks to run (default: {' '.join(BENCH_DEFAULT)}, the quick ones)")
+    b.add_argument("--list", action="store_true", help="list the benchmarks found and exit")
+    b.add_argument("--dir", default=None, help="benchmarks folder (default: the source tree's benchmarks/)")
     args = parser.parse_args(argv)
+    if args.command == "lab":
+        try:
+            return lab(args.notebook_dir, args.ip, args.port, args.token, browser=not args.no_browser,
+                       allow_root=args.allow_root)
+        except ValueError as e:
+            parser.exit(2, f"hpcai lab: {e}\n")
+    if args.command == "bench":
+        try:
+            if args.list:
+                for name, (_, doc) in benchmarks(args.dir).items():
+                    print(f"  {name:<16}{'*' if name in BENCH_DEFAULT else ' '} {doc}")
+                print("  (* run by default; hpcai bench NAME -- ARGS passes ARGS to the script)")
+                return 0
+            return bench(args.names, args.dir, script_args)
+        except ValueError as e:
+            parser.exit(2, f"hpcai bench: {e}\n")
     if args.command == "demo":
         history, _ = demo(args.epochs, args.hidden, args.precision, args.optimizer, args.lr, args.seed, verbose=1)
         return 0 if history["loss"][-1] < history["loss"][0] else 1
@@ -108,6 +123,7 @@ def main(argv=None) -> int:
     if "output_dir" in fields and "output_dir" not in overrides:
         overrides["output_dir"] = os.path.join("results", args.app)
     try:
+        from .runner import run_app
         result = run_app(args.app, overrides, engines=args.engines, verbose=0 if args.quiet else 1)
     except (ValueError, TypeError) as e:
         parser.exit(2, f"hpcai run {args.app}: {e}\n")
@@ -115,6 +131,132 @@ def main(argv=None) -> int:
                      default=str))
     return 0
 
+
+# -- hpcai lab -----------------------------------------------------------------------------------------------
+def _source_dir(name: str) -> Path | None:
+    """The folder ``name`` of the source tree this package runs from (a checkout or editable install), else None.
+
+    Notebooks and benchmarks ship with the source, not with the wheel.
+    """
+    root = Path(__file__).resolve().parents[1]
+    return root / name if (root / name).is_dir() and (root / "pyproject.toml").is_file() else None
+
+
+def _lab_address(ip: str) -> str:
+    """``ip`` checked: an IP address or ``localhost``; a warning on stderr when it is not a loopback address."""
+    if ip != "localhost":
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            raise ValueError(f"--ip: expected an IP address such as 127.0.0.1 (0.0.0.0: every interface), "
+                             f"got {ip!r}") from None
+        if not address.is_loopback:
+            print(f"hpcai lab: warning: listening on {ip}, not only on this machine's loopback interface: anyone "
+                  "who can reach this port and learns the token runs code as you. Prefer the default 127.0.0.1 "
+                  "with an SSH tunnel (ssh -L 8888:127.0.0.1:8888 host).", file=sys.stderr)
+    return ip
+
+
+def lab_command(notebook_dir=None, ip: str = "127.0.0.1", port: int = 8888, token=None, browser: bool = True,
+                allow_root: bool = False):
+    """The JupyterLab command line, its environment and the URL to open, checked (ValueError when wrong).
+
+    The token travels in the environment (``JUPYTER_TOKEN``), not on the command line, where other users of a
+    shared login node could read it with ``ps``.
+    """
+    if importlib.util.find_spec("jupyterlab") is None:
+        raise ValueError("JupyterLab is not installed: pip install 'hpcai[notebook]'")
+    if token is not None and not token.strip():
+        raise ValueError("--token: an empty token would switch authentication off; leave it out for a random one")
+    if not 0 < port < 65536:
+        raise ValueError(f"--port: expected 1..65535, got {port}")
+    ip = _lab_address(ip)
+    root = Path(notebook_dir) if notebook_dir else (_source_dir("notebooks") or Path.cwd())
+    if not root.is_dir():
+        raise ValueError(f"--notebook-dir: no such directory: {root}")
+    token = token or secrets.token_urlsafe(24)
+    command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={root.resolve()}", f"--ServerApp.ip={ip}",
+               f"--ServerApp.port={port}", "--ServerApp.port_retries=0",  # the printed URL must be the real one
+               "--ServerApp.answer_yes=True"]  # one Ctrl-C stops the server (kernels shut down), no prompt
+    if not browser:
+        command.append("--no-browser")
+    if allow_root:
+        command.append("--allow-root")
+    env = {**os.environ, "JUPYTER_TOKEN": token}
+    env.pop("JUPYTER_TOKEN_FILE", None)
+    host = ip
+    if ip in ("0.0.0.0", "::"):
+        import socket
+        host = socket.gethostname()
+    elif ":" in ip:
+        host = f"[{ip}]"
+    return command, env, f"http://{host}:{port}/lab?token={token}"
+
+
+def lab(notebook_dir=None, ip: str = "127.0.0.1", port: int = 8888, token=None, browser: bool = True,
+        allow_root: bool = False) -> int:
+    """Start JupyterLab on the notebooks and become it (the process is replaced, so signals reach it directly)."""
+    command, env, url = lab_command(notebook_dir, ip, port, token, browser, allow_root)
+    root = next(a.split("=", 1)[1] for a in command if a.startswith("--ServerApp.root_dir="))
+    print(f"hpcai lab: JupyterLab on {root}\n  open {url}\n  Ctrl-C stops it", flush=True)
+    sys.stderr.flush()
+    if os.name == "posix":
+        os.execve(sys.executable, command, env)
+    proc = subprocess.Popen(command, env=env)  # Windows: no exec; Ctrl-C reaches the child through the console
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            continue
+
+
+# -- hpcai bench ---------------------------------------------------------------------------------------------
+BENCH_DEFAULT = ("core", "parallel")  # about a minute each on 2 cores; climate and train_vs_torch take minutes
+
+
+def benchmarks(directory=None) -> dict:
+    """Benchmark scripts ``{name: (path, first docstring line)}`` of ``directory`` (default: the source tree's)."""
+    import ast
+    folder = Path(directory) if directory else _source_dir("benchmarks")
+    if folder is None or not folder.is_dir():
+        raise ValueError(f"no benchmarks directory {'at ' + str(folder) if folder else 'in the source tree'}: the "
+                         "benchmarks ship with the source, not the wheel; run from a checkout (pip install -e .) "
+                         "or point --dir at one")
+    found = {}
+    for path in sorted(folder.glob("*.py")):
+        if not path.name.startswith("_"):
+            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+            found[path.stem] = (path, doc.strip().splitlines()[0] if doc.strip() else "")
+    return found
+
+
+def bench(names=(), directory=None, script_args=(), out=None) -> int:
+    """Run benchmark scripts one after the other with this Python, their output streamed; 1 if any failed."""
+    out = out or sys.stdout
+    found = benchmarks(directory)
+    names = list(names) or [n for n in BENCH_DEFAULT if n in found]
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; choose from {sorted(found)}")
+    if script_args and len(names) != 1:
+        raise ValueError("arguments after -- go to one benchmark script: name exactly one")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    summary = []
+    for name in names:
+        path = found[name][0]
+        print(f"== {name}: {sys.executable} {path.name} {' '.join(script_args)}".rstrip(), file=out, flush=True)
+        start = time.perf_counter()
+        try:
+            code = subprocess.run([sys.executable, str(path), *script_args], cwd=path.parent.parent, env=env).returncode
+        except KeyboardInterrupt:
+            print(f"== {name}: interrupted", file=out, flush=True)
+            return 130
+        summary.append((name, code, time.perf_counter() - start))
+    print("== summary", file=out)
+    for name, code, seconds in summary:
+        print(f"  {name:<20} {'ok' if code == 0 else f'FAILED (exit {code})':<18} {seconds:8.1f} s", file=out)
+    out.flush()
+    return 0 if all(code == 0 for _, code, _ in summary) else 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -297,7 +297,8 @@ class Panel:
         for name, path in result.figures.items():
             try:
                 with open(path, "rb") as f:
-                    image = w.Image(value=f.read(), format="png", layout=w.Layout(max_width="600px"))
+                    image = w.Image(value=f.read(), format="png",
+                                    layout=w.Layout(max_width="440px", margin="0 8px 8px 0"))
             except OSError as e:
                 images.append(w.HTML(f"<i>figure {html.escape(name)} not readable here: {html.escape(str(e))}</i>"))
                 continue

@@ -1,0 +1,227 @@
+"""Helpers for the real-browser tests: JupyterLab started by ``hpcai lab``, headless Chromium, process checks.
+
+``Lab`` starts ``hpcai lab`` on a free 127.0.0.1 port with a random token, JupyterLab's settings, workspaces
+and runtime files in a temporary folder (the user's own are not read or written), and records every process
+the server starts (kernels, ipyparallel controllers and engines, ``mpiexec``) while it runs, so that after
+``stop()`` ``leftovers()`` can say, by PID, what is still alive. ``chromium(playwright)`` launches the
+system's Chromium (the Debian ``chromium`` package; Playwright downloads no browser).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+CHROMIUM = os.environ.get("HPCAI_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+ARTIFACTS = Path(os.environ.get("HPCAI_ARTIFACTS") or Path(__file__).resolve().parents[1] / "test-artifacts")
+
+# JupyterLab settings for a quiet, predictable page: every cell kept in the DOM, no news or update pop-ups
+SETTINGS = {
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
+                                                                        "checkForUpdates": False},
+}
+
+
+def missing_browser() -> str | None:
+    """Why the browser tests cannot run here (None when they can)."""
+    import importlib.util
+    for module, install in (("playwright", "pip install playwright"), ("jupyterlab", "pip install jupyterlab"),
+                            ("ipywidgets", "pip install ipywidgets"), ("psutil", "pip install psutil")):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed ({install})"
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    return None
+
+
+def chromium(playwright):
+    """Headless system Chromium."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ProcessWatch:
+    """Every descendant of ``pid`` seen while watching (sampled every ``every`` s), as psutil.Process objects.
+
+    A psutil.Process remembers its creation time, so a PID reused by an unrelated process later is not
+    mistaken for one of ours.
+    """
+
+    def __init__(self, pid: int, every: float = 0.25):
+        import psutil
+        self.psutil, self.root = psutil, psutil.Process(pid)
+        self.seen = {pid: self.root}
+        self._every, self._done = every, threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="process-watch")
+        self._thread.start()
+
+    def _loop(self):
+        while not self._done.is_set():
+            self.sample()
+            self._done.wait(self._every)
+
+    def sample(self):
+        try:
+            for p in self.root.children(recursive=True):
+                self.seen.setdefault(p.pid, p)
+        except self.psutil.Error:
+            pass
+
+    def stop(self):
+        self._done.set()
+        self._thread.join()
+
+    def alive(self) -> list:
+        """The watched processes still running (zombies count as gone), with their command lines."""
+        left = []
+        for p in self.seen.values():
+            try:
+                if p.is_running() and p.status() != self.psutil.STATUS_ZOMBIE:
+                    left.append((p.pid, " ".join(p.cmdline())[:200]))
+            except self.psutil.Error:
+                pass
+        return left
+
+    def kill_all(self) -> None:
+        for p in self.seen.values():
+            try:
+                if p.is_running():
+                    p.kill()
+            except self.psutil.Error:
+                pass
+
+
+class Lab:
+    """``hpcai lab`` on a free port of 127.0.0.1 with a random token, serving ``notebook_dir``."""
+
+    def __init__(self, notebook_dir, workdir, start_timeout: float = 90):
+        import secrets
+        self.notebook_dir, self.workdir = Path(notebook_dir), Path(workdir)
+        self.port, self.token = free_port(), secrets.token_hex(16)
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ)
+        for var, sub in (("JUPYTERLAB_SETTINGS_DIR", "settings"), ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"),
+                         ("JUPYTER_RUNTIME_DIR", "runtime")):
+            env[var] = str(self.workdir / sub)
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        for name, values in SETTINGS.items():
+            path = self.workdir / "settings" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(values))
+        bin_dir = os.path.dirname(sys.executable)  # this environment's jupyter and mpiexec first, as in a venv
+        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+        command = [sys.executable, "-m", "hpcai", "lab", "--no-browser", "--port", str(self.port),
+                   "--token", self.token, "--notebook-dir", str(self.notebook_dir)]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            command.append("--allow-root")  # CI containers run as root
+        self.log_path = self.workdir / "lab.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=self.notebook_dir, env=env)
+        self.watch = ProcessWatch(self.proc.pid)
+        try:
+            self._wait_ready(start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hpcai lab exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                if self.api("status") is not None:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"JupyterLab did not answer within {timeout:.0f} s:\n{self.log()[-3000:]}")
+            time.sleep(0.25)
+
+    def api(self, path: str, method: str = "GET", body=None, timeout: float = 10):
+        """A REST call with the token; the decoded JSON (None for an empty reply)."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{self.base}/api/{path}", data=data, method=method,
+                                         headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            text = r.read()
+        return json.loads(text) if text else None
+
+    def url(self, path: str = "") -> str:
+        return f"{self.base}/lab/tree/{path}?token={self.token}"
+
+    def shutdown_kernels(self, timeout: float = 60) -> None:
+        """Shut every kernel down through the server (a shutdown request: the kernel's atexit handlers run)."""
+        try:
+            for kernel in self.api("kernels"):
+                self.api(f"kernels/{kernel['id']}", method="DELETE", timeout=timeout)
+        except (OSError, urllib.error.URLError):
+            pass
+
+    def stop(self, timeout: float = 60) -> int | None:
+        """Kernels shut down, then the server stopped with SIGTERM (its clean stop); its exit status."""
+        if self.proc.poll() is None:
+            self.shutdown_kernels()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.watch.sample() if self.watch.root.is_running() else None
+        self.watch.stop()
+        self._log.close()
+        return self.proc.returncode
+
+    def leftovers(self, grace: float = 15) -> list:
+        """Processes this lab started that are still alive ``grace`` seconds after ``stop()`` at most."""
+        deadline = time.monotonic() + grace
+        while (left := self.watch.alive()) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        return left + [p for p in self._strays() if p[0] not in {pid for pid, _ in left}]
+
+    def _strays(self) -> list:
+        """Processes working in the served folder that escaped the watch (re-parented before a sample)."""
+        psutil, found = self.watch.psutil, []
+        root = str(self.notebook_dir.resolve())
+        for p in psutil.process_iter(["pid", "cwd", "cmdline"]):
+            cwd = p.info.get("cwd") or ""
+            if p.pid != os.getpid() and (cwd == root or cwd.startswith(root + os.sep)):
+                found.append((p.pid, " ".join(p.info.get("cmdline") or [])[:200]))
+        return found
+
+
+def kill(pid: int) -> None:
+    """Kill one process by PID (gone already is fine)."""
+    import psutil
+    try:
+        psutil.Process(pid).kill()
+    except psutil.Error:
+        pass
+
+
+def copy_notebooks(source, target) -> Path:
+    """A copy of the notebooks folder, so the repository's files are never touched by a test."""
+    return Path(shutil.copytree(source, target, ignore=shutil.ignore_patterns(".ipynb_checkpoints")))

@@ -1,0 +1,155 @@
+"""The quickstart notebook in a real browser: JupyterLab from ``hpcai lab``, headless Chromium, the panel driven.
+
+A copy of ``notebooks/`` is served by ``hpcai lab`` on 127.0.0.1 with a random token; Playwright opens
+``00_quickstart.ipynb``, runs all cells, then in the control panel selects the digits application, mixed-bf16,
+SGD and one-sided MPI windows (rma) on 2 engines, presses Run and waits for the results view to show a
+figure (up to 180 s). Screenshots of the page and of the panel go to ``$HPCAI_ARTIFACTS`` (default
+``test-artifacts/``). Afterwards the kernel and JupyterLab are stopped and every process they started --
+kernel, ipyparallel controller and engines, ``mpiexec`` -- is checked by PID to be gone (killed, and the
+test failed, if not). About 1-2 minutes on 2 cores. Skips when Playwright or Chromium is missing, unless
+``HPCAI_REQUIRE_BROWSER=1`` (as in CI), where that is a failure.
+"""
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+import browser
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = "00_quickstart.ipynb"
+CHOICES = {"app": "digits", "precision": "mixed-bf16", "optimizer": "sgd", "strategy": "rma"}
+ENGINES = 2
+RUN_TIMEOUT = 180  # s, from pressing Run to a figure in the results view
+
+
+@pytest.fixture(scope="module")
+def ready():
+    why = browser.missing_browser()
+    if why:
+        if os.environ.get("HPCAI_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"HPCAI_REQUIRE_BROWSER=1 but {why}")
+        pytest.skip(why)
+    if not (ROOT / "notebooks" / NOTEBOOK).is_file():
+        pytest.fail(f"notebooks/{NOTEBOOK} is missing")
+
+
+def _run_all_cells(page) -> None:
+    """Run > Run All Cells from the menu bar."""
+    page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-item", has_text=re.compile(r"^Run All Cells")).click()
+
+
+def _accept_kernel_dialog(page) -> None:
+    """If JupyterLab asks which kernel to use, take the one it proposes."""
+    dialog = page.locator(".jp-Dialog")
+    try:
+        dialog.wait_for(state="visible", timeout=3000)
+    except Exception:  # no dialog: the notebook's kernel started by itself
+        return
+    dialog.locator(".jp-mod-accept").click()
+
+
+def _wait_kernel_idle(page, lab, timeout: float) -> None:
+    """The notebook's kernel is connected and idle (the toolbar indicator, and the server's view agrees)."""
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=timeout * 1000)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kernels = lab.api("kernels")
+        if kernels and all(k["execution_state"] == "idle" for k in kernels):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"kernel not idle after {timeout} s: {lab.api('kernels')}")
+
+
+def _wait_all_cells_ran(page, timeout: float) -> None:
+    """Every code cell has an execution count (none queued ``[*]`` or never run ``[ ]``)."""
+    page.wait_for_function("""() => {
+        const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
+        return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
+    }""", timeout=timeout * 1000)
+
+
+def _errors_in_outputs(page) -> list:
+    outputs = (".jp-Notebook .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'], "
+               ".jp-Notebook .jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")
+    return page.locator(outputs).all_inner_texts()
+
+
+def test_quickstart_panel_runs_in_a_browser(ready, tmp_path):
+    from playwright.sync_api import sync_playwright
+    artifacts = browser.ARTIFACTS
+    artifacts.mkdir(parents=True, exist_ok=True)
+    served = browser.copy_notebooks(ROOT / "notebooks", tmp_path / "notebooks")
+    lab = browser.Lab(served, tmp_path / "lab")
+    page, left = None, []
+    try:
+        with sync_playwright() as p:
+            chrome = browser.chromium(p)
+            try:
+                page = chrome.new_page(viewport={"width": 1400, "height": 1000})
+                page.set_default_timeout(60_000)
+                page.goto(lab.url(NOTEBOOK), wait_until="domcontentloaded")
+                page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+                _accept_kernel_dialog(page)
+                _wait_kernel_idle(page, lab, timeout=90)
+
+                _run_all_cells(page)
+                _wait_all_cells_ran(page, timeout=300)
+                _wait_kernel_idle(page, lab, timeout=120)
+                panel = page.locator(".hpcai-panel")
+                panel.wait_for(state="visible")
+                assert "idle" in page.inner_text(".hpcai-status")
+                assert not [e for e in _errors_in_outputs(page) if "Error" in e or "Traceback" in e]
+
+                for name, value in CHOICES.items():
+                    page.select_option(f".hpcai-{name} select", value)
+                    chosen = page.eval_on_selector(f".hpcai-{name} select", "s => s.selectedOptions[0].textContent")
+                    assert chosen == value, (name, chosen)
+                engines = page.locator(".hpcai-engines input")
+                engines.fill(str(ENGINES))
+                engines.press("Enter")
+                page.wait_for_function("() => !document.querySelector('.hpcai-run').disabled")
+                panel.screenshot(path=str(artifacts / "quickstart-panel.png"))
+
+                page.click(".hpcai-run")
+                page.wait_for_function("() => !/idle/.test(document.querySelector('.hpcai-status').textContent)",
+                                       timeout=30_000)
+                figure = page.locator(".hpcai-results img.hpcai-figure").first
+                try:
+                    page.wait_for_function(
+                        """() => {
+                            const status = document.querySelector('.hpcai-status').textContent;
+                            if (/error|stopped/.test(status)) return true;
+                            const img = document.querySelector('.hpcai-results img.hpcai-figure');
+                            return img && img.complete && img.naturalWidth > 0 && img.offsetParent !== null;
+                        }""", timeout=RUN_TIMEOUT * 1000)
+                finally:
+                    figure.scroll_into_view_if_needed(timeout=5000) if figure.count() else None
+                    page.screenshot(path=str(artifacts / "quickstart-results.png"), full_page=True)
+                status = page.inner_text(".hpcai-status")
+                assert status.startswith("done in"), status
+                assert figure.is_visible() and page.locator(".hpcai-results .hpcai-metrics").is_visible()
+                metrics = page.inner_text(".hpcai-results .hpcai-metrics")
+                assert "test_accuracy" in metrics, metrics
+                # the panel with its results is taller than the window: grow the window so one shot holds it
+                height = int(panel.bounding_box()["height"])
+                page.set_viewport_size({"width": 1400, "height": min(height + 400, 6000)})
+                panel.scroll_into_view_if_needed()
+                panel.screenshot(path=str(artifacts / "quickstart-panel-done.png"))
+            except BaseException:
+                if page is not None:
+                    page.screenshot(path=str(artifacts / "quickstart-failure.png"), full_page=True)
+                (artifacts / "quickstart-lab.log").write_text(lab.log())
+                raise
+            finally:
+                chrome.close()
+    finally:
+        code = lab.stop()
+        left = lab.leftovers()
+        for pid, _ in left:
+            browser.kill(pid)
+    assert not left, f"processes left behind after JupyterLab stopped: {left}"
+    assert code == 0, f"hpcai lab exited with {code}:\n{lab.log()[-3000:]}"
