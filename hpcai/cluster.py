@@ -194,7 +194,9 @@ class Engines:
         if self.client is not None:
             return self
         ipp, psutil = _ipyparallel()
-        self.ended, self.cluster = None, ipp.Cluster(**self.config, **self._where, delay=0)
+        # ipyparallel's own INFO/WARNING log (every start and stop, engines' exit codes on shutdown) would fill
+        # notebook cells; launch failures are reported by start() itself, with the processes' output
+        self.ended, self.cluster = None, ipp.Cluster(**self.config, **self._where, delay=0, log_level=logging.ERROR)
         _LIVE.add(self)
         try:
             await self.cluster.start_controller()

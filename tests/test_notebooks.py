@@ -1,14 +1,38 @@
-"""Every notebook runs top to bottom at its CI parameters (papermill convention), and is stored stripped."""
+"""Every notebook runs top to bottom at its CI parameters (papermill convention), is stored stripped, prints
+what it promises, and leaves no process behind (MPI engines, controllers, kernels).
+
+Processes are traced by a marker in the environment: the kernel inherits it from this test, and everything
+the kernel starts (ipyparallel controller, mpiexec, MPI proxies, engines) inherits it from the kernel, even
+when a process outlives its parent. Other people's clusters on the same machine never carry it.
+"""
 import json
+import os
 import pathlib
+import sys
+import time
+import uuid
 
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
+try:
+    import psutil
+except ImportError:  # the process checks need psutil (hpcai[apps]); the notebooks still run without it
+    psutil = None
 
 NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+MARKER = "HPCAI_NOTEBOOK_TEST"
+
+# What each notebook must print (all of these strings) and how many figures it must show, at least.
+EXPECTED = {
+    "01": (["gradcheck(f): True", "gradient mismatch", "summed in fp16: 32", "fp16x3", "median of"], 2),
+    "02": (["test accuracy", "mixed-fp16, dynamic loss scaling", "bit for bit: True", "lamb"], 5),
+    "03": (["rank 1 of", "[stdout:1]", "accuracy on each rank, pulled from the engines",
+            "Seconds to training loss", "hogwild", "rma", "stopped"], 2),
+    "04": (["held-out L2 error, restored"], 1),
+}
 
 
 def _with_ci_parameters(nb, tmp_path):
@@ -21,22 +45,95 @@ def _with_ci_parameters(nb, tmp_path):
     return nb
 
 
+# -- processes ------------------------------------------------------------------------------------------
+def _alive(p) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _descendants() -> dict:
+    """{pid: Process} of this test process's live descendants."""
+    return {p.pid: p for p in psutil.Process().children(recursive=True) if _alive(p)}
+
+
+def _leftovers(token: str, before: dict) -> list:
+    """Live processes started while the notebook ran: those carrying the marker, and new descendants."""
+    found = {pid: p for pid, p in _descendants().items() if pid not in before}
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and p.pid not in found and p.environ().get(MARKER) == token and _alive(p):
+                found[p.pid] = p
+        except psutil.Error:  # gone, or another user's process
+            pass
+    return [p for p in found.values() if _alive(p)]
+
+
+def _describe(p) -> str:
+    try:
+        return f"pid {p.pid}: {' '.join(p.cmdline())[:160] or p.name()}"
+    except psutil.Error:
+        return f"pid {p.pid}"
+
+
+def _collect_leftovers(token: str, before: dict, grace: float = 15.0) -> list:
+    """Wait up to ``grace`` s for the notebook's processes to exit (a kernel's exit hooks may still be stopping
+    its engines); describe and SIGKILL whatever is left, so a failing notebook never leaves the machine busy."""
+    deadline = time.monotonic() + grace
+    left = _leftovers(token, before)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = _leftovers(token, before)
+    described = [_describe(p) for p in left]
+    for p in left:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=5)
+    return described
+
+
+# -- tests ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_is_stored_without_outputs(path):
     nb = json.loads(path.read_text())
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb["cells"] if c["cell_type"] == "code")
+    assert all(c.get("id") for c in nb["cells"])
     first = nb["cells"][0]
     assert first["cell_type"] == "markdown" and "How long" in "".join(first["source"])
+    assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"])
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path):
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    token = uuid.uuid4().hex
+    monkeypatch.setenv(MARKER, token)
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))  # ipyparallel's cluster files and logs go here
+    before = _descendants() if psutil else {}
     nb = _with_ci_parameters(nbformat.read(path, as_version=4), tmp_path)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()
-    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    try:
+        client.execute()  # shuts the kernel down when done, also after a failing cell
+    except Exception as e:
+        left = _collect_leftovers(token, before) if psutil else []
+        if left:
+            note = f"and it left {len(left)} process(es) running (killed now):\n  " + "\n  ".join(left)
+            if hasattr(e, "add_note"):  # Python 3.11
+                e.add_note(note)
+            else:
+                print(note, file=sys.stderr)
+        raise
+    left = _collect_leftovers(token, before) if psutil else []
+    assert not left, f"{path.name} left {len(left)} process(es) running (killed now):\n  " + "\n  ".join(left)
+
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    text = "\n".join(o.get("text", "") for o in outputs)  # printed (stdout and stderr)
     assert "Error" not in text
-    if path.name.startswith("04"):
-        assert "held-out L2 error, restored" in text
-        assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
-                   for c in nb.cells for o in c.get("outputs", []))
+    shown = text + "\n" + "\n".join(o.get("data", {}).get("text/plain", "") for o in outputs)  # and displayed (%%px)
+    figures = sum("image/png" in o.get("data", {}) for o in outputs)
+    strings, min_figures = EXPECTED.get(path.name[:2], ([], 0))
+    missing = [s for s in strings if s not in shown]
+    assert not missing, f"{path.name} did not print {missing}"
+    assert figures >= min_figures, f"{path.name} showed {figures} figure(s), expected at least {min_figures}"

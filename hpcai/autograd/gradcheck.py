@@ -55,7 +55,7 @@ def gradcheck(fn, inputs, kwargs=None, eps=1e-6, atol=1e-6, rtol=1e-5, seed=0) -
         bad = ~(err <= atol + rtol * xp.abs(numeric))  # NaN counts as a mismatch
         if bool(bad.any()):
             k = int(xp.argmax(err - rtol * xp.abs(numeric)))
-            idx = np.unravel_index(k, x.shape)
+            idx = tuple(int(v) for v in np.unravel_index(k, x.shape))
             raise GradcheckError(
                 f"inputs[{i}] (shape {x.shape}): gradient mismatch at {idx}: autodiff "
                 f"{float(analytic.reshape(-1)[k]):.10g}, finite differences {float(numeric.reshape(-1)[k]):.10g} "
