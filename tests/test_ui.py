@@ -148,3 +148,13 @@ def test_panel_displays_as_a_widget(tmp_path):
     assert "application/vnd.jupyter.widget-view+json" in bundle
     assert "hpcai-panel" in panel.widget._dom_classes
     panel.close()
+
+
+def test_engine_options_reach_the_engines_and_their_errors_the_panel(tmp_path):
+    with pytest.raises(TypeError, match="engine_options"):
+        Panel(engine_options="slurm")
+    panel = Panel(engines=2, output_dir=str(tmp_path), engine_options={"launcher": "lsf"}, epochs=1)
+    panel.run()
+    assert panel.wait(60) == "error" and "launcher" in panel.status.value
+    assert not panel.run_button.disabled  # ready for another try
+    panel.close()

@@ -12,9 +12,11 @@ the others waiting forever.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
+import time
 import traceback
 
 import ml_dtypes
@@ -23,6 +25,7 @@ import numpy as np
 from .. import backend
 
 _OPS = ("sum", "max", "min", "prod")
+ABORT_GRACE = 0.2  # seconds between a rank's last words and MPI_Abort, for the launcher to forward them
 _UFUNCS = {"sum": np.add, "max": np.maximum, "min": np.minimum, "prod": np.multiply}
 _HALF = {np.dtype(np.float16): "FLOAT16_T", np.dtype(ml_dtypes.bfloat16): "BFLOAT16_T"}  # MPI's names
 
@@ -190,7 +193,12 @@ class Communicator(SerialCommunicator):
         return Communicator(self.comm.Split(color, key))
 
     def abort(self, code: int = 1) -> None:
-        """End every rank of the job now (MPI_Abort)."""
+        """End every rank of the job now (MPI_Abort), after a moment for the launcher to forward what this
+        rank just wrote (the reason for the abort) before it kills the job."""
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        time.sleep(ABORT_GRACE)
         self.comm.Abort(code)
 
     def __repr__(self) -> str:

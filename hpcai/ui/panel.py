@@ -77,16 +77,22 @@ class Panel:
         app: the application selected at first (a name in :data:`hpcai.apps.APPS`).
         engines: MPI engines to run on (0: in this kernel's own process).
         output_dir: where each run's results and figures go (a folder per run inside it).
+        engine_options: passed to :class:`hpcai.cluster.Engines` (``{"launcher": "slurm", "queue": ...,
+            "account": ...}`` puts the engines on compute nodes; default: local, or the ``HPCAI_*`` settings).
         **values: initial values of the application's Config fields (``epochs=5``, ``precision="fp16"``).
     """
 
-    def __init__(self, app: str = "digits", engines: int = 2, output_dir: str = "hpcai-results", **values):
+    def __init__(self, app: str = "digits", engines: int = 2, output_dir: str = "hpcai-results",
+                 engine_options: dict | None = None, **values):
         w = _widgets()
         if app not in APPS:
             raise ValueError(f"app: expected one of {sorted(APPS)}, got {app!r}")
         if isinstance(engines, bool) or not isinstance(engines, int) or engines < 0:
             raise ValueError(f"engines: expected an integer >= 0, got {engines!r}")
         self.output_dir, self.state, self.result, self.error, self._building = output_dir, "idle", None, None, False
+        if engine_options is not None and not isinstance(engine_options, dict):
+            raise TypeError(f"engine_options: expected a dict of Engines arguments, got {engine_options!r}")
+        self.engine_options = dict(engine_options or {})
         self._engines, self._thread, self._stop, self._plotted = None, None, threading.Event(), 0.0
         self._lock = threading.RLock()
         self.app = w.Dropdown(options=[(name, name) for name in APPS], value=app, description="application")
@@ -254,7 +260,7 @@ class Panel:
                     self._engines = None
                 if self._engines is None:
                     from ..cluster import Engines
-                    self._engines = Engines(n=n)
+                    self._engines = Engines(n=n, **self.engine_options)
                 if not self._engines.running:
                     self._engines.restart_sync() if self._engines.client is not None else self._engines.start_sync()
                 engines = self._engines
