@@ -72,9 +72,18 @@ def run_app(name: str, config=None, *, engines=0, verbose: int = 1, progress=Non
         from .cluster import Engines
         with Engines(n=engines) as cluster:
             return _on(cluster, name, config, verbose, progress, stop)
-    if not engines.running:
-        engines.restart_sync() if engines.client is not None else engines.start_sync()
-    return _on(engines, name, config, verbose, progress, stop)
+    return _on(ensure_running(engines), name, config, verbose, progress, stop)
+
+
+def ensure_running(engines):
+    """``engines`` started -- or restarted, when their MPI job has ended -- and returned."""
+    if engines.running:
+        return engines
+    if engines.client is not None:
+        engines.restart_sync()
+    else:
+        engines.start_sync()
+    return engines
 
 
 def _on(engines, name, config, verbose, progress, stop):

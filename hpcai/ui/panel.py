@@ -23,7 +23,7 @@ import time
 
 from .. import amp, optim
 from ..apps import APPS, Stopped
-from ..runner import make_config, run_app
+from ..runner import ensure_running, make_config, run_app
 from .plots import loss_png
 
 TOP = ("precision", "optimizer", "strategy")  # fields shown as the panel's own dropdowns, not among the sizes
@@ -261,9 +261,7 @@ class Panel:
                 if self._engines is None:
                     from ..cluster import Engines
                     self._engines = Engines(n=n, **self.engine_options)
-                if not self._engines.running:
-                    self._engines.restart_sync() if self._engines.client is not None else self._engines.start_sync()
-                engines = self._engines
+                engines = ensure_running(self._engines)
             if self._stop.is_set():
                 raise Stopped("stopped before the run began")
             self._set_state("running", f"running {name} on {n} MPI engine(s)" if n else f"running {name} in this kernel")
