@@ -70,6 +70,13 @@ def _headline(error) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
+def _close_tree(widget) -> None:
+    """Close a widget and everything inside it (each holds a comm to the front end)."""
+    for child in getattr(widget, "children", ()):
+        _close_tree(child)
+    widget.close()
+
+
 class Panel:
     """The hpcai control panel (display it in a notebook: ``Panel()`` as a cell's last line).
 
@@ -154,7 +161,7 @@ class Panel:
                     dropdown.options = _choices(fields[name])
                     dropdown.value = defaults[name]
                 dropdown.layout.display = None if name in fields else "none"
-        self.fields = {}
+        previous, self.fields = list(self.fields.values()), {}
         for name, f in fields.items():
             if name in TOP or name in HIDDEN:
                 continue
@@ -177,6 +184,8 @@ class Panel:
             widget.observe(lambda change: self._validate(), names="value")
             self.fields[name] = widget
         self.sizes.children = list(self.fields.values())
+        for widget in previous:  # the previous application's inputs, now off the page
+            widget.close()
         self._validate()
 
     @contextlib.contextmanager
@@ -308,7 +317,9 @@ class Panel:
                 continue
             image.add_class("hpcai-figure")
             images.append(image)
-        self.figures.children = images
+        previous, self.figures.children = self.figures.children, images
+        for widget in previous:
+            widget.close()
         self.progress.value = 1.0
         self.results.layout.display = None
 
@@ -347,7 +358,7 @@ class Panel:
         if self._engines is not None:
             self._engines.stop_sync()
             self._engines = None
-        self.widget.close()
+        _close_tree(self.widget)
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
