@@ -122,11 +122,12 @@ def main(argv=None) -> int:
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if "output_dir" in fields and "output_dir" not in overrides:
         overrides["output_dir"] = os.path.join("results", args.app)
-    try:
-        from .runner import run_app
-        result = run_app(args.app, overrides, engines=args.engines, verbose=0 if args.quiet else 1)
+    from .runner import make_config, run_app
+    try:  # bad options are a usage error; what fails later in the run keeps its traceback
+        config = make_config(args.app, overrides)
     except (ValueError, TypeError) as e:
         parser.exit(2, f"hpcai run {args.app}: {e}\n")
+    result = run_app(args.app, config, engines=args.engines, verbose=0 if args.quiet else 1)
     print(json.dumps({"metrics": result.metrics, "figures": result.figures, "files": result.files}, indent=2,
                      default=str))
     return 0

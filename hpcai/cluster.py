@@ -363,6 +363,11 @@ class Engines:
         per rank.
         """
         self._require_running()
+        if on_data is not None and not callable(on_data):
+            raise TypeError(f"on_data: expected a function on_data(datas) or None, got {on_data!r}")
+        if timeout is not None and not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+                                        and timeout > 0):
+            raise ValueError(f"timeout: expected a positive number of seconds or None, got {timeout!r}")
         name = getattr(fn, "__name__", repr(fn))
         view = self.client[[info.engine_id for info in self.ranks]]
         ar = self._track(view.apply_async(cluster_engine.call, fn, args, kwargs))

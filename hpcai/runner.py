@@ -21,17 +21,15 @@ from .apps.progress import Progress, Stopped, publish_to_client
 
 def make_config(name: str, config=None, **overrides):
     """Application ``name``'s Config from a Config, a dict of fields, or None (defaults), validated."""
-    if name not in APPS:
+    if not isinstance(name, str) or name not in APPS:
         raise ValueError(f"app: expected one of {sorted(APPS)}, got {name!r}")
     cls = APPS[name].config
-    if config is None:
-        config = cls()
-    elif isinstance(config, dict):
-        unknown = sorted(set(config) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"config: {name} has no field(s) {unknown}; fields: "
-                             f"{[f.name for f in dataclasses.fields(cls)]}")
-        config = cls(**config)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted((set(config if isinstance(config, dict) else ()) | set(overrides)) - set(fields))
+    if unknown:
+        raise ValueError(f"config: {name} has no field(s) {unknown}; fields: {fields}")
+    if config is None or isinstance(config, dict):
+        config = cls(**(config or {}))
     elif not isinstance(config, cls):
         raise TypeError(f"config: expected a {cls.__module__}.{cls.__qualname__}, a dict or None, "
                         f"got {type(config).__name__}")
@@ -57,17 +55,20 @@ def run_app(name: str, config=None, *, engines=0, verbose: int = 1, progress=Non
     """
     config = make_config(name, config, **overrides)
     app = APPS[name]
-    if launched_by_mpi():
-        from .parallel import world
-        comm = world()
-        sink = (lambda snap: progress([snap])) if progress is not None else None
-        return app.run(config, verbose=verbose if comm.rank == 0 else 0, comm=comm,
-                       progress=Progress([sink] if sink else (), stop=stop))
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress: expected a function progress(snapshots) or None, got {progress!r}")
+    if stop is not None and not isinstance(stop, threading.Event):
+        raise TypeError(f"stop: expected a threading.Event or None, got {stop!r}")
     if isinstance(engines, bool) or not (isinstance(engines, int) and engines >= 0 or hasattr(engines, "run_sync")):
         raise ValueError(f"engines: expected a number of engines >= 0 or an Engines, got {engines!r}")
+    here = Progress([lambda snap: progress([snap])] if progress is not None else (), stop=stop)
+    if launched_by_mpi():
+        from .parallel import install_abort_hook, world
+        comm = world()
+        install_abort_hook(comm)  # an error on one rank ends the job instead of leaving the others waiting
+        return app.run(config, verbose=verbose if comm.rank == 0 else 0, comm=comm, progress=here)
     if engines == 0:
-        local = Progress([lambda snap: progress([snap])] if progress is not None else (), stop=stop)
-        return app.run(config, verbose=verbose, progress=local)
+        return app.run(config, verbose=verbose, progress=here)
     if isinstance(engines, int):
         from .cluster import Engines
         with Engines(n=engines) as cluster:
@@ -100,10 +101,8 @@ def _on(engines, name, config, verbose, progress, stop):
     watcher = threading.Thread(target=watch, name="hpcai-stop-watch", daemon=True) if stop is not None else None
     if watcher is not None:
         watcher.start()
-    def relay(datas):
-        snaps = [d["progress"] for d in datas if "progress" in d]
-        if snaps:
-            progress(snaps)
+    def relay(datas):  # one snapshot per rank, in rank order ({} for a rank that has not reported yet)
+        progress([d.get("progress", {}) for d in datas])
     try:
         results = engines.run_sync(_run_on_engine, name, dataclasses.asdict(config), verbose, stream=verbose > 0,
                                    on_data=relay if progress is not None else None)

@@ -25,6 +25,15 @@ def test_cli_rejects_unknown_precision(capsys):
     assert "invalid choice: 'fp8'" in capsys.readouterr().err
 
 
+def test_cli_run_rejects_a_bad_setting_naming_it(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "digits", "--epochs", "0"])
+    assert exit_info.value.code == 2 and "hpcai run digits: epochs: expected" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["run", "digits", "--strategy", "allreduce"])
+    assert "invalid choice: 'allreduce'" in capsys.readouterr().err
+
+
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     commands = re.findall(r"```bash\n(.+?)\n```", readme)

@@ -110,6 +110,20 @@ def test_max_pool2d_gradient_matches_torch_with_many_ties(shape, args, rng):
     np.testing.assert_allclose(np.where(finite, t.grad, 0), np.where(finite, tx.grad.numpy(), 0), atol=1e-12)
 
 
+@pytest.mark.parametrize("args", [(2,), (3, 2, 1)])
+def test_max_pool2d_infinite_gradient_reaches_only_the_maxima(args, rng):
+    x = Tensor(rng.standard_normal((1, 2, 6, 6)), requires_grad=True)
+    y = ops.max_pool2d(x, *args)
+    g = np.ones(y.shape)
+    g[0, 0, 0, 0] = np.inf
+    y.backward(g)
+    ref = Tensor(x.data.copy(), requires_grad=True)
+    ops.max_pool2d(ref, *args).backward(np.where(np.isinf(g), 1.0, g))
+    routed = ref.grad != 0  # where the windows' maxima are
+    assert not np.isnan(x.grad).any() and np.all(x.grad[~routed] == 0)
+    assert np.isinf(x.grad).sum() >= 1
+
+
 def test_pooling_values(xp):
     x = np.arange(16.0).reshape(1, 1, 4, 4)
     np.testing.assert_array_equal(_host(ops.max_pool2d(_t(xp, x), 2))[0, 0], [[5, 7], [13, 15]])

@@ -27,6 +27,7 @@ MARKER = "HPCAI_NOTEBOOK_TEST"
 
 # What each notebook must print (all of these strings) and how many figures it must show, at least.
 EXPECTED = {
+    "00": (["state: done", "'test_accuracy'", "sync  on 2 ranks", "rma   on 2 ranks"], 0),
     "01": (["gradcheck(f): True", "gradient mismatch", "summed in fp16: 32", "fp16x3", "median of"], 2),
     "02": (["test accuracy", "mixed-fp16, dynamic loss scaling", "bit for bit: True", "lamb"], 5),
     "03": (["rank 1 of", "[stdout:1]", "accuracy on each rank, pulled from the engines",
@@ -133,7 +134,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     assert "Error" not in text
     shown = text + "\n" + "\n".join(o.get("data", {}).get("text/plain", "") for o in outputs)  # and displayed (%%px)
     figures = sum("image/png" in o.get("data", {}) for o in outputs)
-    strings, min_figures = EXPECTED.get(path.name[:2], ([], 0))
+    assert path.name[:2] in EXPECTED, f"{path.name}: say in EXPECTED what it must print"
+    strings, min_figures = EXPECTED[path.name[:2]]
     missing = [s for s in strings if s not in shown]
     assert not missing, f"{path.name} did not print {missing}"
     assert figures >= min_figures, f"{path.name} showed {figures} figure(s), expected at least {min_figures}"

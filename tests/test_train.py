@@ -434,3 +434,25 @@ def test_history_is_json_able(digits_flat):
     (x, y), _ = digits_flat
     history = fit(mlp(16), (x[:64], y[:64]), "cross_entropy", "sgd", lr=0.1, epochs=2, verbose=0)
     assert json.loads(json.dumps(history)) == dict(history) and history.epoch == [1, 2]
+
+
+def test_accumulating_data_parallel_optimizer_steps_once_per_k_passes_however_often_synchronized():
+    """scaler.step and step() synchronize too: a repeated call must not count as another backward pass."""
+    from hpcai.amp import DynamicLossScaler
+    from hpcai.parallel import DistributedOptimizer, SerialCommunicator
+    model = nn.Linear(3, 2, rng=0)
+    opt = DistributedOptimizer(optim.SGD(model.parameters(), lr=0.1), comm=SerialCommunicator(),
+                               backward_passes_per_step=2)
+    scaler, before = DynamicLossScaler(init_scale=1.0), model.weight.data.copy()
+    x = Tensor(np.ones((4, 3), np.float32))
+    for _ in range(2):  # pass 1: accumulate only, whoever asks
+        opt.zero_grad()
+        model(x).sum().backward()
+        assert opt.synchronize() is False and opt.synchronize() is False
+        assert scaler.step(opt) is None
+        np.testing.assert_array_equal(model.weight.data, before)
+        opt.zero_grad()  # pass 2: the exchange and one step, with the mean of both passes' gradients
+        model(x).sum().backward()
+        assert scaler.step(opt) is True
+        np.testing.assert_allclose(model.weight.data, before - 0.1 * 4.0, rtol=1e-6)
+        before = model.weight.data.copy()

@@ -25,6 +25,13 @@ def _until(condition, seconds=60.0):
         time.sleep(0.05)
 
 
+def _running(psutil, pid) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_dropdowns_come_from_the_registries(tmp_path):
     panel = Panel(engines=0, output_dir=str(tmp_path))
     assert list(panel.app.options) == [(name, name) for name in APPS]
@@ -55,6 +62,12 @@ def test_initial_values_and_bad_arguments(tmp_path):
         Panel(engines=-1)
     with pytest.raises(ValueError, match="no field"):
         Panel(app="digits", epoch=3)
+    with pytest.raises(ValueError, match="precision: expected one of"):
+        Panel(precision="fp8")  # the Config's own check, before any widget exists
+    with pytest.raises(ValueError, match="engines"):
+        Panel(engines=2000)
+    with pytest.raises(TypeError, match="output_dir"):
+        Panel(output_dir=3)
 
 
 def test_validation_follows_every_change(tmp_path):
@@ -107,38 +120,42 @@ def test_engines_run_stop_restart_error_and_cleanup(tmp_path):
     psutil = pytest.importorskip("psutil")
     pytest.importorskip("ipyparallel")
     panel = Panel(engines=2, output_dir=str(tmp_path), epochs=3)
-    panel.top["optimizer"].value = "sgd"
-    panel.top["strategy"].value = "rma"
-    panel.top["precision"].value = "mixed-bf16"
-    panel.run()
-    assert panel.state == "starting" and "starting 2 MPI engines" in panel.status.value
-    assert panel.wait(180) == "done", panel.status.value
-    assert panel.result.metrics["workers"] == 2 and panel.result.metrics["strategy"] == "rma"
-    assert "rank 1:" in panel.progress_text.value  # both ranks reported
-    pids = panel._engines.pids
-    assert pids and all(psutil.pid_exists(p) for p in pids)
+    pids = []
+    try:
+        panel.top["optimizer"].value = "sgd"
+        panel.top["strategy"].value = "rma"
+        panel.top["precision"].value = "mixed-bf16"
+        panel.run()
+        assert panel.state == "starting" and "starting 2 MPI engines" in panel.status.value
+        assert panel.wait(180) == "done", panel.status.value
+        assert panel.result.metrics["workers"] == 2 and panel.result.metrics["strategy"] == "rma"
+        assert "rank 1:" in panel.progress_text.value  # both ranks reported
+        pids = panel._engines.pids
+        assert pids and all(psutil.pid_exists(p) for p in pids)
 
-    panel.top["strategy"].value = "sync"
-    panel.fields["epochs"].value = 2000
-    panel.run()
-    _until(lambda: panel.progress.value > 0.001, 120)
-    panel.stop()
-    assert panel.wait(120) == "stopped", panel.status.value
+        panel.top["strategy"].value = "sync"
+        panel.fields["epochs"].value = 2000
+        panel.run()
+        _until(lambda: panel.progress.value > 0.001, 120)
+        panel.stop()
+        assert panel.wait(120) == "stopped", panel.status.value
 
-    panel.fields["epochs"].value = 2
-    panel.run()  # the interrupted job may have ended: fresh engines are started
-    assert panel.wait(180) == "done", panel.status.value
-    pids = sorted(set(pids) | set(panel._engines.pids))
+        panel.fields["epochs"].value = 2
+        panel.run()  # the interrupted job may have ended: fresh engines are started
+        assert panel.wait(180) == "done", panel.status.value
+        pids = sorted(set(pids) | set(panel._engines.pids))
 
-    panel.app.value = "climate_sr"
-    panel.fields["dt"].value = "3000"  # unstable: the solver on the engines refuses it
-    panel.run()
-    assert panel.wait(180) == "error"
-    assert "rank(s) [0, 1]: ValueError: dt: 3000 s exceeds the stable limit" in panel.status.value
-    assert "rank 0 raised" in panel.status.value  # the engines' own tracebacks, below the headline
-    pids = sorted(set(pids) | set(panel._engines.pids))
-    panel.close()
-    left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        panel.app.value = "climate_sr"
+        panel.fields["dt"].value = "3000"  # unstable: the solver on the engines refuses it
+        panel.run()
+        assert panel.wait(180) == "error"
+        assert "rank(s) [0, 1]: ValueError: dt: 3000 s exceeds the stable limit" in panel.status.value
+        assert "rank 0 raised" in panel.status.value  # the engines' own tracebacks, below the headline
+        pids = sorted(set(pids) | set(panel._engines.pids))
+    finally:  # engines left running would slow every later test
+        pids = sorted(set(pids) | set(panel._engines.pids if panel._engines else ()))
+        panel.close()
+    left = [p for p in pids if _running(psutil, p)]
     assert not left, f"processes left after close(): {left}"
 
 

@@ -39,16 +39,17 @@ class DynamicLossScaler:
             finite = finite and bool(p.xp.isfinite(p.grad).all())
         return finite
 
-    def step(self, optimizer, params=None) -> bool:
+    def step(self, optimizer, params=None) -> bool | None:
         """Unscale, then step ``optimizer`` unless a gradient overflowed; update the scale.
 
-        Returns False only when the step was skipped for an overflow. A data-parallel optimizer exchanges its
+        Returns True when it stepped, False when the step was skipped for an overflow, and None while a
+        data-parallel optimizer is still accumulating backward passes. Such an optimizer exchanges its
         gradients first (``synchronize``), so every rank sees the same gradients and skips or steps alike.
         """
         params = params if params is not None else [p for g in optimizer.param_groups for p in g["params"]]
         synchronize = getattr(optimizer, "synchronize", None)
         if synchronize is not None and not synchronize():
-            return True  # a data-parallel optimizer still accumulating backward passes: nothing to step yet
+            return None
         finite = self.unscale(params)
         if finite:
             optimizer.step()

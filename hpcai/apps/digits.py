@@ -23,6 +23,8 @@ import time
 import numpy as np
 
 from .. import amp, datasets, io, nn, optim
+from ..optim.optimizer import check_number
+from ..optim.schedule import check_int
 from ..parallel.asynchronous import ASYNC_PRECISIONS, METHODS, train_async
 from ..train import Callback, evaluate, fit, predict
 from .figures import new_figure, save
@@ -52,20 +54,14 @@ class Config:
 
     def validate(self) -> "Config":
         """Check every field, raising a ValueError that names it."""
-        integer = lambda n, low: isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= low  # noqa: E731
-        number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)  # noqa: E731
-        checks = [("model", self.model in MODELS, f"one of {list(MODELS)}"),
-                  ("hidden", integer(self.hidden, 1), "a positive integer"),
-                  ("optimizer", self.optimizer in optim.OPTIMIZERS, f"one of {list(optim.OPTIMIZERS)}"),
-                  ("strategy", self.strategy in STRATEGIES, f"one of {list(STRATEGIES)}"),
-                  ("epochs", integer(self.epochs, 1), "a positive integer"),
-                  ("batch_size", integer(self.batch_size, 1), "a positive integer"),
-                  ("lr", self.lr is None or number(self.lr) and self.lr > 0, "None or a positive number"),
-                  ("straggler", number(self.straggler) and self.straggler >= 1, "a slow-down factor >= 1"),
-                  ("seed", integer(self.seed, 0), "a non-negative integer")]
-        for name, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
+        for name, choices in (("model", MODELS), ("optimizer", optim.OPTIMIZERS), ("strategy", STRATEGIES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}: expected one of {list(choices)}, got {getattr(self, name)!r}")
+        for name, low in (("hidden", 1), ("epochs", 1), ("batch_size", 1), ("seed", 0)):
+            check_int(name, getattr(self, name), low)
+        if self.lr is not None and check_number("lr", self.lr) == 0:
+            raise ValueError("lr: expected None or a positive number, got 0")
+        check_number("straggler", self.straggler, low=1.0)
         amp.get_policy(self.precision)
         if self.strategy != "sync":
             if self.optimizer != "sgd":
@@ -120,7 +116,8 @@ def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None
     rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
     (xtr, ytr), (xte, yte) = datasets.digits(seed=config.seed)
     lr = config.lr or LEARNING_RATES.get(config.optimizer, 3e-3)
-    workers = 2 if config.strategy == "hogwild" else size
+    # workers: Hogwild's threads; the ranks, but for the parameter server's rank 0 (with more than one rank)
+    workers = 2 if config.strategy == "hogwild" else size - 1 if config.strategy == "ps" and size > 1 else size
     delay = {1: config.straggler} if config.straggler > 1 and workers > 1 else None
     start = time.perf_counter()
     if config.strategy == "sync":
@@ -128,13 +125,15 @@ def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None
         losses, curve_x, x_label = np.asarray(history["loss"]), np.arange(1, len(history["loss"]) + 1), "epoch"
     else:
         steps = math.ceil(config.epochs * len(xtr) / config.batch_size)
-        progress.phase(f"training ({config.strategy})", steps)
+        # each process reports the updates of the workers it runs (all threads; one rank), against their share
+        local = workers if config.strategy == "hogwild" else 1
+        server = config.strategy == "ps" and size > 1 and rank == 0
+        progress.phase(f"training ({config.strategy})", 0 if server else math.ceil(steps * local / workers))
         counts = {}
 
         def listener(worker, updates, loss):
             counts[worker] = updates
-            progress.update(sum(counts.values()) * (size if config.strategy != "hogwild" else 1) // max(1, len(counts)),
-                            loss=loss)
+            progress.update(sum(counts.values()), loss=loss)
 
         result = train_async(config.strategy, lambda: _model(config, config.seed), (xtr, ytr), lr=lr, steps=steps,
                              batch_size=config.batch_size, comm=comm, threads=workers, delay=delay,

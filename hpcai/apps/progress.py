@@ -13,6 +13,7 @@ Stopping is cooperative in-process: when the ``stop`` event is set, the next ``u
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 import time
 from typing import Callable, Iterable
@@ -34,7 +35,14 @@ class Progress:
     """
 
     def __init__(self, sinks: Iterable[Callable] = (), every: float = 0.25, stop: threading.Event | None = None):
-        self.sinks, self.every, self.stop = list(sinks), float(every), stop
+        self.sinks = list(sinks)
+        if not all(callable(sink) for sink in self.sinks):
+            raise TypeError(f"sinks: expected functions sink(snapshot), got {self.sinks!r}")
+        if isinstance(every, bool) or not isinstance(every, (int, float)) or not every >= 0:
+            raise ValueError(f"every: expected seconds >= 0, got {every!r}")
+        if stop is not None and not isinstance(stop, threading.Event):
+            raise TypeError(f"stop: expected a threading.Event or None, got {stop!r}")
+        self.every, self.stop = float(every), stop
         self._lock = threading.Lock()  # updates may come from several threads (Hogwild workers)
         self._start = time.perf_counter()
         self._sent = -math.inf
@@ -45,6 +53,8 @@ class Progress:
     def phase(self, name: str, total: int, message: str = "") -> None:
         """Begin stage ``name`` of ``total`` steps (a simulation's output steps, training iterations, ...)."""
         self._check_stop()
+        if isinstance(total, bool) or not isinstance(total, numbers.Integral) or total < 0:
+            raise ValueError(f"total: expected a number of steps >= 0 (0: unknown), got {total!r}")
         with self._lock:
             self.name, self.done, self.total, self.message = name, 0, int(total), message
         self._send(force=True)
@@ -93,9 +103,10 @@ class Progress:
 
     def _send(self, force: bool = False) -> None:
         now = time.perf_counter()
-        if not self.sinks or (not force and now - self._sent < self.every):
-            return
-        self._sent = now
+        with self._lock:  # one thread sends (several report, for Hogwild)
+            if not self.sinks or (not force and now - self._sent < self.every):
+                return
+            self._sent = now
         snap = self.snapshot()
         for sink in self.sinks:
             sink(snap)

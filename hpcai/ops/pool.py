@@ -55,15 +55,19 @@ class MaxPool2d(Function):
         gx = (xp.empty if tiled else xp.zeros)(gy.shape[:2] + (h + 2 * ph, w + 2 * pw), gy.dtype)
         hit, free = xp.empty(gy.shape, bool), xp.ones(gy.shape, bool)  # free: window's maximum not yet found
         tmp = None if disjoint else xp.empty(gy.shape, gy.dtype)
+        finite = bool(xp.isfinite(gy).all())  # else inf * False = NaN would reach the windows' other cells
         for k in range(n):  # the first maximum in row-major window order wins; a NaN window matches nothing
             xp.equal(_slab(self.xpad, k // kw, k % kw, self.stride, self.out_hw), self.out, out=hit)
             xp.logical_and(hit, free, out=hit)
             xp.logical_xor(free, hit, out=free)
             target = _slab(gx, k // kw, k % kw, self.stride, self.out_hw)
-            if disjoint:
-                xp.multiply(gy, hit, out=target)
+            routed = target if disjoint else tmp
+            if finite:
+                xp.multiply(gy, hit, out=routed)
             else:
-                xp.multiply(gy, hit, out=tmp)
+                routed[...] = 0
+                xp.copyto(routed, gy, where=hit)
+            if not disjoint:
                 target += tmp
         return _unpad(gx, self.padding, self.in_hw)
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import backend, ops
 from ..amp.policy import get_policy
+from ..nn.module import Module
 from ..autograd import no_grad
 from ..autograd.tensor import Tensor
 from ..train.data import DataLoader
@@ -68,6 +69,8 @@ class FlatModel:
     """
 
     def __init__(self, module, loss_fn, flat=None, policy="fp32"):
+        if not isinstance(module, Module):
+            raise TypeError(f"model_fn: expected a function returning a Module, got {type(module).__name__}")
         self.policy = get_policy(policy)
         self.policy.prepare(module)
         self.module, self.loss_fn, self.params = module, loss_fn, module.parameters()

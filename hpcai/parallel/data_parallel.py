@@ -170,9 +170,9 @@ class DistributedOptimizer(Optimizer):
             is one step on a batch k times larger.
         op: "average" (the mean over ranks and passes: the gradient of the global batch) or "sum".
 
-    Call ``zero_grad()`` before each backward (as ``fit`` does). With a loss scaler, call ``synchronize()``
-    before ``scaler.step(optimizer)``: then every rank checks the same exchanged gradients for overflow
-    (an inf or NaN on any rank reaches all), and all ranks skip or step together.
+    Call ``zero_grad()`` before each backward (as ``fit`` does). ``scaler.step(optimizer)`` synchronizes
+    first, so every rank checks the same exchanged gradients for overflow (an inf or NaN on any rank reaches
+    all), and all ranks skip or step together.
     """
 
     def __init__(self, optimizer, comm=None, compression: str = "none", bucket_bytes: int = 25 * 2 ** 20,
@@ -271,11 +271,17 @@ class DistributedOptimizer(Optimizer):
         self._bufs, self._passes = None, 0
 
     def synchronize(self) -> bool:
-        """Add this pass's gradients; on every k-th call exchange them, leaving the averaged gradients in
-        ``p.grad`` on every rank. Returns True when they are there (then ``step()`` steps at once)."""
+        """Add this pass's gradients; on every k-th pass exchange them, leaving the averaged gradients in
+        ``p.grad`` on every rank. Returns True when they are there (then ``step()`` steps at once).
+
+        Calling it again for the same backward pass changes nothing (``scaler.step`` and ``step`` call it
+        too): accumulating clears ``p.grad``, so a pass without any gradient is not a new pass.
+        """
         if self._ready:
             return True
         params = self._layout()
+        if self._passes and all(p.grad is None for p in params):
+            return False
         self._accumulate(params)
         if self._passes < self.backward_passes_per_step:
             return False

@@ -59,10 +59,10 @@ def run_hogwild(job):
             job.straggle(i, time.perf_counter() - tc)
             g *= job.lr(seen)
             if job.max_staleness is None:
-                with lock:
+                np.subtract(shared, g, out=shared)  # the lock-free Hogwild write, racing with the other threads
+                with lock:  # counted once it is in the weights, so a reader's version never runs ahead of them
                     v = count["applied"]
                     count["applied"] += 1
-                np.subtract(shared, g, out=shared)  # the lock-free Hogwild write, racing with the other threads
                 break
             with lock:
                 v = count["applied"]

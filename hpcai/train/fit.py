@@ -160,7 +160,7 @@ class Loop:
                 else:
                     with np.errstate(over="ignore", invalid="ignore"):
                         scaler.scale_loss(loss).backward()
-                stepped = scaler.step(opt) if sync() else None  # None: still accumulating passes
+                stepped = scaler.step(opt)  # None: still accumulating passes
             elif out is not None and scaler is not None:
                 with np.errstate(over="ignore", invalid="ignore"):  # overflow is the scaler's to handle
                     scaler.scale_loss(loss).backward()

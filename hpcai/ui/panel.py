@@ -30,6 +30,7 @@ TOP = ("precision", "optimizer", "strategy")  # fields shown as the panel's own 
 HIDDEN = ("output_dir",)                      # fields the panel sets itself
 REGISTRIES = {"precision": tuple(amp.POLICIES), "optimizer": tuple(optim.OPTIMIZERS)}
 PLOT_EVERY = 1.0  # seconds between live-plot renders
+MAX_ENGINES = 1024
 
 
 def _widgets():
@@ -92,20 +93,22 @@ class Panel:
     def __init__(self, app: str = "digits", engines: int = 2, output_dir: str = "hpcai-results",
                  engine_options: dict | None = None, **values):
         w = _widgets()
-        if app not in APPS:
-            raise ValueError(f"app: expected one of {sorted(APPS)}, got {app!r}")
-        if isinstance(engines, bool) or not isinstance(engines, int) or engines < 0:
-            raise ValueError(f"engines: expected an integer >= 0, got {engines!r}")
+        make_config(app, values)  # the application's own checks, naming the field, before any widget exists
+        if isinstance(engines, bool) or not isinstance(engines, int) or not 0 <= engines <= MAX_ENGINES:
+            raise ValueError(f"engines: expected an integer in [0, {MAX_ENGINES}], got {engines!r}")
+        if not isinstance(output_dir, (str, os.PathLike)):
+            raise TypeError(f"output_dir: expected a folder path, got {output_dir!r}")
         self.output_dir, self.state, self.result, self.error, self._building = output_dir, "idle", None, None, False
         if engine_options is not None and not isinstance(engine_options, dict):
             raise TypeError(f"engine_options: expected a dict of Engines arguments, got {engine_options!r}")
         self.engine_options = dict(engine_options or {})
         self._engines, self._thread, self._stop, self._plotted = None, None, threading.Event(), 0.0
+        self._rendering = threading.Event()  # a live-plot render is under way
         self._lock = threading.RLock()
         self.app = w.Dropdown(options=[(name, name) for name in APPS], value=app, description="application")
         self.about = w.HTML()
         self.top = {name: w.Dropdown(description={"strategy": "parallel"}.get(name, name)) for name in TOP}
-        self.engines = w.BoundedIntText(value=engines, min=0, max=1024, description="engines",
+        self.engines = w.BoundedIntText(value=engines, min=0, max=MAX_ENGINES, description="engines",
                                         tooltip="MPI engines (ipyparallel); 0 runs in this kernel")
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
@@ -149,11 +152,7 @@ class Panel:
         w = _widgets()
         spec = APPS[self.app.value]
         self.about.value = f"<i>{html.escape(spec.description)}</i>"
-        defaults = dataclasses.asdict(spec.config())
-        unknown = sorted(set(values) - set(defaults))
-        if unknown:
-            raise ValueError(f"values: {self.app.value} has no field(s) {unknown}; fields: {list(defaults)}")
-        defaults.update(values)
+        defaults = {**dataclasses.asdict(spec.config()), **values}
         fields = {f.name: f for f in dataclasses.fields(spec.config)}
         with self._quiet():
             for name, dropdown in self.top.items():
@@ -291,15 +290,24 @@ class Panel:
         lines = [f"{'rank %d: ' % r if len(snapshots) > 1 else ''}{html.escape(s['phase'])}"
                  f"{' %d/%d' % (s['done'], s['total']) if s.get('total') else ''}"
                  f"{' &middot; ' + html.escape(s['message']) if s.get('message') else ''}"
-                 for r, s in enumerate(snapshots)]
+                 for r, s in enumerate(snapshots) if s]
         self.progress_text.value = "<br>".join(lines)
         now = time.perf_counter()
-        if now - self._plotted >= PLOT_EVERY or all(s.get("finished") for s in snapshots):
+        final = all(s.get("finished") for s in snapshots)
+        if (now - self._plotted >= PLOT_EVERY or final) and (final or not self._rendering.is_set()):
+            # rendered in a thread of its own: not on the application's thread when it runs in this kernel
+            self._plotted = now
+            self._rendering.set()
+            threading.Thread(target=self._render, args=(snapshots,), daemon=True, name="hpcai-plot").start()
+
+    def _render(self, snapshots) -> None:
+        try:
             png = loss_png(snapshots)
             if png is not None:
-                self._plotted = now
                 self.live.value = png
                 self.live.layout.display = None
+        finally:
+            self._rendering.clear()
 
     def _show(self, result) -> None:
         w = _widgets()
