@@ -119,6 +119,12 @@ def test_train_async_reports_each_update_and_checks_precision():
     assert result.final_loss < result.losses[0]
     with pytest.raises(ValueError, match="precision: asynchronous"):
         train_async("hogwild", mlp, (x, y), steps=5, precision="fp16")
+    with pytest.raises(TypeError, match="model_fn"):
+        train_async("sync", lambda: 3, (x, y), steps=5)
+    with pytest.raises(TypeError, match="delay"):
+        train_async("hogwild", mlp, (x, y), steps=5, delay=[1])
+    with pytest.raises(ValueError, match="seed"):
+        train_async("hogwild", mlp, (x, y), steps=5, seed=1.7)
 
 
 def test_run_app_local_with_progress_and_stop():

@@ -29,6 +29,7 @@ import numpy as np
 from .. import backend, ops
 from ..amp.policy import get_policy
 from ..nn.module import Module
+from ..optim.schedule import check_int
 from ..autograd import no_grad
 from ..autograd.tensor import Tensor
 from ..train.data import DataLoader
@@ -220,12 +221,6 @@ class AsyncResult:
                 f"{self.staleness_max}, dropped {self.dropped}")
 
 
-def _check_int(name, value, low):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    return int(value)
-
-
 def _lr_schedule(lr) -> Callable:
     if callable(lr):
         return lr
@@ -293,16 +288,18 @@ def train_async(method: str, model_fn: Callable, data, loss="cross_entropy", lr=
                          f"scaling; expected one of {ASYNC_PRECISIONS}, got {policy.name!r}")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress: expected a function progress(worker, updates, loss), got {progress!r}")
-    steps, threads = _check_int("steps", steps, 1), _check_int("threads", threads, 1)
+    steps, threads = check_int("steps", steps, 1), check_int("threads", threads, 1)
     if max_staleness is not None:
-        max_staleness = _check_int("max_staleness", max_staleness, 0)
+        max_staleness = check_int("max_staleness", max_staleness, 0)
     spec = METHODS[method]
     comm = SerialCommunicator() if not spec.mpi else comm if comm is not None else world()
     job = Job(method, model_fn, np.asarray(data[0]), np.asarray(data[1]), loss_fn, _lr_schedule(lr), steps,
-              _check_int("batch_size", batch_size, 1), comm, threads, max_staleness, {}, int(seed),
-              _check_int("record_every", record_every, 1) if record_every is not None else max(1, steps // 40),
+              check_int("batch_size", batch_size, 1), comm, threads, max_staleness, {}, check_int("seed", seed, 0),
+              check_int("record_every", record_every, 1) if record_every is not None else max(1, steps // 40),
               policy, progress)
     ids = list(spec.workers(job))
+    if delay is not None and not isinstance(delay, dict):
+        raise TypeError(f"delay: expected a dict {{worker: slow-down factor}} or None, got {delay!r}")
     for worker, factor in (delay or {}).items():
         if worker not in ids:
             raise ValueError(f"delay: worker {worker!r} does not exist; {method} here has workers {ids}")
