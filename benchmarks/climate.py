@@ -6,7 +6,8 @@
 Sections:
 
 - ``solver``: ``benchmarks/climate_sim.py``'s ``run(report)``: model days per wall-clock second at T42, T85
-  and T170, the share of a step spent in the spectral transforms, the 6-day Galewsky run at T85.
+  and T170, the share of a step spent in the spectral transforms and their time against a textbook numpy
+  peer, the 6-day Galewsky run at T85.
 - ``simulation alone``: the application's simulation (T42, output every 3 h) without any training, with
   and without compressing each output step: the reference for the overheads below.
 - ``serial``: the default application run on one rank (simulation and training interleave): wall time,
@@ -21,9 +22,7 @@ slower, not faster). Timings on a shared machine are noisy.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import subprocess
 import sys
 import time
 
@@ -34,7 +33,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import climate_sim  # noqa: E402
-from climate_sim import report  # noqa: E402
+from _common import find_mpiexec, mpi_run, report  # noqa: E402
 
 from hpcai import backend  # noqa: E402
 from hpcai.apps import climate_sr  # noqa: E402
@@ -100,21 +99,17 @@ def serial(report, days: float, alone: dict) -> dict:
 
 
 def coupled(report, days: float, alone: dict) -> dict | None:
-    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    if not os.access(mpiexec, os.X_OK):
-        print("  coupled run skipped: no mpiexec next to this Python")
+    if find_mpiexec() is None:
+        print("  coupled run skipped: no mpiexec next to this Python or on PATH")
         return None
-    code = ("import json; from hpcai.apps import climate_sr; from hpcai.parallel.comm import world; "
-            f"m = climate_sr.run(days={days!r}, verbose=0).metrics; "
-            "world().rank == 0 and print('METRICS', json.dumps(m), flush=True)")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_"))}
-    proc = subprocess.run([mpiexec, "-n", "2", sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=900, cwd=os.path.dirname(HERE))
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("METRICS")), None)
-    if proc.returncode != 0 or line is None:
-        print(f"  coupled run failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    code = (f"import sys; sys.path.insert(0, {HERE!r}); from _common import print_result; "
+            "from hpcai.apps import climate_sr; from hpcai.parallel.comm import world; "
+            f"m = climate_sr.run(days={days!r}, verbose=0).metrics; world().rank == 0 and print_result(m)")
+    try:
+        m = mpi_run(2, ["-c", code], needed_by="climate.py", timeout=900, cwd=os.path.dirname(HERE))
+    except RuntimeError as e:
+        print(f"  coupled run failed: {str(e)[-2000:]}")
         return None
-    m = json.loads(line.split(" ", 1)[1])
     report(f"coupled run, 2 ranks, T42 {days:g} days: wall s", m["seconds_total"],
            f"{m['training_iterations']} training iterations on rank 1")
     report("  rank 0 simulation loop / simulation alone", m["seconds_simulation_wall"] / alone["bare"],

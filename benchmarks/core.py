@@ -18,6 +18,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _common import blas_threads, report  # noqa: E402
+
 from hpcai import Tensor, ops  # noqa: E402
 
 
@@ -32,10 +34,6 @@ def median_time(fn, repeat: int = 7, number: int = 1, warmup: int = 1) -> float:
             fn()
         rounds.append((time.perf_counter() - start) / number)
     return statistics.median(rounds)
-
-
-def report(name: str, value: float, note: str = "") -> None:
-    print(f"  {name:<44} {value:>12.4g}  {note}", flush=True)
 
 
 def overhead(report=report) -> None:
@@ -94,9 +92,7 @@ def main(argv) -> None:
     unknown = [s for s in chosen if s not in sections]
     if unknown:
         raise SystemExit(f"sections: expected some of {list(sections)}, got {unknown}")
-    import threadpoolctl
-    print(f"numpy {np.__version__}; BLAS threads: "
-          f"{[i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']}")
+    print(f"numpy {np.__version__}; BLAS threads: {blas_threads()}")
     for name in chosen:
         sections[name](report)
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-if not __package__:  # run as a script from a checkout: make the package importable
+if not __package__:  # run as a script from a checkout: make the package and _common importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hpcai import backend, precision  # noqa: E402
 
@@ -76,4 +77,5 @@ def run(report, n=1024, repeats=7, size=10**7):
 
 
 if __name__ == "__main__":
-    run(lambda name, value, unit: print(f"{name:<44} {value:>12.4g}  {unit}"))
+    from _common import report
+    run(report)

@@ -22,11 +22,8 @@ time measures contention for cores, not MPI.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 
@@ -36,6 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
+from _common import mpi_run, print_result, report, under_mpiexec  # noqa: E402
+
 from hpcai import Tensor, nn, optim  # noqa: E402
 from hpcai.ops.loss import cross_entropy  # noqa: E402
 from hpcai.parallel.comm import world  # noqa: E402
@@ -43,10 +42,6 @@ from hpcai.parallel.data_parallel import DistributedOptimizer  # noqa: E402
 
 SIZES = [2 ** k for k in range(10, 27, 2)]  # 1 KiB .. 64 MiB
 SECTIONS = ("allreduce", "scaling", "async")
-
-
-def report(name: str, value: float, note: str = "") -> None:
-    print(f"  {name:<44} {value:>10.3f}  {note}", flush=True)
 
 
 # -- measurements, inside an MPI launch --------------------------------------------------------------------
@@ -107,32 +102,14 @@ def measure_scaling(comm, compression: str = "none", batch: int = 64, steps: int
 
 
 # -- launching ------------------------------------------------------------------------------------------------
-def _mpiexec() -> str:
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = here if os.access(here, os.X_OK) else shutil.which("mpiexec")
-    if found is None:
-        raise SystemExit("parallel.py needs mpiexec (pip install mpich, or an MPI library) and mpi4py")
-    return found
-
-
 def launch(n: int, *child_args: str):
     """Run this script's ``--child`` mode on ``n`` ranks; return the JSON its rank 0 printed."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [_mpiexec(), "-n", str(n), sys.executable, os.path.abspath(__file__), "--child", *child_args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return json.loads(lines[-1][len("RESULT "):])
-
-
-def _under_mpiexec() -> bool:
-    return int(os.environ.get("PMI_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))) > 1
+    return mpi_run(n, [os.path.abspath(__file__), "--child", *child_args], needed_by="parallel.py")
 
 
 # -- sections ------------------------------------------------------------------------------------------------
 def allreduce(report=report) -> None:
-    rows = measure_allreduce(world()) if _under_mpiexec() else launch(2, "allreduce")
+    rows = measure_allreduce(world()) if under_mpiexec() else launch(2, "allreduce")
     print("allreduce of float32 buffers, in place, sum (GB/s = buffer bytes / s; fp16/bf16: same values, half "
           "the bytes, ms)")
     for r in rows:
@@ -144,7 +121,7 @@ def allreduce(report=report) -> None:
 
 
 def scaling(report=report) -> None:
-    if _under_mpiexec():
+    if under_mpiexec():
         runs = [measure_scaling(world())]
     else:
         runs = [launch(n, "scaling") for n in (1, 2, 4)]
@@ -171,7 +148,7 @@ def child(section: str, compression: str) -> None:
     comm = world()
     result = measure_allreduce(comm) if section == "allreduce" else measure_scaling(comm, compression)
     if comm.rank == 0:
-        print("RESULT " + json.dumps(result), flush=True)
+        print_result(result)
 
 
 def main(argv=None) -> None:
@@ -185,7 +162,7 @@ def main(argv=None) -> None:
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section(s) {unknown}; choose from {SECTIONS}")
-    inside = _under_mpiexec()  # under your own mpiexec: every rank measures, rank 0 prints
+    inside = under_mpiexec()  # under your own mpiexec: every rank measures, rank 0 prints
     for name, fn in (("allreduce", allreduce), ("scaling", scaling), ("async", run_async)):
         if name not in (args.sections or SECTIONS) or (name == "async" and inside):
             continue

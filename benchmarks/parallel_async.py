@@ -15,24 +15,19 @@ with more ranks than cores the ranks also compete for cores, which hurts blockin
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
+from _common import mpi_run, print_result, report  # noqa: E402
 from hpcai import datasets, nn  # noqa: E402
 from hpcai.parallel.asynchronous import train_async  # noqa: E402
 
 GRADIENTS, LR, BATCH, TARGET = 2400, 0.2, 32, 0.05
 STRAGGLER = {1: 2.0}
-
-
-def report(name: str, value: float, note: str = "") -> None:
-    print(f"  {name:<44} {value:>10.3f}  {note}", flush=True)
 
 
 def mlp():
@@ -56,21 +51,12 @@ def child() -> None:
     comm = world()
     rows = [measure(m, d, comm.size, comm) for d in (None, STRAGGLER) for m in ("sync", "ps", "rma")]
     if comm.rank == 0:
-        print("RESULT " + json.dumps(rows), flush=True)
+        print_result(rows)
 
 
 def launch(ranks: int) -> list:
-    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    mpiexec = mpiexec if os.access(mpiexec, os.X_OK) else shutil.which("mpiexec")
-    if mpiexec is None:
-        raise SystemExit("parallel_async.py needs mpiexec (pip install mpich, or an MPI library) and mpi4py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [mpiexec, "-n", str(ranks), sys.executable, os.path.abspath(__file__), "--child"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return json.loads(lines[-1][len("RESULT "):])
+    """The MPI methods' rows, measured by this script's ``--child`` mode on ``ranks`` ranks."""
+    return mpi_run(ranks, [os.path.abspath(__file__), "--child"], needed_by="parallel_async.py", timeout=900)
 
 
 def run(report=report, ranks: int = 4) -> None:

@@ -50,16 +50,19 @@ def demo(epochs: int = 20, hidden: int = 64, precision: str = "fp32", optimizer:
 
 
 def _config_options(parser, config_cls) -> None:
-    """One ``--name`` option per Config field, typed from its annotation; its declared choices, if any."""
-    for f in dataclasses.fields(config_cls):
-        default, annotation = f.default, str(f.type)
-        choices = f.metadata.get("choices")
-        kind = next((t for t in (int, float) if annotation.split(" |")[0] == t.__name__), str)
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
-        else:
-            parser.add_argument(flag, type=kind, default=None, choices=choices, help=f"(default: {default})")
+    """One ``--name`` option per Config field, typed and parsed as :func:`hpcai.apps.config_fields` says, with
+    its declared choices; an option not given is left out (the Config's default applies)."""
+    from .apps import config_fields
+    for spec in config_fields(config_cls):
+        def parse(text, spec=spec):
+            try:
+                return spec.parse(text)
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+        parse.__name__ = spec.kind.__name__
+        auto = "; '' or auto means None" if spec.optional else ""
+        parser.add_argument("--" + spec.name.replace("_", "-"), type=parse, default=argparse.SUPPRESS,
+                            choices=spec.choices, help=f"(default: {spec.default}{auto})")
 
 
 def main(argv=None) -> int:
@@ -119,7 +122,7 @@ def main(argv=None) -> int:
         history, _ = demo(args.epochs, args.hidden, args.precision, args.optimizer, args.lr, args.seed, verbose=1)
         return 0 if history["loss"][-1] < history["loss"][0] else 1
     fields = {f.name for f in dataclasses.fields(APPS[args.app].config)}
-    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    overrides = {k: v for k, v in vars(args).items() if k in fields}
     if "output_dir" in fields and "output_dir" not in overrides:
         overrides["output_dir"] = os.path.join("results", args.app)
     from .runner import make_config, run_app

@@ -415,15 +415,26 @@ class Engines:
     async def interrupt(self) -> None:
         """Send SIGINT to every engine: the function running there raises KeyboardInterrupt between two Python
         statements. A rank blocked inside an MPI call does not notice; the watchdog then ends the job
-        ``abort_after`` seconds after the others were interrupted (``restart()`` starts fresh engines)."""
+        ``abort_after`` seconds after the others were interrupted (``restart()`` starts fresh engines).
+
+        Through ipyparallel's ``Client.send_signal``: each engine's nanny signals its own engine process, on
+        this machine or on a compute node alike. The launcher is not signalled: mpiexec ends the whole job on
+        SIGINT, and a batch launcher's ``scancel -s``/``qsig -s`` reaches the job's script and launchers, not
+        only the engines.
+        """
         self._require_running()
-        if not self._local():
-            await self.cluster.signal_engines(signal.SIGINT)
+        ids = [info.engine_id for info in self.ranks if info.engine_id in self.client.ids]
+        if not ids:
             return
-        for proc in self._engine_procs():  # the engines themselves: mpiexec would end the whole job on SIGINT
-            if proc is not None and self._alive(proc):
-                with contextlib.suppress(Exception):
-                    proc.send_signal(signal.SIGINT)
+        try:  # a lost engine never answers: the watchdog reports it, so wait for the others only so long
+            replies = await asyncio.wait_for(
+                asyncio.wrap_future(self.client.send_signal(signal.SIGINT, targets=ids, block=False)), 10)
+        except Exception as e:  # noqa: BLE001 (engines gone meanwhile)
+            log.warning("hpcai.cluster: interrupting engines %s: %r", ids, e)
+            return
+        for engine_id, reply in zip(ids, replies):
+            if reply["content"]["status"] != "ok":
+                log.warning("hpcai.cluster: engine %s refused SIGINT: %s", engine_id, reply["content"].get("evalue"))
 
     def _output_tail(self) -> str:
         """The last lines of the engines' output, without ipyparallel's own log lines."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import stat
 import zipfile
 
 import numpy as np
@@ -33,16 +33,35 @@ def checksum(arrays: dict) -> str:
     return h.hexdigest()
 
 
+def _create_temp(folder: str, suffix: str) -> str:
+    """A new empty file in ``folder``, created as ``open(path, "w")`` would (mode 0o666 less the umask,
+    the folder's default ACL applied) rather than owner-only like ``tempfile.mkstemp``."""
+    for _ in range(100):
+        tmp = os.path.join(folder, f".tmp-{os.urandom(6).hex()}{suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"atomic_write: could not create a temporary file in {folder!r}")
+
+
 def atomic_write(path, write) -> None:
-    """Call ``write(tmp_path)`` and rename the result over ``path`` only if it succeeded."""
+    """Call ``write(tmp_path)`` and rename the result over ``path`` only if it succeeded.
+
+    The new file gets the permissions a plain ``open(path, "w")`` would give it: an existing file's mode
+    is kept, a new one follows the umask.
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are meant to be shared
+    tmp = _create_temp(folder, os.path.splitext(path)[1])
     try:
         write(tmp)
+        try:
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+        except FileNotFoundError:
+            pass
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -3,7 +3,8 @@
 ``Lab`` starts ``hpcai lab`` on a free 127.0.0.1 port with a random token, JupyterLab's settings, workspaces
 and runtime files in a temporary folder (the user's own are not read or written), and records every process
 the server starts (kernels, ipyparallel controllers and engines, ``mpiexec``) while it runs, so that after
-``stop()`` ``leftovers()`` can say, by PID, what is still alive. ``chromium(playwright)`` launches the
+``stop()`` ``leftovers()`` can say, by PID, what is still alive (tests/procs.py waits for, describes and kills
+those). ``chromium(playwright)`` launches the
 system's Chromium (the Debian ``chromium`` package; Playwright downloads no browser).
 """
 from __future__ import annotations
@@ -20,6 +21,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+try:
+    import procs
+except ImportError:  # no psutil: missing_browser() says so, and the tests skip
+    procs = None
 
 CHROMIUM = os.environ.get("HPCAI_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
@@ -57,15 +63,11 @@ def free_port() -> int:
 
 
 class ProcessWatch:
-    """Every descendant of ``pid`` seen while watching (sampled every ``every`` s), as psutil.Process objects.
-
-    A psutil.Process remembers its creation time, so a PID reused by an unrelated process later is not
-    mistaken for one of ours.
-    """
+    """Every descendant of ``pid`` seen while watching (sampled every ``every`` s), as psutil.Process objects."""
 
     def __init__(self, pid: int, every: float = 0.25):
         import psutil
-        self.psutil, self.root = psutil, psutil.Process(pid)
+        self.root = psutil.Process(pid)
         self.seen = {pid: self.root}
         self._every, self._done = every, threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="process-watch")
@@ -77,34 +79,16 @@ class ProcessWatch:
             self._done.wait(self._every)
 
     def sample(self):
-        try:
-            for p in self.root.children(recursive=True):
-                self.seen.setdefault(p.pid, p)
-        except self.psutil.Error:
-            pass
+        for pid, p in procs.descendants(self.root.pid).items():
+            self.seen.setdefault(pid, p)
 
     def stop(self):
         self._done.set()
         self._thread.join()
 
     def alive(self) -> list:
-        """The watched processes still running (zombies count as gone), with their command lines."""
-        left = []
-        for p in self.seen.values():
-            try:
-                if p.is_running() and p.status() != self.psutil.STATUS_ZOMBIE:
-                    left.append((p.pid, " ".join(p.cmdline())[:200]))
-            except self.psutil.Error:
-                pass
-        return left
-
-    def kill_all(self) -> None:
-        for p in self.seen.values():
-            try:
-                if p.is_running():
-                    p.kill()
-            except self.psutil.Error:
-                pass
+        """The watched processes still running (zombies count as gone)."""
+        return procs.living(self.seen.values())
 
 
 class Lab:
@@ -195,31 +179,20 @@ class Lab:
         self._log.close()
         return self.proc.returncode
 
-    def leftovers(self, grace: float = 15) -> list:
-        """Processes this lab started that are still alive ``grace`` seconds after ``stop()`` at most."""
-        deadline = time.monotonic() + grace
-        while (left := self.watch.alive()) and time.monotonic() < deadline:
-            time.sleep(0.25)
-        return left + [p for p in self._strays() if p[0] not in {pid for pid, _ in left}]
+    def leftovers(self) -> list:
+        """Processes this lab started that are still alive (call after ``stop()``; ``procs.collect`` waits)."""
+        left = self.watch.alive()
+        return left + [p for p in self._strays() if p.pid not in {q.pid for q in left}]
 
     def _strays(self) -> list:
         """Processes working in the served folder that escaped the watch (re-parented before a sample)."""
-        psutil, found = self.watch.psutil, []
-        root = str(self.notebook_dir.resolve())
-        for p in psutil.process_iter(["pid", "cwd", "cmdline"]):
+        import psutil
+        found, root = [], str(self.notebook_dir.resolve())
+        for p in psutil.process_iter(["pid", "cwd"]):
             cwd = p.info.get("cwd") or ""
-            if p.pid != os.getpid() and (cwd == root or cwd.startswith(root + os.sep)):
-                found.append((p.pid, " ".join(p.info.get("cmdline") or [])[:200]))
+            if p.pid != os.getpid() and (cwd == root or cwd.startswith(root + os.sep)) and procs.alive(p):
+                found.append(p)
         return found
-
-
-def kill(pid: int) -> None:
-    """Kill one process by PID (gone already is fine)."""
-    import psutil
-    try:
-        psutil.Process(pid).kill()
-    except psutil.Error:
-        pass
 
 
 def copy_notebooks(source, target) -> Path:

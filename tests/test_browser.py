@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import browser
+from browser import procs  # None without psutil: then the `ready` fixture skips
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "00_quickstart.ipynb"
@@ -148,8 +149,6 @@ def test_quickstart_panel_runs_in_a_browser(ready, tmp_path):
                 chrome.close()
     finally:
         code = lab.stop()
-        left = lab.leftovers()
-        for pid, _ in left:
-            browser.kill(pid)
-    assert not left, f"processes left behind after JupyterLab stopped: {left}"
+        left = procs.collect(lab.leftovers)  # waits up to 15 s, then kills what is left
+    assert not left, f"processes left behind after JupyterLab stopped (killed now): {left}"
     assert code == 0, f"hpcai lab exited with {code}:\n{lab.log()[-3000:]}"

@@ -21,6 +21,7 @@ ipp = pytest.importorskip("ipyparallel")
 psutil = pytest.importorskip("psutil")
 pytest.importorskip("mpi4py")
 
+import procs  # noqa: E402
 from hpcai import optim  # noqa: E402
 from hpcai.cluster import EngineError, Engines, EngineStartError, cluster_config, find_mpiexec  # noqa: E402
 from hpcai.train import Callback  # noqa: E402
@@ -89,29 +90,23 @@ def fail_everywhere():
     raise KeyError("every rank fails")
 
 
+def busy_until_interrupted(started, seconds=120):
+    """Python code busy on every rank (not blocked in MPI) until SIGINT arrives; says when it runs."""
+    open(f"{started}.{os.getpid()}", "w").close()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "not interrupted"
+
+
 # -- helpers --------------------------------------------------------------------------------------------
-def _alive(p):
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def processes_of(profile_dir):
     """Every live process started for the cluster with this profile (ipyparallel sets IPP_PROFILE_DIR)."""
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get("IPP_PROFILE_DIR") == str(profile_dir) and _alive(p):
-                found.append(p)
-        except psutil.Error:
-            pass
-    return found
+    return procs.with_env("IPP_PROFILE_DIR", str(profile_dir))
 
 
 def kill_leftovers(profile_dir):
-    for p in processes_of(profile_dir):
-        p.kill()
+    procs.kill(processes_of(profile_dir))
 
 
 def new_engines(profile_dir, **kwargs):
@@ -136,8 +131,8 @@ def test_data_parallel_training_rank_ordered_then_stop_leaves_no_process(tmp_pat
     profile = tmp_path / "profile"
     try:
         with new_engines(profile) as e:
-            procs = [psutil.Process(pid) for pid in e.pids]
-            assert {info.pid for info in e.ranks} <= set(e.pids) and len(procs) >= 4  # controller, mpiexec, engines
+            started = [psutil.Process(pid) for pid in e.pids]
+            assert {info.pid for info in e.ranks} <= set(e.pids) and len(started) >= 4  # controller, mpiexec, engines
             assert [info.rank for info in e.ranks] == [0, 1]
             results = e.run_sync(train)
             assert [(r["rank"], r["size"]) for r in results] == [(0, 2), (1, 2)]
@@ -145,7 +140,7 @@ def test_data_parallel_training_rank_ordered_then_stop_leaves_no_process(tmp_pat
             losses = results[0]["loss"]
             assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.5 * losses[0], losses
             assert processes_of(profile)
-        assert [p.pid for p in procs if _alive(p)] == []
+        assert procs.living(started) == []
         assert processes_of(profile) == []
     finally:
         kill_leftovers(profile)
@@ -158,11 +153,10 @@ def test_exception_on_one_rank_while_the_other_waits_ends_quickly(engines):
     assert sorted(symmetric.value.failures) == [0, 1] and symmetric.value.job_ended is None and engines.running
     assert "KeyError: 'every rank fails'" in symmetric.value.failures[1]
 
-    start = time.monotonic()
     with pytest.raises(EngineError) as info:
-        engines.run_sync(fail_on_rank_1_while_rank_0_waits, timeout=60)  # the timeout only bounds a broken test
-    assert time.monotonic() - start < 30
+        engines.run_sync(fail_on_rank_1_while_rank_0_waits, timeout=30)  # the hang guard: ends the job at 30 s
     err = info.value
+    assert "still busy" in (err.job_ended or ""), f"the watchdog did not end the job; it ended as: {err.job_ended}"
     assert list(err.failures) == [1] and err.lost == [0] and err.job_ended
     assert "--- rank 1 raised:" in str(err) and "ValueError: rank 1 fails on purpose" in str(err)
     assert "in fail_on_rank_1_while_rank_0_waits" in str(err)  # the remote traceback, plain text
@@ -171,6 +165,29 @@ def test_exception_on_one_rank_while_the_other_waits_ends_quickly(engines):
         engines.run_sync(rank_and_size)
     engines.restart_sync()
     assert engines.run_sync(rank_and_size) == [(0, 2), (1, 2)]
+
+
+@needs_mpiexec
+def test_interrupt_stops_the_function_on_every_rank_and_keeps_the_engines(engines, tmp_path):
+    if not engines.running:
+        engines.restart_sync()
+    started = tmp_path / "started"
+
+    def interrupt_once_every_rank_runs():
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("started.*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        engines.interrupt_sync()
+
+    interrupter = threading.Thread(target=interrupt_once_every_rank_runs, daemon=True)
+    interrupter.start()
+    with pytest.raises(EngineError) as info:
+        engines.run_sync(busy_until_interrupted, str(started), timeout=45)  # the hang guard: ends the job at 45 s
+    interrupter.join()
+    err = info.value
+    assert err.job_ended is None, f"the interrupt did not reach the function; the job ended as: {err.job_ended}"
+    assert sorted(err.failures) == [0, 1] and all("KeyboardInterrupt" in tb for tb in err.failures.values()), err
+    assert engines.running and engines.run_sync(rank_and_size) == [(0, 2), (1, 2)]
 
 
 @needs_mpiexec
@@ -209,10 +226,12 @@ def test_cell_raising_on_one_rank_errors_instead_of_hanging(engines):
         engines.restart_sync()
     cell = ("from hpcai.parallel import world\nimport numpy as np\ncomm = world()\n"
             "if comm.rank == 1:\n    raise ValueError('cell fails on rank 1')\ncomm.allreduce_(np.ones(4))\n")
-    start = time.monotonic()
+    ar = engines.view.execute(cell, block=False)
     with pytest.raises(ipp.error.CompositeError, match="cell fails on rank 1"):
-        engines.view.execute(cell, block=False).get(timeout=60)
-    assert time.monotonic() - start < 30
+        try:
+            ar.get(timeout=30)  # the hang guard
+        except ipp.error.TimeoutError:
+            pytest.fail("the cell still hangs after 30 s: the watchdog did not end the job")
     assert not engines.running
 
 

@@ -51,9 +51,42 @@ def test_block_error_is_bounded_by_the_quantiser(xp):
     (lambda: C.Truncate.for_ratio((8, 8), 1e6), "ratio: 1000000.0 would keep no coefficient"),
     (lambda: C.Truncate(100).compress(jet()), r"k: \(100, 100\) exceeds"),
     (lambda: C.Block(step=0), "step: expected a positive"),
+    (lambda: C.Block(step=float("inf")), "step: expected a positive finite"),
+    (lambda: C.Block(step=0.1, block=2.5), "block: expected an integer"),
+    (lambda: C.Block(step=0.1, slope=-0.1), r"slope: expected a finite number keeping every step positive \(> -0.0714"),
+    (lambda: C.Block(step=0.1, slope=float("nan")), "slope: expected a finite number"),
     (lambda: C.Truncate(4).compress(np.ones(10)), "field: expected a 2-d floating-point"),
     (lambda: C.get_codec("wavelet"), "codec: expected one of"),
 ])
 def test_bad_parameters(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("codec", [C.Truncate(4), C.Block(step=0.01)])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_fields_are_refused(xp, codec, bad):
+    """A NaN or inf would spread over every DCT coefficient (and wrap around in the block codec's integers)."""
+    f = jet((16, 16))
+    f[3, 5] = bad
+    with pytest.raises(ValueError, match="field: expected finite values, got 1 NaN or infinite of 256"):
+        codec.compress(xp.asarray(f))
+
+
+def test_block_widens_the_integers_for_a_small_step(xp):
+    """Coefficients beyond int32 are stored as int64 and come back to the quantiser's accuracy, not wrapped."""
+    f = xp.asarray(1e3 * jet((16, 24)))
+    codec = C.Block(step=1e-9)  # the 8x8 DC coefficients reach ~1e12 steps: beyond int32, within int64
+    c = codec.compress(f)
+    assert c.params["int"] == np.dtype(np.int64).str
+    restored = C.decompress(c, xp)
+    assert float(abs(restored - f).max()) < 1e-6
+
+
+def test_block_refuses_a_step_beyond_int64(xp):
+    f = xp.asarray(1e3 * jet((16, 16)))
+    with pytest.raises(ValueError, match=r"step: 1e-300 quantises a coefficient of .* beyond int64; use a step "
+                                         r"of at least"):
+        C.Block(step=1e-300).compress(f)
+    with pytest.raises(ValueError, match=r"step: 5e-324 quantises"):  # coefficient / step overflows to inf
+        C.Block(step=5e-324).compress(f)

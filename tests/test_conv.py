@@ -64,7 +64,8 @@ def test_conv_transpose2d_is_the_adjoint_of_conv2d(xp, rng, stride, padding, dil
 
 
 def test_tiling_and_adjoint_paths_agree(xp, rng, monkeypatch):
-    """Every tile layout (whole batch, batch chunks, row chunks) and both forms of the adjoint give one answer."""
+    """Every tile layout (whole batch, batch chunks, row chunks), any number of threads sharing the tiles,
+    and both forms of the adjoint give one answer."""
     x = rng.standard_normal((3, 4, 9, 7))
     w = rng.standard_normal((6, 2, 3, 3))
     g = rng.standard_normal((3, 6, 9, 7))
@@ -77,9 +78,11 @@ def test_tiling_and_adjoint_paths_agree(xp, rng, monkeypatch):
 
     for stride in (1, 2):
         want = run(stride)
-        for tile_bytes, adjoint in [(10**9, 3), (4 * 4 * 9 * 7 * 8 * 2, 3), (64, 3), (64, 0), (10**9, 0)]:
+        for tile_bytes, adjoint, threads in [(10**9, 3, 1), (4 * 4 * 9 * 7 * 8 * 2, 3, 2), (64, 3, 2), (64, 0, 3),
+                                             (64, 3, 5), (10**9, 0, 2)]:
             monkeypatch.setattr(conv_module, "_TILE_BYTES", tile_bytes)
             monkeypatch.setattr(conv_module, "_ADJOINT_AS_CONV", adjoint)
+            monkeypatch.setattr(conv_module, "workers", lambda: threads)
             for a, b in zip(run(stride), want):
                 np.testing.assert_allclose(a, b, atol=1e-12)
         monkeypatch.undo()
@@ -230,3 +233,42 @@ def _z(*shape, dtype=np.float32):
 def test_errors_name_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("shape, args", [((1, 2, 5, 5), (3, 2, 1)), ((2, 1, 6, 7), ((2, 3), (1, 2), (1, 1))),
+                                         ((1, 1, 4, 4), (2, 1, 1)), ((1, 2, 6, 6), (2,))])
+def test_max_pool2d_all_minus_inf_windows_match_torch(shape, args, rng):
+    """A window holding only -inf (input cells and -inf padding) outputs -inf and sends its gradient to
+    its first cell inside the input, as torch does; none is lost in the padding."""
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal(shape)
+    x[:, :, :3, :3] = -np.inf  # the top-left windows, padding included, hold nothing else
+    x[..., -1] = -np.inf       # and the right column's windows, where they reach into the padding
+    g = rng.standard_normal(ops.max_pool2d(Tensor(x), *args).shape)
+    t = Tensor(x, requires_grad=True)
+    y = ops.max_pool2d(t, *args)
+    y.backward(g)
+    tx = torch.tensor(x, requires_grad=True)
+    ref = torch.nn.functional.max_pool2d(tx, *args)
+    ref.backward(torch.from_numpy(g))
+    assert np.isneginf(ref.detach().numpy()).any()
+    np.testing.assert_array_equal(y.numpy(), ref.detach().numpy())
+    np.testing.assert_allclose(t.grad, tx.grad.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(t.grad.sum(), g.sum(), rtol=1e-12)  # every window's gradient reaches x
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(xp, stride):
+    x = _t(xp, np.zeros((0, 3, 8, 8)), grad=True)
+    w, b = _t(xp, np.ones((4, 3, 3, 3)), grad=True), _t(xp, np.ones(4), grad=True)
+    y = ops.conv2d(x, w, b, stride=stride, padding=1)
+    assert y.shape == (0, 4, 8 // stride, 8 // stride)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and not _host(w.grad).any() and not _host(b.grad).any()
+    wt = _t(xp, np.ones((3, 4, 3, 3)), grad=True)
+    z = ops.conv_transpose2d(x, wt, stride=stride)
+    assert z.shape[:2] == (0, 4)
+    z.sum().backward()
+    assert not _host(wt.grad).any()
+    for pooled in (ops.max_pool2d(x, 2), ops.relu(x)):
+        pooled.sum().backward()

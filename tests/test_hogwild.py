@@ -4,12 +4,15 @@ Threads race by design, so every check has a margin: convergence to a known opti
 tolerance, accuracy thresholds below what plain SGD reaches, and one relative-speed check (a slowed
 thread does fewer updates) with a wide margin.
 """
+import contextlib
+
 import numpy as np
 import pytest
 
 from hpcai import Tensor, datasets, nn
-from hpcai.parallel.asynchronous import METHODS, FlatModel, train_async
+from hpcai.parallel.asynchronous import METHODS, FlatModel, Job, WorkerLog, train_async, update
 from hpcai.parallel.comm import SerialCommunicator
+from hpcai.train import get_loss
 from problems import least_squares, mlp
 
 
@@ -77,6 +80,64 @@ def test_a_slowed_thread_does_fewer_updates(digits):
     (x, y), _ = digits
     r = train_async("hogwild", mlp, (x, y), lr=0.1, steps=800, threads=2, delay={1: 4.0})
     assert r.updates[1] < 0.75 * r.updates[0], r.updates
+
+
+class ScriptedStore:
+    """A store on which other workers apply updates at scripted moments: ``version()`` returns the next of
+    ``versions``; every call that changes it, or locks it, is recorded in ``calls``."""
+
+    def __init__(self, flat, versions, applied):
+        self.flat, self.versions, self.applied, self.calls = flat.copy(), list(versions), applied, []
+
+    def version(self):
+        return self.versions.pop(0)
+
+    def read(self, out):
+        np.copyto(out, self.flat)
+        return out
+
+    def add(self, delta):
+        self.calls.append("add")
+        self.flat += delta
+
+    def count(self):
+        self.calls.append("count")
+        self.applied += 1
+        return self.applied - 1
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        self.calls.append("lock")
+        yield
+        self.calls.append("unlock")
+
+
+@pytest.mark.parametrize("bound, versions, applied, staleness, dropped, calls", [
+    (None, [5], 7, 2, 0, ["add", "count"]),  # unbounded: add, then count; staleness = count before - read
+    (1, [0, 3, 4], 4, 1, 1, ["lock", "unlock", "lock", "add", "count", "unlock"]),  # 3 late: dropped, redone
+])
+def test_one_update_over_any_store(bound, versions, applied, staleness, dropped, calls):
+    x, y, _ = least_squares(n=8, d=2)
+    job = Job("test", lambda: nn.Linear(2, 1, rng=0), x, y, get_loss("mse"), lambda t: 0.5, steps=10,
+              batch_size=8, comm=SerialCommunicator(), threads=1, max_staleness=bound, delay={}, seed=0,
+              record_every=1)
+    reference = job.flat_model()
+    store, log = ScriptedStore(reference.flat, versions, applied), WorkerLog(0)
+    update(job, store, job.flat_model(), iter([(x, y)] * 2), 0, log, 0.0)
+    _, g = reference.gradient(x, y)  # one batch of all the data: every gradient is this one
+    np.testing.assert_array_equal(store.flat, reference.flat - 0.5 * g)
+    assert store.calls == calls and store.versions == []
+    assert log.staleness == [staleness] and log.dropped == dropped
+    assert len(log.snapshots) == 1 and log.snapshots[0][1] == applied + 1
+    np.testing.assert_array_equal(log.snapshots[0][2], store.flat)
+
+
+def test_a_non_finite_loss_stops_the_run(digits):
+    (x, y), _ = digits
+    x = x.copy()
+    x[:] = np.nan
+    with pytest.raises(FloatingPointError, match="^loss: the minibatch loss is nan"):
+        train_async("hogwild", mlp, (x, y), steps=5, threads=1)
 
 
 def test_an_error_in_a_thread_reaches_the_caller(digits):

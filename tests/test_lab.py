@@ -44,6 +44,8 @@ def test_lab_token_loopback_and_clean_ctrl_c(tmp_path):
     import json
     import pty
     import urllib.request
+
+    import procs
     port, token = free_port(), secrets.token_hex(16)
     args = ["--no-browser", "--port", str(port), "--token", token, "--notebook-dir", str(tmp_path)]
     args += ["--allow-root"] if os.geteuid() == 0 else []
@@ -76,7 +78,7 @@ def test_lab_token_loopback_and_clean_ctrl_c(tmp_path):
         deadline = time.monotonic() + 30
         while not server.children() and time.monotonic() < deadline:
             time.sleep(0.1)
-        started = [proc.pid, *(p.pid for p in server.children(recursive=True))]
+        started = [server, *server.children(recursive=True)]
         assert len(started) > 1, "no kernel process appeared"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
@@ -84,20 +86,14 @@ def test_lab_token_loopback_and_clean_ctrl_c(tmp_path):
         text = log.read()
         assert f"http://127.0.0.1:{port}/lab?token={token}" in text and "Shutting down" in text
         assert "Kernel shutdown" in text  # the kernel was shut down by the server, not orphaned
-        deadline = time.monotonic() + 10
-        while _alive(psutil, started) and time.monotonic() < deadline:
-            time.sleep(0.1)
     finally:
-        left = _alive(psutil, started or [proc.pid])
-        for pid in left:
-            with _quiet():
-                psutil.Process(pid).kill()
+        left = procs.collect(lambda: started or [proc.pid], grace=10)  # waits, then kills what is left
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         os.close(main)
         log.close()
-    assert not left, f"processes left behind: {left}"
+    assert not left, f"processes left behind (killed now): {left}"
 
 
 def _get_or_none(url):
@@ -109,26 +105,6 @@ def _get_or_none(url):
 
 def wrong(token):
     return token[::-1] if token[::-1] != token else token + "x"
-
-
-def _alive(psutil, pids):
-    alive = []
-    for pid in pids:
-        with _quiet():
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-    return alive
-
-
-class _quiet:
-    """Ignore processes that vanished meanwhile."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, *_):
-        import psutil
-        return kind is not None and issubclass(kind, psutil.Error)
 
 
 @pytest.mark.parametrize("ip", ["not an address", "127.0.0.1.5", "", "http://127.0.0.1"])

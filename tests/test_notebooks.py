@@ -6,10 +6,8 @@ the kernel starts (ipyparallel controller, mpiexec, MPI proxies, engines) inheri
 when a process outlives its parent. Other people's clusters on the same machine never carry it.
 """
 import json
-import os
 import pathlib
 import sys
-import time
 import uuid
 
 import pytest
@@ -18,9 +16,9 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 try:
-    import psutil
+    import procs
 except ImportError:  # the process checks need psutil (hpcai[apps]); the notebooks still run without it
-    psutil = None
+    procs = None
 
 NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 MARKER = "HPCAI_NOTEBOOK_TEST"
@@ -47,53 +45,11 @@ def _with_ci_parameters(nb, tmp_path):
 
 
 # -- processes ------------------------------------------------------------------------------------------
-def _alive(p) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _descendants() -> dict:
-    """{pid: Process} of this test process's live descendants."""
-    return {p.pid: p for p in psutil.Process().children(recursive=True) if _alive(p)}
-
-
 def _leftovers(token: str, before: dict) -> list:
     """Live processes started while the notebook ran: those carrying the marker, and new descendants."""
-    found = {pid: p for pid, p in _descendants().items() if pid not in before}
-    for p in psutil.process_iter():
-        try:
-            if p.pid != os.getpid() and p.pid not in found and p.environ().get(MARKER) == token and _alive(p):
-                found[p.pid] = p
-        except psutil.Error:  # gone, or another user's process
-            pass
-    return [p for p in found.values() if _alive(p)]
-
-
-def _describe(p) -> str:
-    try:
-        return f"pid {p.pid}: {' '.join(p.cmdline())[:160] or p.name()}"
-    except psutil.Error:
-        return f"pid {p.pid}"
-
-
-def _collect_leftovers(token: str, before: dict, grace: float = 15.0) -> list:
-    """Wait up to ``grace`` s for the notebook's processes to exit (a kernel's exit hooks may still be stopping
-    its engines); describe and SIGKILL whatever is left, so a failing notebook never leaves the machine busy."""
-    deadline = time.monotonic() + grace
-    left = _leftovers(token, before)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.5)
-        left = _leftovers(token, before)
-    described = [_describe(p) for p in left]
-    for p in left:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(left, timeout=5)
-    return described
+    found = {pid: p for pid, p in procs.descendants().items() if pid not in before}
+    found.update({p.pid: p for p in procs.with_env(MARKER, token) if p.pid not in found})
+    return list(found.values())
 
 
 # -- tests ----------------------------------------------------------------------------------------------
@@ -112,13 +68,13 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     token = uuid.uuid4().hex
     monkeypatch.setenv(MARKER, token)
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))  # ipyparallel's cluster files and logs go here
-    before = _descendants() if psutil else {}
+    before = procs.descendants() if procs else {}
     nb = _with_ci_parameters(nbformat.read(path, as_version=4), tmp_path)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     try:
         client.execute()  # shuts the kernel down when done, also after a failing cell
     except Exception as e:
-        left = _collect_leftovers(token, before) if psutil else []
+        left = procs.collect(lambda: _leftovers(token, before)) if procs else []
         if left:
             note = f"and it left {len(left)} process(es) running (killed now):\n  " + "\n  ".join(left)
             if hasattr(e, "add_note"):  # Python 3.11
@@ -126,7 +82,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
             else:
                 print(note, file=sys.stderr)
         raise
-    left = _collect_leftovers(token, before) if psutil else []
+    left = procs.collect(lambda: _leftovers(token, before)) if procs else []
     assert not left, f"{path.name} left {len(left)} process(es) running (killed now):\n  " + "\n  ".join(left)
 
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]

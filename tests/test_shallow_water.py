@@ -207,10 +207,42 @@ def test_registry_and_unknown_initial_condition():
     (dict(nlon=128, nlat=64, truncation=50), r"truncation: T50 is too high.*truncation <= 42"),
     (dict(nlon=128, nlat=40, truncation=42), "truncation"), (dict(nlon=128, nlat=64, dt=-5), "dt"),
     (dict(nlon=128, nlat=64, diffusion=("hyper", 3, 3.0)), "diffusion"),
+    (dict(omega="7e-5"), "omega: expected a finite number, got '7e-5'"),
+    (dict(omega=float("nan")), "omega: expected a finite number, got nan"),
+    (dict(omega=True), "omega: expected a finite number, got True"),
+    (dict(williams=float("inf")), "williams: expected a finite number, got inf"),
+    (dict(williams="1"), "williams: expected a finite number, got '1'"),
+    (dict(williams=0.2), r"williams: the filter \(robert=0.05, williams=0.2\) amplifies"),
+    (dict(radius=float("inf")), "radius: expected a finite positive number"),
 ])
 def test_bad_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ShallowWater(**kwargs)
+
+
+@pytest.mark.parametrize("args,match", [
+    ((np.zeros((32, 64)), np.zeros((31, 64)), 1e4), r"v: expected finite real numbers broadcastable to \(nlat, nlon\) "
+                                                    r"= \(32, 64\), got shape \(31, 64\)"),
+    ((np.zeros((2, 32, 64)), 0.0, 1e4), r"u: .* got shape \(2, 32, 64\)"),
+    ((0.0, 0.0, np.ones(32)), r"h: .* got shape \(32,\)"),  # a (nlat,) vector would broadcast along longitude
+    ((0.0, 0.0, "deep"), r"h: expected finite real numbers .* on numpy, got str"),
+    ((0.0, 0.0, None), r"h: .* got NoneType"),
+    (([[1.0, 2.0], [3.0]], 0.0, 1e4), r"u: .* got list"),
+    ((np.zeros((32, 64), complex), 0.0, 1e4), r"u: .* got numpy.ndarray complex128"),
+    ((np.full((32, 64), np.nan), 0.0, 1e4), r"u: expected finite .* got 2048 NaN or infinite values"),
+    ((0.0, np.inf, 1e4), r"v: expected finite .* got 1 NaN or infinite values"),
+])
+def test_set_state_names_the_bad_argument(args, match):
+    model = ShallowWater(64, 32)
+    with pytest.raises(ValueError, match=match):
+        model.set_state(*args)
+    assert model._now is None  # nothing half-set
+    model.set_state(np.cos(np.radians(model.lat))[:, None] * 20.0, 0, 1e4)  # a zonal column and numbers broadcast
+    assert abs(model.max_wind() - 20.0) < 0.1
+    with pytest.raises(ValueError, match=r"h: .* got 1 NaN"):
+        model.add_height(np.where(np.arange(64) == 3, np.nan, 0.0))
+    with pytest.raises(ValueError, match="mean_depth: expected a finite positive number, got -1"):
+        model.balance_height(-1)
 
 
 def test_bad_run_arguments():

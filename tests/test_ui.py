@@ -2,6 +2,7 @@
 
 The same panel in JupyterLab, clicked in a real browser, is tests/test_browser.py.
 """
+import contextlib
 import dataclasses
 import time
 
@@ -23,13 +24,6 @@ def _until(condition, seconds=60.0):
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.05)
-
-
-def _running(psutil, pid) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_dropdowns_come_from_the_registries(tmp_path):
@@ -119,8 +113,14 @@ def test_engines_run_stop_restart_error_and_cleanup(tmp_path):
     """One set of engines for all of it: a run, a stop, a run on restarted engines, an engine's error."""
     psutil = pytest.importorskip("psutil")
     pytest.importorskip("ipyparallel")
+    import procs
     panel = Panel(engines=2, output_dir=str(tmp_path), epochs=3)
-    pids = []
+    seen = set()  # psutil.Process objects: a PID reused after one of ours ended is never mistaken for it
+
+    def remember():
+        for pid in panel._engines.pids if panel._engines else ():
+            with contextlib.suppress(psutil.Error):
+                seen.add(psutil.Process(pid))
     try:
         panel.top["optimizer"].value = "sgd"
         panel.top["strategy"].value = "rma"
@@ -130,8 +130,8 @@ def test_engines_run_stop_restart_error_and_cleanup(tmp_path):
         assert panel.wait(180) == "done", panel.status.value
         assert panel.result.metrics["workers"] == 2 and panel.result.metrics["strategy"] == "rma"
         assert "rank 1:" in panel.progress_text.value  # both ranks reported
-        pids = panel._engines.pids
-        assert pids and all(psutil.pid_exists(p) for p in pids)
+        remember()
+        assert seen and all(map(procs.alive, seen))
 
         panel.top["strategy"].value = "sync"
         panel.fields["epochs"].value = 2000
@@ -143,7 +143,7 @@ def test_engines_run_stop_restart_error_and_cleanup(tmp_path):
         panel.fields["epochs"].value = 2
         panel.run()  # the interrupted job may have ended: fresh engines are started
         assert panel.wait(180) == "done", panel.status.value
-        pids = sorted(set(pids) | set(panel._engines.pids))
+        remember()
 
         panel.app.value = "climate_sr"
         panel.fields["dt"].value = "3000"  # unstable: the solver on the engines refuses it
@@ -151,12 +151,12 @@ def test_engines_run_stop_restart_error_and_cleanup(tmp_path):
         assert panel.wait(180) == "error"
         assert "rank(s) [0, 1]: ValueError: dt: 3000 s exceeds the stable limit" in panel.status.value
         assert "rank 0 raised" in panel.status.value  # the engines' own tracebacks, below the headline
-        pids = sorted(set(pids) | set(panel._engines.pids))
+        remember()
     finally:  # engines left running would slow every later test
-        pids = sorted(set(pids) | set(panel._engines.pids if panel._engines else ()))
+        remember()
         panel.close()
-    left = [p for p in pids if _running(psutil, p)]
-    assert not left, f"processes left after close(): {left}"
+    left = procs.collect(lambda: seen, grace=0)  # close() waited for them already; kills what is left
+    assert not left, f"processes left after close() (killed now): {left}"
 
 
 def test_panel_displays_as_a_widget(tmp_path):

@@ -1,12 +1,14 @@
 """Applications: each a Config dataclass and ``run(config, verbose, comm, progress) -> Result``, listed in :data:`APPS`.
 
 The control panel and the CLI read :data:`APPS`, so a new application appears there by registering here.
-A Config field's ``metadata["choices"]`` lists its allowed values (a dropdown in the panel, choices in the CLI).
+A Config field's ``metadata["choices"]`` lists its allowed values (a dropdown in the panel, choices in the CLI);
+both read the fields through :func:`config_fields`, which types them and parses their text.
 """
 import dataclasses
 from typing import Callable
 
 from . import climate_sr, digits
+from .fields import FieldSpec, config_fields
 from .progress import Progress, Stopped
 from .result import Result
 
@@ -26,4 +28,4 @@ APPS = {
                       "Shallow-water jet on the sphere, DCT-compressed in situ, restored by a CNN"),
 }
 
-__all__ = ["APPS", "App", "Progress", "Result", "Stopped"]
+__all__ = ["APPS", "App", "FieldSpec", "Progress", "Result", "Stopped", "config_fields"]

@@ -27,7 +27,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -364,17 +363,6 @@ def _progress(done, total, loss) -> None:
 
 
 # -- the run --------------------------------------------------------------------------------------------
-def _communicator(comm):
-    """``comm``, else MPI's world when this process was started by an MPI launcher (or mpi4py is loaded)."""
-    if comm is not None:
-        return comm
-    launched = any(int(os.environ.get(v, "1") or 1) > 1 for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"))
-    if launched or "mpi4py.MPI" in sys.modules:
-        from ..parallel.comm import world
-        return world()
-    return None
-
-
 def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None, **overrides) -> Result:
     """Simulate, compress each output step, train the restorer in situ, evaluate on held-out steps.
 
@@ -387,7 +375,9 @@ def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None
     and training iteration.
     """
     config = dataclasses.replace(config or Config(), **overrides).validate()
-    comm = _communicator(comm)
+    if comm is None:
+        from ..parallel.comm import default_comm
+        comm = default_comm()  # MPI's world under mpiexec, else None (serial)
     if comm is not None and comm.size > 1:
         from .climate_coupling import run_coupled
         return run_coupled(config, comm, verbose, progress)

@@ -26,6 +26,7 @@ from .. import amp, datasets, io, nn, optim
 from ..optim.optimizer import check_number
 from ..optim.schedule import check_int
 from ..parallel.asynchronous import ASYNC_PRECISIONS, METHODS, train_async
+from ..parallel.comm import default_comm
 from ..train import Callback, evaluate, fit, predict
 from .figures import new_figure, save
 from .progress import as_progress
@@ -98,13 +99,6 @@ class _Report(Callback):
         self.progress.update(self.epoch * self.steps_per_epoch + step + 1, loss=(logs or {}).get("loss"))
 
 
-def _communicator(comm, strategy):
-    if comm is not None or strategy == "hogwild" or not METHODS[strategy].mpi:
-        return comm
-    from .climate_sr import _communicator as from_environment
-    return from_environment(None)
-
-
 def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None, **overrides) -> Result:
     """Train and evaluate; every rank of ``comm`` (default: MPI's world under mpiexec) returns the same Result.
 
@@ -112,7 +106,8 @@ def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None
     """
     config = dataclasses.replace(config or Config(), **overrides).validate()
     progress = as_progress(progress)
-    comm = _communicator(comm, config.strategy)
+    if comm is None and METHODS[config.strategy].mpi:
+        comm = default_comm()  # MPI's world under mpiexec; hogwild's threads need no communicator
     rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
     (xtr, ytr), (xte, yte) = datasets.digits(seed=config.seed)
     lr = config.lr or LEARNING_RATES.get(config.optimizer, 3e-3)

@@ -1,20 +1,5 @@
-"""Figures for applications: matplotlib Figure objects (no pyplot state, safe in threads and on engines), saved
-atomically as PNG."""
-from __future__ import annotations
+"""Figures for applications, under the names they import: :func:`hpcai.train.plot.new_figure` and
+:func:`hpcai.train.plot.save_png` (``save``), where every hpcai figure helper lives."""
+from ..train.plot import new_figure, save_png as save
 
-from .. import io
-
-
-def new_figure(**kwargs):
-    """A matplotlib Figure (``figsize``, ``layout``, ...), or an ImportError naming the extra to install."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError("figures need matplotlib: pip install 'hpcai[plot]'") from None
-    return Figure(**kwargs)
-
-
-def save(fig, path, dpi: int = 110) -> str:
-    """Write ``fig`` to ``path`` as PNG (temp file + rename); returns the path."""
-    io.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
-    return str(path)
+__all__ = ["new_figure", "save"]

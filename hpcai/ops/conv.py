@@ -4,8 +4,9 @@ Both rest on one core. A convolution is im2col + GEMM: the padded input is viewe
 no copy) as columns (N, C·kh·kw, Ho·Wo), copied once, and multiplied by the weight (O, C·kh·kw); with
 the batch leading the columns, the product lands in NCHW order with no transpose. On the CPU this runs
 in tiles of a few samples (or rows) whose columns stay in cache, so columns are never stored: the weight
-gradient rebuilds them. The adjoint (the input gradient, which *is* the transposed convolution)
-multiplies by the transposed weight and folds the columns back (col2im: one vectorised add per kernel
+gradient rebuilds them. The tiles are shared among threads (``threads.parallel``), each copying its own
+columns, so no core idles while another copies. The adjoint (the input gradient, which *is* the
+transposed convolution) multiplies by the transposed weight and folds the columns back (col2im: one vectorised add per kernel
 offset). At stride 1 the adjoint is itself a convolution (of the output gradient with the flipped
 weight), which skips the big column gradient and the kh·kw folding passes; it is used there when it
 moves fewer bytes. Groups are a leading axis of the GEMMs: (G, O/G, K/G) @ (N, G, K/G, L).
@@ -19,6 +20,7 @@ import numpy as np
 from ..autograd.function import Function
 from .common import expect_float, expect_ndim
 from .registry import Sample, register
+from .threads import parallel, workers
 
 # Geometry travels as plain tuples: stride (sh, sw), pads ((top, bottom), (left, right)) where a negative
 # pad crops, dilation (dh, dw), and the output size (Ho, Wo). The core works on inputs already padded.
@@ -26,7 +28,7 @@ from .registry import Sample, register
 # Bytes of columns per GEMM on the CPU: small enough that a tile's columns are still in cache when the
 # GEMM reads them (and that the buffer is recycled by malloc instead of page-faulted in afresh), large
 # enough that each GEMM is efficient. On a GPU one tile of up to 64× this is better.
-_TILE_BYTES = 2 << 20
+_TILE_BYTES = 4 << 20
 
 
 def _pad(xp, x, pads):
@@ -56,6 +58,8 @@ def _column_tiles(xp, xpad, tiles, ksize, stride, dilation, groups, wo):
     Each tile is one copy of an ``as_strided`` view into a buffer reused by every tile, rows ordered
     (c, i, j) like the weight's; a tile must be consumed before the next is made.
     """
+    if not tiles:  # an empty batch
+        return
     c = xpad.shape[1]
     (kh, kw), (sh, sw), (dh, dw) = ksize, stride, dilation
     s0, s1, s2, s3 = xpad.strides
@@ -69,28 +73,46 @@ def _column_tiles(xp, xpad, tiles, ksize, stride, dilation, groups, wo):
         yield bs, rs, cols.reshape(nb, groups, -1, nr * wo)
 
 
-def _conv_pass(xp, xpad, w, stride, dilation, groups, out_hw, y=None, gy=None):
-    """One sweep over the column tiles of the padded input ``xpad``: writes the convolution by ``w`` into
-    ``y`` (N, G, O/G, Ho·Wo) when given, and returns dL/dw for the output gradient ``gy`` when given."""
+def _run(xp, fn, tiles):
+    """[fn(run) for run in runs], the tiles cut into one run per CPU thread (``threads.parallel``; one run
+    on a GPU) only between samples, so that no two runs write the same sample."""
+    parts = workers() if xp is np and tiles else 1
+    starts = [k for k, (bs, _) in enumerate(tiles) if k == 0 or bs.start != tiles[k - 1][0].start] or [0]
+    cuts = [starts[len(starts) * p // parts] for p in range(parts)] + [len(tiles)]
+    return parallel(fn, [tiles[a:b] for a, b in zip(cuts[:-1], cuts[1:]) if b > a] or [tiles])
+
+
+def _conv_pass(xp, xpad, w, stride, dilation, groups, out_hw, y=None, gy=None, bias=None):
+    """One sweep over the column tiles of the padded input ``xpad``: writes the convolution by ``w`` (plus
+    ``bias``, added while the tile is in cache) into ``y`` (N, G, O/G, Ho·Wo) when given, and returns
+    dL/dw for the output gradient ``gy`` when given."""
     g, o, (kh, kw), wo = groups, w.shape[0], w.shape[2:], out_hw[1]
     w3 = w.reshape(g, o // g, -1)
-    gy = gy.reshape(gy.shape[0], g, o // g, -1) if gy is not None else None
-    gw = xp.zeros(w3.shape, w.dtype) if gy is not None else None
+    bias = bias.reshape(g, o // g, 1) if bias is not None else None
+    gy = gy.reshape(gy.shape[0], g, o // g, out_hw[0] * out_hw[1]) if gy is not None else None
     tiles = _tiles(xp, xpad.shape[0], out_hw[0], xpad.shape[1] * kh * kw * wo * xpad.itemsize)
-    for bs, rs, cols in _column_tiles(xp, xpad, tiles, (kh, kw), stride, dilation, groups, wo):
-        part = (bs, slice(None), slice(None), slice(rs.start * wo, rs.stop * wo))
-        if y is not None:
-            xp.matmul(w3, cols, out=y[part])
-        if gy is not None:
-            gw += xp.matmul(gy[part], cols.swapaxes(-1, -2)).sum(axis=0)
-    return gw.reshape(w.shape) if gw is not None else None
+
+    def work(run):
+        gw = xp.zeros(w3.shape, w.dtype) if gy is not None else None
+        for bs, rs, cols in _column_tiles(xp, xpad, run, (kh, kw), stride, dilation, groups, wo):
+            part = (bs, slice(None), slice(None), slice(rs.start * wo, rs.stop * wo))
+            if y is not None:
+                xp.matmul(w3, cols, out=y[part])
+                if bias is not None:
+                    y[part] += bias
+            if gy is not None:
+                gw += xp.matmul(gy[part], cols.swapaxes(-1, -2)).sum(axis=0)
+        return gw
+
+    grads = _run(xp, work, tiles)
+    return sum(grads).reshape(w.shape) if gy is not None else None
 
 
-def _conv(xp, xpad, w, stride, dilation, groups, out_hw):
-    """The convolution of the padded input ``xpad`` by ``w``: (N, O, Ho, Wo)."""
+def _conv(xp, xpad, w, stride, dilation, groups, out_hw, bias=None):
+    """The convolution of the padded input ``xpad`` by ``w``, plus ``bias``: (N, O, Ho, Wo)."""
     n, o = xpad.shape[0], w.shape[0]
     y = xp.empty((n, groups, o // groups, out_hw[0] * out_hw[1]), w.dtype)
-    _conv_pass(xp, xpad, w, stride, dilation, groups, out_hw, y=y)
+    _conv_pass(xp, xpad, w, stride, dilation, groups, out_hw, y=y, bias=bias)
     return y.reshape((n, o) + tuple(out_hw))
 
 
@@ -120,13 +142,17 @@ def _col2im(xp, gy, w, in_hw, stride, pads, dilation, groups):
     gx = xp.zeros((n, g * cg, in_hw[0] + t + b, in_hw[1] + l + r), gy.dtype)
     wt = xp.ascontiguousarray(w.reshape(g, o // g, -1).swapaxes(1, 2))              # (G, K/G, O/G)
     gy = gy.reshape(n, g, o // g, ho * wo)
-    for bs, rs in _tiles(xp, n, ho, g * cg * kh * kw * wo * gy.itemsize):
-        nr, top = rs.stop - rs.start, rs.start * sh
-        gcols = xp.matmul(wt, gy[bs, :, :, rs.start * wo:rs.stop * wo]).reshape(-1, g * cg, kh, kw, nr, wo)
-        for i in range(kh):
-            for j in range(kw):
-                gx[bs, :, top + i * dh:top + i * dh + sh * (nr - 1) + 1:sh,
-                   j * dw:j * dw + sw * (wo - 1) + 1:sw] += gcols[:, :, i, j]
+
+    def work(run):
+        for bs, rs in run:
+            nr, top = rs.stop - rs.start, rs.start * sh
+            gcols = xp.matmul(wt, gy[bs, :, :, rs.start * wo:rs.stop * wo]).reshape(-1, g * cg, kh, kw, nr, wo)
+            for i in range(kh):
+                for j in range(kw):
+                    gx[bs, :, top + i * dh:top + i * dh + sh * (nr - 1) + 1:sh,
+                       j * dw:j * dw + sw * (wo - 1) + 1:sw] += gcols[:, :, i, j]
+
+    _run(xp, work, _tiles(xp, n, ho, g * cg * kh * kw * wo * gy.itemsize))
     return gx[:, :, t:t + in_hw[0], l:l + in_hw[1]]
 
 
@@ -137,10 +163,7 @@ class Conv2d(Function):
     def forward(self, x, w, b=None):
         xp = self.xp
         self.xpad, self.w, self.in_hw = _pad(xp, x, self.pads), w, x.shape[2:]
-        y = _conv(xp, self.xpad, w, self.stride, self.dilation, self.groups, self.out_hw)
-        if b is not None:
-            y += b.reshape(1, -1, 1, 1)
-        return y
+        return _conv(xp, self.xpad, w, self.stride, self.dilation, self.groups, self.out_hw, bias=b)
 
     def backward(self, gy):
         xp, need = self.xp, self.needs_input_grad

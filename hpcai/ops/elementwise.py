@@ -10,6 +10,7 @@ from ..autograd.function import Function
 from ..autograd.tensor import Tensor
 from .common import unbroadcast
 from .registry import Const, Sample, away_from_zero, register
+from .threads import over_batch
 
 
 def _shape(x):
@@ -219,12 +220,29 @@ class Sigmoid(Function):
 
 
 class Relu(Function):
+    """max(x, 0) as x · (x > 0), which keeps NaN; both passes share the batch among CPU threads."""
+
     def forward(self, x):
-        self.mask = x > 0
-        return x * self.mask
+        xp = self.xp
+        if x.ndim == 0:
+            self.mask = x > 0
+            return x * self.mask
+        self.mask, y = xp.empty(x.shape, bool), xp.empty(x.shape, x.dtype)
+
+        def part(s):
+            xp.greater(x[s], 0, out=self.mask[s])
+            xp.multiply(x[s], self.mask[s], out=y[s])
+
+        over_batch(xp, part, x.shape[0], x.size)
+        return y
 
     def backward(self, gy):
-        return gy * self.mask
+        xp = self.xp
+        if gy.ndim == 0:
+            return gy * self.mask
+        gx = xp.empty(gy.shape, gy.dtype)
+        over_batch(xp, lambda s: xp.multiply(gy[s], self.mask[s], out=gx[s]), gy.shape[0], gy.size)
+        return gx
 
 
 class LeakyRelu(Function):

@@ -1,9 +1,11 @@
 """Pooling and resampling over NCHW tensors: ``max_pool2d``, ``avg_pool2d``, ``pixel_shuffle``.
 
 Pooling loops over the kh·kw kernel offsets, each step one vectorised operation on a strided slab
-(N, C, Ho, Wo) of the input; no window array is ever built. Max pooling sends each window's gradient
+(N, C, Ho, Wo) of the input; no window array is ever built. Max pooling, a string of such passes,
+shares the batch among threads on the CPU (``threads.over_batch``). Max pooling sends each window's gradient
 to exactly one input, the first maximum in row-major window order (PyTorch's choice on ties, common
-after a ReLU); a window holding a NaN outputs NaN and passes no gradient.
+after a ReLU); a window holding only -inf sends it to its first cell inside the input, never to the
+padding (PyTorch again); a window holding a NaN outputs NaN and passes no gradient.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from ..autograd.function import Function
 from .common import expect_float, expect_ndim
 from .conv import _pair
 from .registry import Sample, register
+from .threads import over_batch
 
 
 def _slab(a, i, j, stride, out_hw):
@@ -35,40 +38,59 @@ def _unpad(g, padding, in_hw):
 
 class MaxPool2d(Function):
     """Forward is a running maximum, one pass per offset; backward walks the offsets in order, routing
-    gy to the first input equal to its window's maximum (the first one wins ties, as in PyTorch)."""
+    gy to the first input equal to its window's maximum (the first one wins ties, as in PyTorch).
+
+    Backward turns the -inf padding into NaN, which equals nothing: a window whose maximum is -inf then
+    matches its first -inf inside the input, where PyTorch sends the gradient too, not a padding cell
+    whose gradient would be cut off. Only the border is rewritten, so the cost is negligible."""
 
     def forward(self, x):
         xp, (kh, kw) = self.xp, self.kernel
         self.xpad = _padded(xp, x, self.padding, -np.inf)
         self.in_hw = x.shape[2:]
-        self.out = _slab(self.xpad, 0, 0, self.stride, self.out_hw).copy()
-        for k in range(1, kh * kw):
-            xp.maximum(self.out, _slab(self.xpad, k // kw, k % kw, self.stride, self.out_hw), out=self.out)
+        self.out = xp.empty(x.shape[:2] + tuple(self.out_hw), x.dtype)
+
+        def part(s):  # samples s: the running maximum over the offsets
+            xpad, out = self.xpad[s], self.out[s]
+            out[...] = _slab(xpad, 0, 0, self.stride, self.out_hw)
+            for k in range(1, kh * kw):
+                xp.maximum(out, _slab(xpad, k // kw, k % kw, self.stride, self.out_hw), out=out)
+
+        over_batch(xp, part, x.shape[0], x.size)
         return self.out
 
     def backward(self, gy):
         xp, (kh, kw), (ph, pw), (sh, sw) = self.xp, self.kernel, self.padding, self.stride
         (h, w), n = self.in_hw, kh * kw
+        if ph or pw:  # self.xpad is our own padded copy: its border may change now forward is done
+            xpad = self.xpad
+            xpad[:, :, :ph] = xpad[:, :, ph + h:] = np.nan
+            xpad[..., :pw] = xpad[..., pw + w:] = np.nan
         # windows that tile the input without overlap write disjoint slabs: assigned, not accumulated
         disjoint = (sh, sw) == (kh, kw) and (ph, pw) == (0, 0)
         tiled = disjoint and h % kh == 0 and w % kw == 0
         gx = (xp.empty if tiled else xp.zeros)(gy.shape[:2] + (h + 2 * ph, w + 2 * pw), gy.dtype)
-        hit, free = xp.empty(gy.shape, bool), xp.ones(gy.shape, bool)  # free: window's maximum not yet found
-        tmp = None if disjoint else xp.empty(gy.shape, gy.dtype)
         finite = bool(xp.isfinite(gy).all())  # else inf * False = NaN would reach the windows' other cells
-        for k in range(n):  # the first maximum in row-major window order wins; a NaN window matches nothing
-            xp.equal(_slab(self.xpad, k // kw, k % kw, self.stride, self.out_hw), self.out, out=hit)
-            xp.logical_and(hit, free, out=hit)
-            xp.logical_xor(free, hit, out=free)
-            target = _slab(gx, k // kw, k % kw, self.stride, self.out_hw)
-            routed = target if disjoint else tmp
-            if finite:
-                xp.multiply(gy, hit, out=routed)
-            else:
-                routed[...] = 0
-                xp.copyto(routed, gy, where=hit)
-            if not disjoint:
-                target += tmp
+
+        def part(s):  # samples s; free: the window's maximum is not found yet
+            xpad, out, g, grad = self.xpad[s], self.out[s], gy[s], gx[s]
+            hit, free = xp.empty(g.shape, bool), xp.ones(g.shape, bool)
+            tmp = None if disjoint else xp.empty(g.shape, g.dtype)
+            for k in range(n):  # the first maximum in row-major window order wins; a NaN window matches none
+                xp.equal(_slab(xpad, k // kw, k % kw, self.stride, self.out_hw), out, out=hit)
+                xp.logical_and(hit, free, out=hit)
+                xp.logical_xor(free, hit, out=free)
+                target = _slab(grad, k // kw, k % kw, self.stride, self.out_hw)
+                routed = target if disjoint else tmp
+                if finite:
+                    xp.multiply(g, hit, out=routed)
+                else:
+                    routed[...] = 0
+                    xp.copyto(routed, g, where=hit)
+                if not disjoint:
+                    target += tmp
+
+        over_batch(xp, part, gy.shape[0], gx.size)
         return _unpad(gx, self.padding, self.in_hw)
 
 

@@ -11,9 +11,10 @@ of the weights with wall-clock times, so that runs compare by time to a target l
 
 Variants, registered in :data:`METHODS`: ``"sync"`` (here), ``"hogwild"`` (:mod:`.hogwild`, threads
 in one process), ``"ps"`` (:mod:`.parameter_server`, two-sided MPI) and ``"rma"`` (:mod:`.rma`,
-one-sided MPI). ``steps`` counts updates applied to the shared weights by all workers together; ``lr``
-(a number or a schedule ``lr(t)``) is evaluated at t = the updates applied when the worker read the
-weights. Parameters live in host memory as one flat array of the model's dtype.
+one-sided MPI); Hogwild and RMA run one update algorithm (:func:`update`), each over its own
+:class:`Store` of the weights. ``steps`` counts updates applied to the shared weights by all workers
+together; ``lr`` (a number or a schedule ``lr(t)``) is evaluated at t = the updates applied when the
+worker read the weights. Parameters live in host memory as one flat array of the model's dtype.
 """
 from __future__ import annotations
 
@@ -22,20 +23,20 @@ import math
 import numbers
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ContextManager, Protocol
 
 import numpy as np
 
-from .. import backend, ops
+from .. import backend
 from ..amp.policy import get_policy
 from ..nn.module import Module
 from ..optim.schedule import check_int
 from ..autograd import no_grad
 from ..autograd.tensor import Tensor
+from ..train import get_loss
 from ..train.data import DataLoader
 from .comm import SerialCommunicator, world
 
-LOSSES = {"cross_entropy": ops.cross_entropy, "mse": ops.mse_loss}
 ASYNC_PRECISIONS = ("fp64", "fp32", "mixed-bf16")  # the amp policies train_async accepts
 
 
@@ -89,15 +90,22 @@ class FlatModel:
             p.data, start = self.flat[start:start + p.size].reshape(p.shape), start + p.size
 
     def gradient(self, x, y):
-        """(minibatch loss, flat gradient) at the current weights; the graph is this object's own."""
+        """(minibatch loss, flat gradient) at the current weights; the graph is this object's own.
+
+        A non-finite loss raises FloatingPointError: its gradient would poison the weights every worker shares.
+        """
         for p in self.params:
             p.grad = None
         with self.policy.autocast():
             loss = self.loss_fn(self.module(Tensor(x)), Tensor(y))
+        value = float(loss.item())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss: the minibatch loss is {value}; the weights diverged (lower lr) "
+                                     f"or the data hold NaN or inf")
         loss.backward()
         g = np.concatenate([(p.grad if p.grad is not None else np.zeros(p.shape, p.dtype)).ravel()
                             for p in self.params])
-        return float(loss.item()), g
+        return value, g
 
     def loss_at(self, weights, x, y) -> float:
         """The loss on (x, y) with ``weights`` copied in (no graph)."""
@@ -158,25 +166,73 @@ class Job:
         while True:
             yield from loader
 
-    def straggle(self, worker: int, compute_seconds: float) -> None:
-        """Sleep so that ``worker`` takes ``delay[worker]`` times its measured compute time per step."""
+    def gradient(self, fm: FlatModel, batches, worker: int):
+        """(loss, flat gradient) of ``fm`` on the next minibatch; then a straggler sleeps so that ``worker``
+        takes ``delay[worker]`` times its measured compute time per step."""
+        x, y = next(batches)
+        start = time.perf_counter()
+        loss, g = fm.gradient(x, y)
         factor = self.delay.get(worker, 1.0)
         if factor > 1.0:
-            time.sleep((factor - 1.0) * compute_seconds)
+            time.sleep((factor - 1.0) * (time.perf_counter() - start))
+        return loss, g
 
 
-SPIN_SECONDS, MAX_PAUSE = 5e-5, 1e-4  # poll this long before sleeping; then sleep at most this long
+# -- one asynchronous update, over any store of the shared weights ---------------------------------------
+class Store(Protocol):
+    """Where asynchronous workers keep the shared flat weights and the count of updates applied to them.
+
+    Hogwild's is an array shared by threads (:mod:`.hogwild`), RMA's an MPI window (:mod:`.rma`).
+    """
+
+    def version(self) -> int:
+        """Updates applied so far."""
+
+    def read(self, out: np.ndarray) -> np.ndarray:
+        """The current weights, copied into ``out`` (nothing to copy if ``out`` *is* the shared array)."""
+
+    def add(self, delta: np.ndarray) -> None:
+        """weights += delta (racing with other workers or atomic per element: the store's choice)."""
+
+    def count(self) -> int:
+        """Count one more update applied (atomically); returns the count before."""
+
+    def exclusive(self) -> ContextManager:
+        """A context in which no other worker adds or counts."""
 
 
-def wait(request, MPI, status=None):
-    """Complete an MPI request: poll briefly, then poll with short sleeps, so an idle rank yields its core."""
-    status = status if status is not None else MPI.Status()
-    start, pause = time.perf_counter(), 1e-5
-    while not request.Test(status):
-        if time.perf_counter() - start > SPIN_SECONDS:
-            time.sleep(pause)
-            pause = min(2 * pause, MAX_PAUSE)
-    return status
+def update(job: Job, store: Store, fm: FlatModel, batches, worker: int, log: WorkerLog, t0: float) -> None:
+    """One SGD update by ``worker``: read the weights, compute a gradient, add ``-lr * g`` to the store.
+
+    Staleness = updates applied by others between reading and applying. With ``max_staleness`` the
+    check and the add run under ``store.exclusive()``, so the bound holds exactly; a gradient that is
+    too stale is dropped and recomputed on fresh weights.
+    """
+    bound = job.max_staleness
+    seen = store.version()  # the version of the weights this gradient is computed on
+    store.read(fm.flat)
+    while True:
+        loss, g = job.gradient(fm, batches, worker)
+        g *= -job.lr(seen)
+        if bound is None:
+            store.add(g)
+            v = store.count()  # counted once it is in the weights, so a reader's version never runs ahead of them
+            break
+        with store.exclusive():
+            v = store.version()
+            fresh = v - seen <= bound
+            if fresh:
+                store.add(g)
+                store.count()
+        if fresh:
+            break
+        log.dropped += 1
+        seen = v
+        store.read(fm.flat)
+    now = time.perf_counter() - t0
+    log.update(v - seen, now, loss)
+    if (v + 1) % job.record_every == 0:
+        log.snapshots.append((now, v + 1, store.read(np.empty_like(fm.flat))))
 
 
 @dataclass
@@ -256,7 +312,8 @@ def train_async(method: str, model_fn: Callable, data, loss="cross_entropy", lr=
     Args:
         method: a name in :data:`METHODS` ("sync", "hogwild", "ps", "rma").
         model_fn: builds the model (called on every rank/thread; rank 0's initial weights are used).
-        loss: "cross_entropy", "mse" or a function ``loss(prediction, target) -> scalar Tensor``.
+        loss: a name in :data:`hpcai.train.LOSSES` ("cross_entropy", "mse", ...) or a function
+            ``loss(prediction, target) -> scalar Tensor``; a non-finite minibatch loss raises FloatingPointError.
         lr: step size, or a schedule ``lr(t) -> float`` of the updates applied so far.
         steps: updates applied to the shared weights by all workers together.
         comm: communicator for the MPI variants (default :func:`world`); hogwild ignores it. Every rank
@@ -279,9 +336,7 @@ def train_async(method: str, model_fn: Callable, data, loss="cross_entropy", lr=
         raise TypeError(f"model_fn: expected a function returning a Module, got {type(model_fn).__name__}")
     if not isinstance(data, (tuple, list)) or len(data) != 2 or len(data[0]) != len(data[1]):
         raise ValueError("data: expected a pair (x, y) of arrays with the same first dimension")
-    loss_fn = LOSSES.get(loss, loss) if isinstance(loss, str) else loss
-    if not callable(loss_fn):
-        raise ValueError(f"loss: expected one of {sorted(LOSSES)} or a function, got {loss!r}")
+    loss_fn = get_loss(loss)  # a name in hpcai.train.LOSSES, or a function
     policy = get_policy(precision)
     if policy.pure or policy.loss_scaling:
         raise ValueError(f"precision: asynchronous updates keep full-precision shared weights without loss "
@@ -326,9 +381,8 @@ def train_async(method: str, model_fn: Callable, data, loss="cross_entropy", lr=
 
 # -- the synchronous baseline ----------------------------------------------------------------------------
 def start_clock(comm) -> float:
-    """Line the ranks up (politely), then start this rank's clock."""
-    if comm.size > 1:
-        wait(comm.comm.Ibarrier(), comm.MPI)
+    """Line the ranks up (politely: idle ranks yield their cores), then start this rank's clock."""
+    comm.barrier(poll=True)
     return time.perf_counter()
 
 
@@ -345,10 +399,7 @@ def run_sync(job):
     batches = job.batches(comm.rank, comm.size)
     t0 = start_clock(comm)
     for step in range(job.steps):
-        x, y = next(batches)
-        tc = time.perf_counter()
-        loss, g = fm.gradient(x, y)
-        job.straggle(comm.rank, time.perf_counter() - tc)
+        loss, g = job.gradient(fm, batches, comm.rank)
         comm.allreduce_(g)
         fm.flat -= (job.lr(step) / comm.size) * g
         log.update(0, time.perf_counter() - t0, loss)

@@ -8,7 +8,8 @@ user-defined op running the numpy/ml_dtypes ufunc, which computes in float32 and
 float32 has the 2p+2 significand bits that make this double rounding harmless). Object methods
 (``allreduce_obj``, ...) move small Python values between our own ranks. :func:`install_abort_hook` turns
 an unhandled exception on any rank into an ``MPI_Abort`` of the whole job, so one failing rank never leaves
-the others waiting forever.
+the others waiting forever. :func:`default_comm` is how applications pick MPI's world when started by
+``mpiexec`` and run serially otherwise.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from .. import backend
 
 _OPS = ("sum", "max", "min", "prod")
 ABORT_GRACE = 0.2  # seconds between a rank's last words and MPI_Abort, for the launcher to forward them
+SPIN_SECONDS, MAX_PAUSE = 5e-5, 1e-4  # wait: poll this long before sleeping; then sleep at most this long
+LAUNCHER_SIZES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")  # ranks started, as MPI launchers tell them
 _UFUNCS = {"sum": np.add, "max": np.maximum, "min": np.minimum, "prod": np.multiply}
 _HALF = {np.dtype(np.float16): "FLOAT16_T", np.dtype(ml_dtypes.bfloat16): "BFLOAT16_T"}  # MPI's names
 
@@ -79,7 +82,7 @@ class SerialCommunicator:
     def average(self, value: float) -> float:
         return float(value)
 
-    def barrier(self) -> None:
+    def barrier(self, poll: bool = False) -> None:
         pass
 
     def split(self, color: int, key: int = 0):
@@ -185,8 +188,25 @@ class Communicator(SerialCommunicator):
         """The mean of a number over all ranks (how metrics are reported)."""
         return self.comm.allreduce(float(value), op=self.MPI.SUM) / self.size
 
-    def barrier(self) -> None:
-        self.comm.Barrier()
+    def barrier(self, poll: bool = False) -> None:
+        """Return once every rank has called it. Plain: MPI_Barrier, the tightest alignment (for timings).
+        ``poll=True``: an Ibarrier completed by :meth:`wait`, so a rank waiting for slower ones yields its
+        core to them, and a signal (Ctrl-C) interrupts it."""
+        if not poll:
+            self.comm.Barrier()
+        elif self.size > 1:
+            self.wait(self.comm.Ibarrier())
+
+    def wait(self, request, status=None):
+        """Complete an MPI ``request`` and return its status, by polling: briefly at full speed, then with
+        short sleeps, so that an idle rank yields its core and Python's signal handlers still run."""
+        status = status if status is not None else self.MPI.Status()
+        start, pause = time.perf_counter(), 1e-5
+        while not request.Test(status):
+            if time.perf_counter() - start > SPIN_SECONDS:
+                time.sleep(pause)
+                pause = min(2 * pause, MAX_PAUSE)
+        return status
 
     def split(self, color: int, key: int = 0) -> "Communicator":
         """Ranks with the same ``color`` form a new communicator, ordered by ``key``."""
@@ -217,6 +237,13 @@ def world():
         except ImportError:
             _WORLD = SerialCommunicator()
     return _WORLD
+
+
+def default_comm():
+    """MPI's world when this process was started by an MPI launcher with several ranks (or mpi4py's MPI is
+    already loaded), else None: applications then run serially without importing mpi4py."""
+    launched = any(os.environ.get(v, "").strip().isdigit() and int(os.environ[v]) > 1 for v in LAUNCHER_SIZES)
+    return world() if launched or "mpi4py.MPI" in sys.modules else None
 
 
 def install_abort_hook(comm=None) -> None:

@@ -8,9 +8,10 @@ flat array, and applies ``w -= lr * g`` to it in place. numpy's BLAS calls and u
 GIL, so threads overlap on the array work; Python-level overhead still takes turns on the GIL, so small
 models gain little from more threads (larger ones gain more).
 
-A small lock guards only the bookkeeping (the step budget and the update counter that measures
-staleness), never the weights. With ``max_staleness`` the check-and-apply runs under that lock, so the
-bound holds exactly: a thread whose gradient is too stale drops it and recomputes on fresh weights.
+Small locks guard only the bookkeeping (the step budget and the update counter that measures
+staleness), never the weights. With ``max_staleness`` the check-and-apply runs under the counter's lock,
+so the bound holds exactly: a thread whose gradient is too stale drops it and recomputes on fresh weights.
+The update itself is :func:`~.asynchronous.update`, shared with RMA; this module supplies its store.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import time
 
 import numpy as np
 
-from .asynchronous import register
+from .asynchronous import register, update
 
 
 @contextlib.contextmanager
@@ -39,55 +40,54 @@ def _one_blas_thread_each(threads: int):
         yield
 
 
+class SharedArray:
+    """Hogwild's :class:`~.asynchronous.Store`: the one flat array every thread's model views, written in place
+    without a lock; a re-entrant lock guards only the update counter (and, with a bound, check-and-apply)."""
+
+    def __init__(self, flat: np.ndarray):
+        self.flat, self.applied, self.lock = flat, 0, threading.RLock()
+
+    def version(self) -> int:
+        return self.applied
+
+    def read(self, out: np.ndarray) -> np.ndarray:
+        if out is not self.flat:  # a thread's own model already views the shared weights
+            np.copyto(out, self.flat)
+        return out
+
+    def add(self, delta: np.ndarray) -> None:
+        np.add(self.flat, delta, out=self.flat)  # the lock-free Hogwild write, racing with the other threads
+
+    def count(self) -> int:
+        with self.lock:
+            self.applied += 1
+            return self.applied - 1
+
+    def exclusive(self):
+        return self.lock
+
+
 @register("hogwild", workers=lambda job: range(job.threads), mpi=False)
 def run_hogwild(job):
     """``job.threads`` threads share ``job.steps`` updates of one weight array; returns (logs, weights, wall)."""
-    shared = job.flat_model().flat  # the one set of weights every thread reads and writes in place
+    store = SharedArray(job.flat_model().flat)  # the one set of weights every thread reads and writes in place
     logs = [job.log(i) for i in range(job.threads)]
-    logs[0].initial = shared.copy()
-    lock = threading.Lock()
-    count = {"issued": 0, "applied": 0}
+    logs[0].initial = store.flat.copy()
+    budget, issued = threading.Lock(), [0]  # the step budget, handed out one update at a time
     clock, failed = [], []
     start = threading.Barrier(job.threads, action=lambda: clock.append(time.perf_counter()))
 
-    def one_update(i, fm, batches, log, t0):
-        seen = count["applied"]  # the version of the weights this gradient is computed on
-        while True:
-            x, y = next(batches)
-            tc = time.perf_counter()
-            loss, g = fm.gradient(x, y)
-            job.straggle(i, time.perf_counter() - tc)
-            g *= job.lr(seen)
-            if job.max_staleness is None:
-                np.subtract(shared, g, out=shared)  # the lock-free Hogwild write, racing with the other threads
-                with lock:  # counted once it is in the weights, so a reader's version never runs ahead of them
-                    v = count["applied"]
-                    count["applied"] += 1
-                break
-            with lock:
-                v = count["applied"]
-                if v - seen <= job.max_staleness:
-                    np.subtract(shared, g, out=shared)
-                    count["applied"] += 1
-                    break
-            log.dropped += 1
-            seen = v
-        now = time.perf_counter() - t0
-        log.update(v - seen, now, loss)
-        if (v + 1) % job.record_every == 0:
-            log.snapshots.append((now, v + 1, shared.copy()))
-
     def work(i):
         try:
-            fm = job.flat_model(flat=shared)  # own graph and grads, shared weights
+            fm = job.flat_model(flat=store.flat)  # own graph and grads, shared weights
             batches = job.batches(i, job.threads)
             start.wait()
             while not failed:
-                with lock:
-                    if count["issued"] >= job.steps:
+                with budget:
+                    if issued[0] >= job.steps:
                         return
-                    count["issued"] += 1
-                one_update(i, fm, batches, logs[i], clock[0])
+                    issued[0] += 1
+                update(job, store, fm, batches, i, logs[i], clock[0])
         except BaseException as exc:  # noqa: BLE001  (re-raised in the calling thread)
             failed.append(exc)
             start.abort()
@@ -101,4 +101,4 @@ def run_hogwild(job):
             t.join()
     if failed:
         raise failed[0]
-    return logs, shared.copy(), time.perf_counter() - clock[0]
+    return logs, store.flat.copy(), time.perf_counter() - clock[0]

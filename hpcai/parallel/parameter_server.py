@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from .asynchronous import WorkerLog, register, run_sync, start_clock, wait
+from .asynchronous import WorkerLog, register, run_sync, start_clock
 
 PUSH, APPLIED, STALE, STOP, DONE = 7101, 7102, 7103, 7104, 7105
 
@@ -35,18 +35,18 @@ def _workers(job):
 
 def serve(job, w, t0) -> WorkerLog:
     """Rank 0: apply pushed gradients to ``w`` in arrival order until every worker has said DONE."""
-    comm, MPI = job.comm.comm, job.comm.MPI
+    comm, raw, MPI = job.comm, job.comm.comm, job.comm.MPI
     inbox, outbox = np.empty(w.size + 1), np.empty(w.size + 1)
     log = job.log(None, initial=w.copy())
-    version, active, status = 0, job.comm.size - 1, MPI.Status()
+    version, active, status = 0, comm.size - 1, MPI.Status()
     while active:
-        wait(comm.Irecv([inbox, MPI.DOUBLE], MPI.ANY_SOURCE, MPI.ANY_TAG), MPI, status)
+        comm.wait(raw.Irecv([inbox, MPI.DOUBLE], MPI.ANY_SOURCE, MPI.ANY_TAG), status)
         source, tag = status.Get_source(), status.Get_tag()
         if tag == DONE:
             active -= 1
             continue
         if version >= job.steps:
-            wait(comm.Isend([outbox, 0, MPI.DOUBLE], source, STOP), MPI)
+            comm.wait(raw.Isend([outbox, 0, MPI.DOUBLE], source, STOP))
             continue
         seen, reply = int(inbox[0]), STALE
         if job.max_staleness is None or version - seen <= job.max_staleness:
@@ -55,25 +55,22 @@ def serve(job, w, t0) -> WorkerLog:
             if version % job.record_every == 0:
                 log.snapshots.append((time.perf_counter() - t0, version, w.copy()))
         outbox[0], outbox[1:] = version, w
-        wait(comm.Isend([outbox, MPI.DOUBLE], source, reply), MPI)
+        comm.wait(raw.Isend([outbox, MPI.DOUBLE], source, reply))
     return log
 
 
 def work(job, fm, t0) -> WorkerLog:
     """Rank >= 1: compute a gradient, push it, take the weights that come back, until told to STOP."""
-    comm, MPI, rank = job.comm.comm, job.comm.MPI, job.comm.rank
+    comm, raw, MPI, rank = job.comm, job.comm.comm, job.comm.MPI, job.comm.rank
     outbox, inbox = np.empty(fm.flat.size + 1), np.empty(fm.flat.size + 1)
     log, seen, status = job.log(rank), 0, MPI.Status()
-    batches = job.batches(rank - 1, job.comm.size - 1)
+    batches = job.batches(rank - 1, comm.size - 1)
     while True:
-        x, y = next(batches)
-        tc = time.perf_counter()
-        loss, g = fm.gradient(x, y)
-        job.straggle(rank, time.perf_counter() - tc)
+        loss, g = job.gradient(fm, batches, rank)
         outbox[0], outbox[1:] = seen, g
-        reply = comm.Irecv([inbox, MPI.DOUBLE], 0, MPI.ANY_TAG)
-        wait(comm.Isend([outbox, MPI.DOUBLE], 0, PUSH), MPI)
-        tag = wait(reply, MPI, status).Get_tag()
+        reply = raw.Irecv([inbox, MPI.DOUBLE], 0, MPI.ANY_TAG)
+        comm.wait(raw.Isend([outbox, MPI.DOUBLE], 0, PUSH))
+        tag = comm.wait(reply, status).Get_tag()
         if tag == STOP:
             break
         version = int(inbox[0])
@@ -83,7 +80,7 @@ def work(job, fm, t0) -> WorkerLog:
         else:
             log.dropped += 1
         seen = version
-    wait(comm.Isend([outbox, 0, MPI.DOUBLE], 0, DONE), MPI)
+    comm.wait(raw.Isend([outbox, 0, MPI.DOUBLE], 0, DONE))
     return log
 
 

@@ -13,15 +13,17 @@ operation completed by ``Flush``. The standard allows an implementation to progr
 operations only when the target calls MPI (§11.7.3); the window therefore carries the standard hint
 ``accumulate_ops=same_op_no_op`` plus MPICH's ``alloc_shm``, with which MPICH performs them in shared
 memory on one node without the target's help. With ``max_staleness`` the check-and-apply is made atomic
-by a spin lock on the mutex slot (``Compare_and_swap``), so the bound holds exactly.
+by a spin lock on the mutex slot (``Compare_and_swap``), so the bound holds exactly. The update itself is
+:func:`~.asynchronous.update`, shared with Hogwild; this module supplies its store (:class:`WindowStore`).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
 
-from .asynchronous import register, run_sync, start_clock, wait
+from .asynchronous import register, run_sync, start_clock, update
 
 TICKETS, APPLIED, MUTEX = 0, 1, 2
 
@@ -59,7 +61,7 @@ class ParamWindow:
                 win.Lock(self.home, MPI.LOCK_EXCLUSIVE)
                 win.Put([data, t], self.home)
                 win.Unlock(self.home)
-        wait(self.comm.comm.Ibarrier(), MPI)
+        self.comm.barrier(poll=True)
         self.win.Lock_all()
         self.counters.Lock_all()
         return self
@@ -68,7 +70,7 @@ class ParamWindow:
         """Collective: end the epoch (after which every rank's operations are complete everywhere)."""
         self.win.Unlock_all()
         self.counters.Unlock_all()
-        wait(self.comm.comm.Ibarrier(), self.MPI)
+        self.comm.barrier(poll=True)
 
     def free(self) -> None:
         self.win.Free()
@@ -120,37 +122,32 @@ class ParamWindow:
             raise RuntimeError("ParamWindow.release: the mutex was not held")
 
 
-def one_update(job, win, fm, batches, log, t0, scratch) -> None:
-    """Read weights, compute a gradient, apply it (recomputing while it would be staler than the bound)."""
-    rank, bound = job.comm.rank, job.max_staleness
-    seen = win.read(APPLIED)
-    win.get(fm.flat)
-    while True:
-        x, y = next(batches)
-        tc = time.perf_counter()
-        loss, g = fm.gradient(x, y)
-        job.straggle(rank, time.perf_counter() - tc)
-        g *= -job.lr(seen)
-        if bound is None:
-            win.accumulate(g)
-            v = win.fetch_add(APPLIED)
-            break
-        win.acquire()
-        v = win.read(APPLIED)
-        fresh = v - seen <= bound
-        if fresh:
-            win.accumulate(g)
-            win.fetch_add(APPLIED)
-        win.release()
-        if fresh:
-            break
-        log.dropped += 1
-        seen = v
-        win.get(fm.flat)
-    now = time.perf_counter() - t0
-    log.update(v - seen, now, loss)
-    if (v + 1) % job.record_every == 0:
-        log.snapshots.append((now, v + 1, win.get(scratch).copy()))
+class WindowStore:
+    """RMA's :class:`~.asynchronous.Store`: the weights in a :class:`ParamWindow`, counted by its APPLIED
+    counter, made exclusive by its mutex."""
+
+    def __init__(self, win: ParamWindow):
+        self.win = win
+
+    def version(self) -> int:
+        return self.win.read(APPLIED)
+
+    def read(self, out: np.ndarray) -> np.ndarray:
+        return self.win.get(out)
+
+    def add(self, delta: np.ndarray) -> None:
+        self.win.accumulate(delta)
+
+    def count(self) -> int:
+        return self.win.fetch_add(APPLIED)
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        self.win.acquire()
+        try:
+            yield
+        finally:
+            self.win.release()
 
 
 @register("rma", workers=lambda job: range(job.comm.size))
@@ -163,13 +160,13 @@ def run_rma(job):
     comm.bcast_(fm.flat)
     log = job.log(comm.rank, initial=fm.flat.copy() if comm.rank == 0 else None)
     win = ParamWindow(comm, fm.flat.size, fm.flat.dtype).open(fm.flat)
-    batches, scratch = job.batches(comm.rank, comm.size), np.empty_like(fm.flat)
+    store, batches = WindowStore(win), job.batches(comm.rank, comm.size)
     t0 = start_clock(comm)
     while win.fetch_add(TICKETS) < job.steps:
-        one_update(job, win, fm, batches, log, t0, scratch)
-    wait(comm.comm.Ibarrier(), comm.MPI)  # every update has landed
-    win.get(scratch)
+        update(job, store, fm, batches, comm.rank, log, t0)
+    comm.barrier(poll=True)  # every update has landed
+    weights = win.get(np.empty_like(fm.flat))
     wall = time.perf_counter() - t0
     win.close()
     win.free()
-    return [log], scratch, wall
+    return [log], weights, wall

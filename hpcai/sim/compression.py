@@ -67,10 +67,14 @@ class Compressed:
 
 
 def _check_field(field):
+    """The field as a 2-d float array; NaN or inf would spread over every coefficient, so they are refused."""
     if backend.get_array_module(field) is np:
         field = np.asarray(field)
     if field.ndim != 2 or field.dtype.kind != "f":
         raise ValueError(f"field: expected a 2-d floating-point array, got shape {field.shape} dtype {field.dtype}")
+    bad = int((~backend.get_array_module(field).isfinite(field)).sum())
+    if bad:
+        raise ValueError(f"field: expected finite values, got {bad} NaN or infinite of {field.size}")
     return field
 
 
@@ -115,16 +119,23 @@ class Block:
     """JPEG-like blockwise DCT with frequency-weighted uniform quantisation and zlib coding.
 
     The quantiser step for coefficient (i, j) of a block is ``step * (1 + slope * (i + j))``; the
-    integer coefficients are stored as int16 (int32 if needed) and compressed losslessly with zlib.
+    integer coefficients are stored in the narrowest of int16, int32 and int64 that holds them all and
+    compressed losslessly with zlib. A step so small that a coefficient exceeds int64 is refused (a
+    ``ValueError`` naming ``step``) rather than wrapped around.
     """
 
     name = "block"
 
     def __init__(self, step: float, block: int = 8, slope: float = 1.0):
-        if not step > 0:
-            raise ValueError(f"step: expected a positive quantiser step, got {step!r}")
-        if int(block) < 2:
-            raise ValueError(f"block: expected a block size of at least 2, got {block!r}")
+        if not (isinstance(step, (int, float, np.integer, np.floating)) and not isinstance(step, bool)
+                and np.isfinite(step) and step > 0):
+            raise ValueError(f"step: expected a positive finite quantiser step, got {step!r}")
+        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 2:
+            raise ValueError(f"block: expected an integer block size of at least 2, got {block!r}")
+        if not (isinstance(slope, (int, float, np.integer, np.floating)) and not isinstance(slope, bool)
+                and np.isfinite(slope) and 1 + slope * 2 * (block - 1) > 0):
+            raise ValueError(f"slope: expected a finite number keeping every step positive "
+                             f"(> {-1 / (2 * (block - 1)):.3g} for block={block}), got {slope!r}")
         self.step, self.block, self.slope = float(step), int(block), float(slope)
 
     def _steps(self):
@@ -141,8 +152,16 @@ class Block:
         field = _check_field(field)
         xp = backend.get_array_module(field)
         coef = _fft(xp).dctn(self._blocks(field.astype(np.float64), xp), type=2, norm="ortho", axes=(2, 3))
-        q = backend.to_host(xp.rint(coef / xp.asarray(self._steps())))
-        dtype = np.int16 if np.abs(q).max(initial=0) < 2 ** 15 else np.int32
+        with np.errstate(over="ignore"):  # a tiny step overflows to inf: refused below
+            q = backend.to_host(xp.rint(coef / xp.asarray(self._steps())))
+        qmax = float(np.abs(q).max(initial=0))
+        dtype = next((t for t in (np.int16, np.int32, np.int64) if qmax <= np.iinfo(t).max), None)
+        if dtype is None:
+            cmax = float(xp.abs(coef).max())
+            if not np.isfinite(cmax):
+                raise ValueError("field: values too large for the DCT (a coefficient overflows float64)")
+            raise ValueError(f"step: {self.step!r} quantises a coefficient of {cmax:.3g} to {qmax:.3g}, beyond "
+                             f"int64; use a step of at least {cmax / 2.0 ** 62:.3g}")
         packed = np.frombuffer(zlib.compress(q.astype(dtype).tobytes(), 9), dtype=np.uint8)
         return Compressed(self.name, field.shape, field.dtype.str, {"zlib": packed},
                           {"step": self.step, "block": self.block, "slope": self.slope,

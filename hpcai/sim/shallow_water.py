@@ -48,6 +48,14 @@ MAX_WIND = 1000.0  # m/s: beyond this (3x the 10 km gravity-wave speed) a state 
 NICE_STEPS = tuple(d for d in range(3600, 0, -1) if 3600 % d == 0)  # hourly output falls on a step
 
 
+def _real(name: str, value, positive: bool = False) -> float:
+    """``value`` as a float if it is a finite real number (and > 0 if ``positive``); else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"{name}: expected a finite {'positive ' if positive else ''}number, got {value!r}")
+    return float(value)
+
+
 def leapfrog_limit(robert: float, williams: float = 1.0) -> float:
     r"""Largest :math:`\omega\Delta t` for which filtered leapfrog is stable on :math:`x' = i\omega x`.
 
@@ -132,9 +140,8 @@ class ShallowWater:
                  diffusion=("hyper", 8, 3.0), radius: float = RADIUS, omega: float = OMEGA,
                  gravity: float = GRAVITY, robert: float = 0.05, williams: float = 1.0, check_every: int = 10,
                  xp=np):
-        for name, val in (("radius", radius), ("gravity", gravity)):
-            if not (isinstance(val, (int, float)) and math.isfinite(val) and val > 0):
-                raise ValueError(f"{name}: expected a positive number, got {val!r}")
+        radius, gravity = _real("radius", radius, positive=True), _real("gravity", gravity, positive=True)
+        omega, williams = _real("omega", omega), _real("williams", williams)
         if not (isinstance(robert, (int, float)) and 0 <= robert < 0.5):
             raise ValueError(f"robert: expected 0 <= robert < 0.5, got {robert!r}")
         if not (isinstance(check_every, (int, np.integer)) and check_every >= 1):
@@ -182,11 +189,32 @@ class ShallowWater:
         INITIAL_CONDITIONS[name](self, **params)
         return self
 
+    def _grid(self, name: str, a):
+        """``a`` as a finite float64 ``(nlat, nlon)`` grid on ``xp`` (a number, a (nlat, 1) column or a
+        (nlon,) row are broadcast); else a ValueError naming ``name`` and what was expected."""
+        xp, shape = self.xp, (self.nlat, self.nlon)
+        what = f"finite real numbers broadcastable to (nlat, nlon) = {shape}"
+        try:
+            arr = xp.asarray(a)
+            if arr.dtype.kind not in "iuf":
+                raise TypeError
+        except (TypeError, ValueError):
+            kind = type(a).__name__ if type(a).__module__ == "builtins" else \
+                f"{type(a).__module__.split('.')[0]}.{type(a).__name__} {getattr(a, 'dtype', '')}".rstrip()
+            raise ValueError(f"{name}: expected {what} on {xp.__name__}, got {kind}") from None
+        if arr.ndim > 2 or not all(n in (1, m) for n, m in zip(arr.shape[::-1], shape[::-1])):
+            raise ValueError(f"{name}: expected {what}, got shape {arr.shape}")
+        bad = int((~xp.isfinite(arr)).sum())
+        if bad:
+            raise ValueError(f"{name}: expected {what}, got {bad} NaN or infinite values")
+        return xp.broadcast_to(arr.astype(xp.float64), shape)
+
     def set_state(self, u, v, h) -> None:
-        """Set the state from grid winds (m/s) and depth (m, array or number); resets the clock."""
+        """Set the state from grid winds (m/s) and depth (m), each an (nlat, nlon) grid or anything that
+        broadcasts to it (a number, a zonal (nlat, 1) column); resets the clock."""
         xp = self.xp
-        vrt, div = self.sh.vrtdiv(xp.asarray(u, dtype=xp.float64), xp.asarray(v, dtype=xp.float64))
-        h = xp.broadcast_to(xp.asarray(h, dtype=xp.float64), (self.nlat, self.nlon))
+        vrt, div = self.sh.vrtdiv(self._grid("u", u), self._grid("v", v))
+        h = self._grid("h", h)
         self._now = xp.stack([vrt, div, self.gravity * self.sh.grid_to_spec(h)], axis=-1)
         self._old, self.time, self.steps, self.phibar = None, 0.0, 0, None
 
@@ -198,7 +226,7 @@ class ShallowWater:
     def add_height(self, h) -> None:
         """Add a grid height field (m) to the current state, e.g. a perturbation."""
         s = self._require_state()
-        s[..., 2] += self.gravity * self.sh.grid_to_spec(self.xp.asarray(h, dtype=self.xp.float64))
+        s[..., 2] += self.gravity * self.sh.grid_to_spec(self._grid("h", h))
         self._old = None
 
     def balance_height(self, mean_depth: float) -> None:
@@ -209,6 +237,7 @@ class ShallowWater:
         (the continuous counterpart is the balance equation of Galewsky et al. 2004); the n = 0
         coefficient is set so that the area-mean depth is ``mean_depth``.
         """
+        mean_depth = _real("mean_depth", mean_depth, positive=True)
         s = self._require_state()
         s[..., 2] = 0.0
         N = self._tendencies(s, phibar=0.0)[0]

@@ -1,8 +1,10 @@
-"""LivePlot: loss and metric curves that redraw in place in a notebook, or go to a PNG file elsewhere.
+"""Figures without pyplot, and LivePlot: curves that redraw in place in a notebook, or go to a PNG file elsewhere.
 
-The figure is a plain ``matplotlib.figure.Figure`` drawn by the Agg canvas (no pyplot, no GUI backend,
-no ipympl). In IPython it is shown once with ``display(..., display_id=True)`` and then replaced through
-the returned handle's ``update``, so one output cell shows the latest curves; outside IPython it is
+Every hpcai figure -- LivePlot's, the applications', the control panel's -- is a plain
+``matplotlib.figure.Figure`` from :func:`new_figure`, drawn by the Agg canvas (no pyplot state, so safe in
+threads and on engines; no GUI backend, no ipympl), rendered by :func:`png_bytes`, written atomically by
+:func:`save_png`. In IPython a LivePlot is shown once with ``display(..., display_id=True)`` and then replaced
+through the returned handle's ``update``, so one output cell shows the latest curves; outside IPython it is
 saved to ``path`` (atomically) when one is given, and otherwise nothing happens. Rank 0 only.
 """
 from __future__ import annotations
@@ -15,13 +17,35 @@ from .. import io
 from .callbacks import Callback
 
 
-def _matplotlib_figure():
+def new_figure(**kwargs):
+    """A matplotlib Figure on the Agg canvas (``figsize``, ``layout``, ...), or an ImportError naming the extra."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("LivePlot needs matplotlib: pip install 'hpcai[notebook]' (or matplotlib)") from None
-    return Figure, FigureCanvasAgg
+        raise ImportError("figures need matplotlib: pip install 'hpcai[plot]'") from None
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def png_bytes(fig, dpi: int = 90) -> bytes:
+    """``fig`` rendered as PNG."""
+    buf = _stdio.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def save_png(figure, path, dpi: int = 110) -> str:
+    """Write ``figure`` -- a Figure, or PNG bytes already rendered -- to ``path`` (temp file + rename); its path."""
+    def write(tmp):
+        if isinstance(figure, (bytes, bytearray)):
+            with open(tmp, "wb") as f:
+                f.write(figure)
+        else:
+            figure.savefig(tmp, dpi=dpi, format="png")
+    io.atomic_write(path, write)
+    return os.fspath(path)
 
 
 def _ipython_display():
@@ -51,11 +75,9 @@ class LivePlot(Callback):
 
     def render(self):
         """Redraw the figure from the history; returns it."""
-        Figure, Canvas = _matplotlib_figure()
         history = self.loop.history
         names = self._names(history)
-        fig = Figure(figsize=self.figsize, layout="constrained")
-        Canvas(fig)
+        fig = new_figure(figsize=self.figsize, layout="constrained")
         for i, name in enumerate(names):
             ax = fig.add_subplot(1, len(names), i + 1)
             for key, style in ((name, "-o"), (f"val_{name}", "--o")):
@@ -69,10 +91,7 @@ class LivePlot(Callback):
         return fig
 
     def _show(self):
-        fig = self.render()
-        buf = _stdio.BytesIO()
-        fig.savefig(buf, format="png", dpi=90)
-        png = buf.getvalue()
+        png = png_bytes(self.render())
         shown = _ipython_display()
         if shown is not None:
             display, Image = shown
@@ -81,10 +100,7 @@ class LivePlot(Callback):
             else:
                 self.handle.update(Image(data=png, format="png"))
         if self.path:
-            def write(tmp):
-                with open(tmp, "wb") as f:
-                    f.write(png)
-            io.atomic_write(self.path, write)
+            save_png(png, self.path)
         self.draws += 1
 
     def _wanted(self) -> bool:

@@ -22,7 +22,7 @@ import threading
 import time
 
 from .. import amp, optim
-from ..apps import APPS, Stopped
+from ..apps import APPS, Stopped, config_fields
 from ..runner import ensure_running, make_config, run_app
 from .plots import loss_png
 
@@ -41,17 +41,8 @@ def _widgets():
     return ipywidgets
 
 
-def _choices(field):
-    return field.metadata.get("choices") or REGISTRIES.get(field.name)
-
-
-def _optional(field) -> bool:
-    return "None" in str(field.type)
-
-
-def _kind(field):
-    text = str(field.type).split("|")[0].strip()
-    return {"int": int, "float": float, "bool": bool}.get(text, str)
+def _choices(spec):
+    return spec.choices or REGISTRIES.get(spec.name)
 
 
 def _format(value) -> str:
@@ -153,7 +144,7 @@ class Panel:
         spec = APPS[self.app.value]
         self.about.value = f"<i>{html.escape(spec.description)}</i>"
         defaults = {**dataclasses.asdict(spec.config()), **values}
-        fields = {f.name: f for f in dataclasses.fields(spec.config)}
+        fields = {f.name: f for f in config_fields(spec.config)}
         with self._quiet():
             for name, dropdown in self.top.items():
                 if name in fields:
@@ -164,13 +155,13 @@ class Panel:
         for name, f in fields.items():
             if name in TOP or name in HIDDEN:
                 continue
-            value, kind, choices = defaults[name], _kind(f), _choices(f)
+            value, kind, choices = defaults[name], f.kind, _choices(f)
             style = {"description_width": "initial"}
             if choices:
                 widget = w.Dropdown(options=choices, value=value, description=name, style=style)
             elif kind is bool:
                 widget = w.Checkbox(value=bool(value), description=name, style=style)
-            elif _optional(f):
+            elif f.optional:
                 widget = w.Text(value="" if value is None else str(value), placeholder="auto", description=name,
                                 style=style)
             elif kind is int:
@@ -198,21 +189,11 @@ class Panel:
 
     def values(self) -> dict:
         """The Config fields as set in the form (raises ValueError naming a field that does not parse)."""
-        fields = {f.name: f for f in dataclasses.fields(APPS[self.app.value].config)}
+        fields = {f.name: f for f in config_fields(APPS[self.app.value].config)}
         out = {name: self.top[name].value for name in TOP if name in fields}
         for name, widget in self.fields.items():
-            value, f = widget.value, fields[name]
-            if isinstance(value, str) and (_kind(f) in (int, float) or _optional(f)):
-                text = value.strip()
-                if text in ("", "auto", "None") and _optional(f):
-                    value = None
-                else:
-                    try:
-                        value = _kind(f)(text)
-                    except ValueError:
-                        raise ValueError(f"{name}: expected {_kind(f).__name__}"
-                                         f"{' or empty (auto)' if _optional(f) else ''}, got {text!r}") from None
-            out[name] = value
+            value = widget.value
+            out[name] = fields[name].parse(value) if isinstance(value, str) else value
         return out
 
     def config(self):

@@ -1,11 +1,9 @@
 """Pictures for the panel, rendered to PNG bytes (an ``ipywidgets.Image`` shows them; no ipympl, no pyplot)."""
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
-from ..apps.figures import new_figure
+from ..train.plot import new_figure, png_bytes
 
 
 def smooth(values, window: int = 25) -> np.ndarray:
@@ -37,6 +35,4 @@ def loss_png(snapshots: list[dict], width: float = 5.0, height: float = 2.6) -> 
     ax.set(xlabel="training step (this rank)", ylabel="training loss")
     if len(curves) > 1:
         ax.legend(fontsize="small")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=90)

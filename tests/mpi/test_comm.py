@@ -3,11 +3,15 @@
 As in mpi4py's test/test_cco_buf.py, one test body runs on several communicators: MPI's world, MPI's
 COMM_SELF and the serial stand-in (the expected values are written in terms of ``size`` and ``rank``).
 """
+import signal
+import sys
+import time
+
 import ml_dtypes
 import numpy as np
 import pytest
 
-from hpcai.parallel.comm import Communicator, SerialCommunicator
+from hpcai.parallel.comm import LAUNCHER_SIZES, Communicator, SerialCommunicator, default_comm, world
 
 DTYPES = [np.float64, np.float32, np.int32, np.float16, ml_dtypes.bfloat16]
 _SELF = []
@@ -70,6 +74,51 @@ def test_object_collectives(any_comm):
     assert got == {"epochs": [1, 2], "from": n - 1}
     assert everyone == [f"rank{q}" for q in range(n)]
     assert gathered == ([q * q for q in range(n)] if r == 0 else None)
+
+
+@pytest.mark.parametrize("poll", [False, True])
+def test_no_rank_leaves_a_barrier_before_the_last_one_arrives(any_comm, poll):
+    time.sleep(0.05 * any_comm.rank)  # rank r arrives r * 50 ms late
+    arrived = time.time()
+    any_comm.barrier(poll=poll)
+    left = time.time()
+    times = any_comm.allgather_obj((arrived, left))
+    assert min(t[1] for t in times) >= max(t[0] for t in times), times
+
+
+def test_wait_polls_so_that_a_signal_interrupts_it(any_comm):
+    """A receive nobody sends never completes: MPI_Wait would block forever, the polling wait lets a
+    SIGALRM handler (as Ctrl-C would) end it after 0.2 s."""
+    if not isinstance(any_comm, Communicator):
+        pytest.skip("the serial stand-in has no requests")
+    request = any_comm.MPI.COMM_SELF.Irecv([np.empty(1), any_comm.MPI.DOUBLE], source=0, tag=77)
+
+    def interrupt(signum, frame):
+        raise TimeoutError("interrupted")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    try:
+        with pytest.raises(TimeoutError):
+            any_comm.wait(request)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        request.Cancel()
+        request.Wait()
+
+
+def test_default_comm_is_the_world_under_an_mpi_launcher_else_none(comm, monkeypatch):
+    for name in LAUNCHER_SIZES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delitem(sys.modules, "mpi4py.MPI", raising=False)  # world() is cached: nothing is imported
+    assert default_comm() is None
+    for value, expected in (("1", None), ("", None), ("four", None), ("2", world())):
+        monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", value)
+        assert default_comm() is expected, value
+    monkeypatch.delenv("OMPI_COMM_WORLD_SIZE")
+    monkeypatch.setitem(sys.modules, "mpi4py.MPI", object())  # mpi4py's MPI already loaded (an MPI job of 1)
+    assert default_comm() is world()
 
 
 def test_average_is_the_mean_over_ranks(any_comm):

@@ -1,0 +1,63 @@
+"""What the benchmark scripts share: the result row, the BLAS thread count, and launching under mpiexec.
+
+The scripts import it as ``_common``: running ``python benchmarks/X.py`` (which is also what ``hpcai bench``
+does) puts ``benchmarks/`` first on ``sys.path``. The leading underscore keeps it out of ``hpcai bench --list``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_LAUNCHER_VARS = ("PMI_", "PMIX_", "OMPI_", "HYDRA_")  # set inside an MPI launch; a child launch must not inherit them
+RESULT = "RESULT "
+
+
+def report(name: str, value, note: str = "") -> None:
+    """Print one result row: name, value (4 significant digits; ``None``: not measured) and a note."""
+    shown = f"{value:>12.4g}" if value is not None else f"{'n/a':>12}"
+    print(f"  {name:<46} {shown}  {note}".rstrip(), flush=True)
+
+
+def blas_threads():
+    """Thread counts of the loaded BLAS libraries (threadpoolctl), or ``"?"`` without threadpoolctl."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return "?"
+    return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+
+def find_mpiexec() -> str | None:
+    """The mpiexec next to this Python (its MPI is the one mpi4py was built for), else the first on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return here if os.access(here, os.X_OK) else shutil.which("mpiexec")
+
+
+def under_mpiexec() -> bool:
+    """Whether this process is one of several ranks of an MPI launch."""
+    return int(os.environ.get("PMI_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))) > 1
+
+
+def print_result(obj) -> None:
+    """Print ``obj`` as the JSON line that :func:`mpi_run` reads back (call it on rank 0 only)."""
+    print(RESULT + json.dumps(obj), flush=True)
+
+
+def mpi_run(ranks: int, args, needed_by: str, timeout: float = 600, cwd=None):
+    """Run ``mpiexec -n ranks python *args`` with one BLAS thread per rank; return the JSON of the last line
+    it printed with :func:`print_result`. Raises ``SystemExit`` naming ``needed_by`` when there is no
+    mpiexec, ``RuntimeError`` with the ranks' output when the run fails or prints no result."""
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        raise SystemExit(f"{needed_by} needs mpiexec (pip install mpich, or an MPI library) and mpi4py")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_LAUNCHER_VARS)}
+    cmd = [mpiexec, "-n", str(ranks), sys.executable, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, **ONE_THREAD}, timeout=timeout, cwd=cwd)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return json.loads(lines[-1][len(RESULT):])

@@ -1,0 +1,100 @@
+"""CPU kernels on threads (``hpcai.ops.threads``) and the host allocator setting: the parts cover the
+work exactly once, errors and BLAS's thread count survive, and threaded kernels equal serial ones."""
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+from hpcai import Tensor, ops
+from hpcai.ops import threads
+
+
+@pytest.mark.parametrize("n,size,workers", [(1, 10**9, 4), (7, 10**9, 2), (64, 10**9, 3), (64, 10, 2), (5, 10**9, 8)])
+def test_over_batch_visits_every_sample_once(monkeypatch, n, size, workers):
+    monkeypatch.setattr(threads, "workers", lambda: workers)
+    seen, lock = [], threading.Lock()
+
+    def record(s):
+        with lock:
+            seen.extend(range(s.start, s.stop))
+
+    threads.over_batch(np, record, n, size)
+    assert sorted(seen) == list(range(n))
+    parts = threads.batch_parts(n, size)
+    assert len(parts) == (1 if size < 2 * threads._LEAST else min(workers, n))
+
+
+def test_parallel_keeps_order_raises_and_restores_blas_threads(monkeypatch):
+    ctl = threads._controller()
+    if ctl is None:
+        pytest.skip("numpy's BLAS is not visible to threadpoolctl here")
+    before = ctl.num_threads
+    inside = []
+    assert threads.parallel(lambda p: (inside.append(ctl.num_threads), p * p)[1], [1, 2, 3]) == [1, 4, 9]
+    assert inside == [1, 1, 1]                 # BLAS single-threaded while the parts run
+    assert ctl.num_threads == before
+
+    def fail(p):
+        if p == 2:
+            raise KeyError("part 2")
+        return p
+
+    with pytest.raises(KeyError, match="part 2"):
+        threads.parallel(fail, [1, 2, 3])
+    assert ctl.num_threads == before
+    # a parallel section inside another sees one thread: no oversubscription
+    assert threads.parallel(lambda p: threads.workers(), [0, 1]) == [1, 1]
+
+
+def test_threaded_relu_and_max_pool_equal_serial(monkeypatch, rng):
+    x = rng.standard_normal((8, 4, 96, 96)).astype(np.float32)
+    x[0, 0, :2, :2] = 0.0                        # ties
+    x[1, 1, 0, 0] = np.nan
+    g = rng.standard_normal((8, 4, 48, 48)).astype(np.float32)
+
+    def run():
+        xt = Tensor(x, requires_grad=True)
+        y = ops.max_pool2d(ops.relu(xt), 2)
+        y.backward(g)
+        xt2 = Tensor(x, requires_grad=True)
+        z = ops.max_pool2d(xt2, 3, stride=2, padding=1)
+        z.backward(np.ones(z.shape, np.float32))
+        return [y.numpy(), xt.grad, z.numpy(), xt2.grad]
+
+    monkeypatch.setattr(threads, "workers", lambda: 1)
+    serial = run()
+    monkeypatch.setattr(threads, "workers", lambda: 3)
+    monkeypatch.setattr(threads, "_BLOCK", 1 << 12)    # many blocks per thread
+    assert threads.batch_parts(8, x.size) != [slice(0, 8)]
+    for a, b in zip(run(), serial):
+        np.testing.assert_array_equal(a, b)
+
+
+_FAULTS = textwrap.dedent("""
+    import resource, numpy as np
+    import hpcai
+    def step():  # a training step's temporaries: a few 16 MB arrays alive at once, then freed
+        arrays = [np.ones(4 << 20, np.float32) for _ in range(4)]
+        del arrays
+    step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        step()
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 10)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_host_memory_is_recycled_instead_of_faulted_in_afresh():
+    def faults(**env):
+        out = subprocess.run([sys.executable, "-c", _FAULTS], env={**os.environ, **env}, capture_output=True,
+                             text=True, check=True)
+        return int(out.stdout.strip())
+
+    kept, system = faults(), faults(HPCAI_SYSTEM_MALLOC="1")
+    assert system > 1000                         # of 4 x 4096 pages of 4 KiB, many faulted in anew
+    assert kept < system / 10, (kept, system)
