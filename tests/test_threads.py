@@ -98,3 +98,33 @@ def test_host_memory_is_recycled_instead_of_faulted_in_afresh():
     kept, system = faults(), faults(HPCAI_SYSTEM_MALLOC="1")
     assert system > 1000                         # of 4 x 4096 pages of 4 KiB, many faulted in anew
     assert kept < system / 10, (kept, system)
+
+
+@pytest.mark.parametrize("shapes", [((3, 4), (4, 5)), ((300, 200), (200, 100)), ((64, 512), (512, 1200)),
+                                    ((4, 100, 90), (90, 80)), ((2, 1, 70, 60), (3, 60, 50))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_equals_numpy_and_leaves_blas_threads_as_they_were(rng, shapes, dtype):
+    ctl = threads._controller()
+    before = ctl.num_threads if ctl is not None else None
+    a, b = (rng.standard_normal(s).astype(dtype) for s in shapes)
+    tol = dict(rtol=1e-4, atol=1e-3) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(threads.matmul(a, b), np.matmul(a, b), **tol)
+    out = np.empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]), dtype)
+    assert threads.matmul(a, b, out=out) is out
+    np.testing.assert_allclose(out, np.matmul(a, b), **tol)
+    if ctl is not None:
+        assert ctl.num_threads == before
+
+
+def test_mid_sized_products_run_with_blas_single_threaded(monkeypatch, rng):
+    ctl = threads._controller()
+    if ctl is None or ctl.num_threads < 2:
+        pytest.skip("needs numpy's BLAS with several threads")
+    seen = []
+    real = np.matmul
+    monkeypatch.setattr(np, "matmul", lambda *a, **k: (seen.append(ctl.num_threads), real(*a, **k))[1])
+    a, b = rng.standard_normal((256, 256)), rng.standard_normal((256, 10))      # 655,360 multiply-adds
+    big = rng.standard_normal((512, 512))                                       # 134 million
+    threads.matmul(a, b)
+    threads.matmul(big, big)
+    assert seen == [1, ctl.num_threads]

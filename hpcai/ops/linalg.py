@@ -1,10 +1,14 @@
-"""Matrix products: matmul with numpy's batching rules, optionally in a reduced precision."""
+"""Matrix products: matmul with numpy's batching rules, optionally in a reduced precision; on the CPU
+the products share out among hpcai's threads (``threads.matmul``)."""
 from __future__ import annotations
+
+import numpy as np
 
 from .. import precision as _precision
 from ..autograd.function import Function
 from .common import unbroadcast
 from .registry import Sample, register
+from .threads import matmul as matmul_on_threads
 
 
 class MatMul(Function):
@@ -18,7 +22,7 @@ class MatMul(Function):
 
     def _mm(self, a, b):
         if self.precision is None:
-            return self.xp.matmul(a, b)
+            return (matmul_on_threads if self.xp is np else self.xp.matmul)(a, b)
         return _precision.matmul(a, b, self.precision).astype(a.dtype, copy=False)
 
     def backward(self, gy):
@@ -68,16 +72,19 @@ class Linear(Function):
 
     def forward(self, x, w, b):
         self.x2, self.w, self.in_shape = x.reshape(-1, x.shape[-1]), w, x.shape
-        y = self.x2 @ w.T
+        y = self._mm(self.x2, w.T)
         if b is not None:
             y += b
         return y.reshape(x.shape[:-1] + (w.shape[0],))
 
+    def _mm(self, a, b):
+        return matmul_on_threads(a, b) if self.xp is np else a @ b
+
     def backward(self, gy):
         g2 = gy.reshape(-1, gy.shape[-1])
         need_x, need_w, need_b = self.needs_input_grad
-        gx = (g2 @ self.w).reshape(self.in_shape) if need_x else None
-        gw = g2.T @ self.x2 if need_w else None
+        gx = self._mm(g2, self.w).reshape(self.in_shape) if need_x else None
+        gw = self._mm(g2.T, self.x2) if need_w else None
         gb = g2.sum(axis=0) if need_b else None
         return gx, gw, gb
 

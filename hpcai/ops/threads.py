@@ -1,4 +1,4 @@
-"""CPU kernels on every core: work split into parts run on threads, BLAS single-threaded meanwhile.
+"""CPU kernels on every core: work split into parts run on our threads, BLAS single-threaded meanwhile.
 
 numpy's copies and elementwise passes run on one core, and between two GEMMs BLAS's threads sit idle
 (or spin); a convolution alternates the two in every tile, and pooling and activations are nothing
@@ -6,12 +6,19 @@ but such passes. ``parallel`` instead runs whole parts (copies and GEMMs of a fe
 threads as BLAS would use, each GEMM single-threaded meanwhile: numpy's large operations and its BLAS
 calls release the GIL, so every core works all the time. The number of threads follows BLAS's own
 setting (found by threadpoolctl), so a limit set by the user or by Hogwild's workers holds here too.
+
+hpcai's products go through :func:`matmul`, which leaves BLAS's own threads asleep unless a product
+is large enough to need them: once woken, OpenBLAS's idle threads spin for a while (about 0.1 s)
+after every product, and on two cores that spinning halved the speed of the passes that ran on our
+threads meanwhile (a small CNN's step: 121 ms with them, 73 ms without). Handing work to a thread
+costs about 0.1-0.4 ms here, so parts are whole tiles or large slices, never single small operations.
 """
 from __future__ import annotations
 
 import functools
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -19,6 +26,10 @@ import numpy as np
 # its part in blocks of about _BLOCK elements, so that a string of passes over a block finds it in cache.
 _LEAST = 1 << 17
 _BLOCK = 1 << 18
+# Products of fewer multiply-adds than _SERIAL run as they are (OpenBLAS itself keeps those on one
+# thread), and so do those of _THREADED or more, on BLAS's threads; those between run single-threaded.
+_SERIAL, _THREADED = 1 << 18, 1 << 25
+_BLAS_TYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.complex64, np.complex128))
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,43 +54,57 @@ def workers():
 
 
 _lock = threading.Lock()
-_state = {"depth": 0, "blas": 1}  # parallel sections running; BLAS threads to restore after the last
+_state = {"depth": 0, "blas": 1, "pool": None, "pid": None}  # sections running; BLAS threads to restore
+
+
+def _pool():
+    """The worker threads (made afresh in a forked child, which inherits none of them)."""
+    with _lock:
+        if _state["pid"] != os.getpid():
+            _state["pool"], _state["pid"] = ThreadPoolExecutor(max(1, (os.cpu_count() or 2) - 1),
+                                                               thread_name_prefix="hpcai"), os.getpid()
+        return _state["pool"]
 
 
 def parallel(fn, parts):
-    """[fn(part) for part in parts], the parts on threads of their own (the first on the caller's)
-    with BLAS single-threaded until all are done; the first exception in any part is raised here."""
-    if len(parts) <= 1:
-        return [fn(part) for part in parts]
+    """[fn(part) for part in parts], the parts on threads (the first on the caller's) with BLAS
+    single-threaded until all are done; the first exception in any part is raised here."""
     ctl = _controller()
+    if ctl is None or (len(parts) <= 1 and ctl.num_threads <= 1):
+        return [fn(part) for part in parts]
     with _lock:
         if _state["depth"] == 0:
             _state["blas"] = ctl.num_threads
             ctl.set_num_threads(1)
         _state["depth"] += 1
-    results, errors = [None] * len(parts), []
-
-    def run(i):
-        try:
-            results[i] = fn(parts[i])
-        except BaseException as exc:  # re-raised in the caller's thread
-            errors.append(exc)
-
+    futures = []
     try:
-        threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(1, len(parts))]
-        for t in threads:
-            t.start()
-        run(0)
-        for t in threads:
-            t.join()
+        futures = [_pool().submit(fn, part) for part in parts[1:]]
+        first = [fn(parts[0])] if parts else []
+        return first + [f.result() for f in futures]
     finally:
+        for f in futures:  # never leave a part running behind an exception
+            f.exception()
         with _lock:
             _state["depth"] -= 1
             if _state["depth"] == 0:
                 ctl.set_num_threads(_state["blas"])
-    if errors:
-        raise errors[0]
-    return results
+
+
+def matmul(a, b, out=None):
+    """``np.matmul(a, b)``, keeping BLAS's own threads asleep for products too small to need them.
+
+    Products of at least ``_THREADED`` multiply-adds (about a millisecond) get BLAS's threads as usual;
+    smaller ones, which OpenBLAS would still thread from ``_SERIAL`` on, run single-threaded, so that a
+    model of small products and threaded passes (a small CNN) never has BLAS's idle threads spinning
+    against ours."""
+    if (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim >= 2 and b.ndim >= 2 and
+            a.dtype == b.dtype and a.dtype in _BLAS_TYPES):
+        (m, k), n = a.shape[-2:], b.shape[-1]
+        work = int(np.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]), dtype=np.int64)) * m * n * k
+        if _SERIAL <= work < _THREADED:
+            return parallel(lambda _: np.matmul(a, b, out=out), [None])[0]
+    return np.matmul(a, b, out=out)
 
 
 def batch_parts(n, size):
