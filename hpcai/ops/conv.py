@@ -20,7 +20,7 @@ import numpy as np
 from ..autograd.function import Function
 from .common import expect_float, expect_ndim
 from .registry import Sample, register
-from .threads import parallel, workers
+from .threads import over_batch, parallel, workers
 
 # Geometry travels as plain tuples: stride (sh, sw), pads ((top, bottom), (left, right)) where a negative
 # pad crops, dilation (dh, dw), and the output size (Ho, Wo). The core works on inputs already padded.
@@ -32,24 +32,38 @@ _TILE_BYTES = 4 << 20
 
 
 def _pad(xp, x, pads):
-    """Zero-pad the last two axes of ``x`` by ``pads``; negative amounts crop instead."""
+    """Zero-pad the last two axes of ``x`` by ``pads``; negative amounts crop instead. On the CPU the
+    batch is shared among threads (``threads.over_batch``)."""
     (t, b), (l, r) = pads
     if min(t, b, l, r) < 0:
         h, w = x.shape[-2:]
         x = x[..., max(-t, 0):h - max(-b, 0), max(-l, 0):w - max(-r, 0)]
-        (t, b), (l, r) = pads = (max(t, 0), max(b, 0)), (max(l, 0), max(r, 0))
-    if t or b or l or r:
-        x = xp.pad(x, ((0, 0), (0, 0), pads[0], pads[1]))
-    return x
+        (t, b), (l, r) = (max(t, 0), max(b, 0)), (max(l, 0), max(r, 0))
+    if not (t or b or l or r):
+        return x
+    (n, c, h, w) = x.shape
+    out = xp.empty((n, c, h + t + b, w + l + r), x.dtype)
+
+    def part(s):
+        o = out[s]
+        o[:, :, :t], o[:, :, t + h:], o[:, :, t:t + h, :l], o[:, :, t:t + h, l + w:] = 0, 0, 0, 0
+        o[:, :, t:t + h, l:l + w] = x[s]
+
+    over_batch(xp, part, n, out.size)
+    return out
 
 
 def _tiles(xp, n, ho, row_bytes):
-    """(batch slice, output-row slice) pairs covering n × ho with about one tile budget of columns each."""
+    """(batch slice, output-row slice) pairs covering n × ho with at most about one tile budget of columns
+    each; batch tiles come in a multiple of the CPU threads, of equal sizes, so that each thread gets
+    the same work."""
     rows = max(1, (_TILE_BYTES if xp is np else 64 * _TILE_BYTES) // row_bytes)
     if rows < ho:  # one sample's columns exceed the budget: split its rows
         return [(slice(b, b + 1), slice(r, min(r + rows, ho))) for b in range(n) for r in range(0, ho, rows)]
-    nb = rows // ho
-    return [(slice(b, min(b + nb, n)), slice(0, ho)) for b in range(0, n, nb)]
+    parts = min(workers(), n) if xp is np else 1
+    count = -(-max(-(-n // (rows // ho)), 1) // parts) * parts if n else 0
+    edges = [n * i // count for i in range(count + 1)] if n else []
+    return [(slice(a, b), slice(0, ho)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
 def _column_tiles(xp, xpad, tiles, ksize, stride, dilation, groups, wo):

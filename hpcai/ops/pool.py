@@ -74,12 +74,16 @@ class MaxPool2d(Function):
 
         def part(s):  # samples s; free: the window's maximum is not found yet
             xpad, out, g, grad = self.xpad[s], self.out[s], gy[s], gx[s]
-            hit, free = xp.empty(g.shape, bool), xp.ones(g.shape, bool)
+            hit, free = xp.empty(g.shape, bool), xp.empty(g.shape, bool)
             tmp = None if disjoint else xp.empty(g.shape, g.dtype)
             for k in range(n):  # the first maximum in row-major window order wins; a NaN window matches none
                 xp.equal(_slab(xpad, k // kw, k % kw, self.stride, self.out_hw), out, out=hit)
-                xp.logical_and(hit, free, out=hit)
-                xp.logical_xor(free, hit, out=free)
+                if k:  # (every window is free before its first offset, none needs it after the last)
+                    xp.logical_and(hit, free, out=hit)
+                if k == 0:
+                    xp.logical_not(hit, out=free)
+                elif k < n - 1:
+                    xp.logical_xor(free, hit, out=free)
                 target = _slab(grad, k // kw, k % kw, self.stride, self.out_hw)
                 routed = target if disjoint else tmp
                 if finite:
