@@ -34,7 +34,7 @@ class SGD(Optimizer):
             else:
                 buf = state["momentum_buffer"]
                 buf *= momentum
-                buf += (1 - group["dampening"]) * d
+                buf += d if group["dampening"] == 0 else (1 - group["dampening"]) * d
             buf = state["momentum_buffer"]
             d = d + momentum * buf if group["nesterov"] else buf
         w -= lr * d
