@@ -6,13 +6,14 @@ the batch leading the columns, the product lands in NCHW order with no transpose
 in tiles of a few samples (or rows) whose columns stay in cache, so columns are never stored: the weight
 gradient rebuilds them. The tiles are shared among threads (``threads.parallel``), each copying its own
 columns, so no core idles while another copies. The adjoint (the input gradient, which *is* the
-transposed convolution) multiplies by the transposed weight and folds the columns back (col2im: one vectorised add per kernel
-offset). At stride 1 the adjoint is itself a convolution (of the output gradient with the flipped
-weight), which skips the big column gradient and the kh·kw folding passes; it is used there when it
-moves fewer bytes. Groups are a leading axis of the GEMMs: (G, O/G, K/G) @ (N, G, K/G, L).
+transposed convolution) multiplies by the transposed weight and folds the columns back (col2im: one
+vectorised add per kernel offset). At stride 1 the adjoint is itself a convolution (of the output
+gradient with the flipped weight), which skips the big column gradient and the kh·kw folding passes;
+it is used there when it moves fewer bytes. Groups are a leading axis of the GEMMs: (G, O/G, K/G) @ (N, G, K/G, L).
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -60,9 +61,11 @@ def _tiles(xp, n, ho, row_bytes):
     rows = max(1, (_TILE_BYTES if xp is np else 64 * _TILE_BYTES) // row_bytes)
     if rows < ho:  # one sample's columns exceed the budget: split its rows
         return [(slice(b, b + 1), slice(r, min(r + rows, ho))) for b in range(n) for r in range(0, ho, rows)]
+    if n == 0:
+        return []
     parts = min(workers(), n) if xp is np else 1
-    count = -(-max(-(-n // (rows // ho)), 1) // parts) * parts if n else 0
-    edges = [n * i // count for i in range(count + 1)] if n else []
+    count = math.ceil(math.ceil(n / (rows // ho)) / parts) * parts  # tiles that fit, a multiple of parts
+    edges = [n * i // count for i in range(count + 1)]
     return [(slice(a, b), slice(0, ho)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 

@@ -58,11 +58,12 @@ _state = {"depth": 0, "blas": 1, "pool": None, "pid": None}  # sections running;
 
 
 def _pool():
-    """The worker threads (made afresh in a forked child, which inherits none of them)."""
+    """The worker threads, one fewer than the cores or BLAS's threads, whichever is more (made afresh
+    in a forked child, which inherits none of them)."""
     with _lock:
         if _state["pid"] != os.getpid():
-            _state["pool"], _state["pid"] = ThreadPoolExecutor(max(1, (os.cpu_count() or 2) - 1),
-                                                               thread_name_prefix="hpcai"), os.getpid()
+            size = max(1, max(_state["blas"], os.cpu_count() or 1) - 1)
+            _state["pool"], _state["pid"] = ThreadPoolExecutor(size, thread_name_prefix="hpcai"), os.getpid()
         return _state["pool"]
 
 
