@@ -124,7 +124,7 @@ def main() -> None:
           f"median over {args.rounds} alternating process pairs")
     print(f"  {'case':<8}{'hpcai ms':>10}{'torch ms':>10}{'hpcai/torch':>13}")
     for case in args.cases:
-        steps = args.steps or {"mlp": 20, "cnn": 8, "cbed": 3, "srcnn": 2}[case]
+        steps = args.steps or {"mlp": 50, "cnn": 10, "cbed": 3, "srcnn": 2}[case]
         ours, theirs = [], []
         for _ in range(args.rounds):
             ours.append(measure("hpcai", case, steps))

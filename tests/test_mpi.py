@@ -43,8 +43,10 @@ def test_an_exception_on_one_rank_aborts_the_job_instead_of_hanging(tmp_path):
             raise RuntimeError("rank one failed on purpose")
         comm.barrier()  # rank 0 would wait here forever without the abort
     """))
-    code, out, err, seconds = mpirun(2, [str(script)], timeout=60)
-    assert code is not None and code != 0 and seconds < 30, f"exit {code} after {seconds:.0f} s" + _show(out, err)
+    code, out, err, _ = mpirun(2, [str(script)], timeout=60)
+    assert code is not None, "the job still ran after 60 s: rank 0 hung in the barrier instead of the abort " \
+                             "ending the job" + _show(out, err)
+    assert code != 0, "the job exited 0 although rank 1 raised" + _show(out, err)
     assert "[hpcai rank 1/2]" in err and "RuntimeError: rank one failed on purpose" in err, _show(out, err)
 
 
