@@ -78,12 +78,12 @@ class MaxPool2d(Function):
             tmp = None if disjoint else xp.empty(g.shape, g.dtype)
             for k in range(n):  # the first maximum in row-major window order wins; a NaN window matches none
                 xp.equal(_slab(xpad, k // kw, k % kw, self.stride, self.out_hw), out, out=hit)
-                if k:  # (every window is free before its first offset, none needs it after the last)
-                    xp.logical_and(hit, free, out=hit)
-                if k == 0:
+                if k == 0:  # every window is free before its first offset
                     xp.logical_not(hit, out=free)
-                elif k < n - 1:
-                    xp.logical_xor(free, hit, out=free)
+                else:
+                    xp.logical_and(hit, free, out=hit)
+                    if k < n - 1:  # no window needs it after the last
+                        xp.logical_xor(free, hit, out=free)
                 target = _slab(grad, k // kw, k % kw, self.stride, self.out_hw)
                 routed = target if disjoint else tmp
                 if finite:
