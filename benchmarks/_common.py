@@ -17,29 +17,27 @@ RESULT = "RESULT "
 
 
 def report(name: str, value, note: str = "") -> None:
-    """Print one result row: name, value (4 significant digits; ``None``: not measured) and a note."""
-    shown = f"{value:>12.4g}" if value is not None else f"{'n/a':>12}"
-    print(f"  {name:<46} {shown}  {note}".rstrip(), flush=True)
+    """Print one result row: name, value (4 significant digits) and a note."""
+    print(f"  {name:<46} {value:>12.4g}  {note}".rstrip(), flush=True)
 
 
 def blas_threads():
-    """Thread counts of the loaded BLAS libraries (threadpoolctl), or ``"?"`` without threadpoolctl."""
-    try:
-        import threadpoolctl
-    except ImportError:
-        return "?"
+    """Thread counts of the loaded BLAS libraries (threadpoolctl)."""
+    import threadpoolctl
     return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
 
 
 def find_mpiexec() -> str | None:
-    """The mpiexec next to this Python (its MPI is the one mpi4py was built for), else the first on PATH."""
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return here if os.access(here, os.X_OK) else shutil.which("mpiexec")
+    """hpcai's mpiexec (``HPCAI_MPIEXEC``, the one beside this Python, else on PATH), or None if there is none."""
+    from hpcai.cluster_config import find_mpiexec as hpcai_mpiexec
+    found = hpcai_mpiexec()
+    return found if os.access(found, os.X_OK) else shutil.which(found)
 
 
 def under_mpiexec() -> bool:
     """Whether this process is one of several ranks of an MPI launch."""
-    return int(os.environ.get("PMI_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))) > 1
+    from hpcai.parallel.comm import launched_by_mpi
+    return launched_by_mpi()
 
 
 def print_result(obj) -> None:

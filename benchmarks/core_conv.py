@@ -23,6 +23,7 @@ if not __package__:  # run as a script from a checkout: make the package importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hpcai import Tensor, ops  # noqa: E402
+from hpcai.ops.threads import workers  # noqa: E402  (the threads hpcai's kernels use)
 
 # (name, x shape, weight shape, padding)
 SHAPES = [("cnn conv1 64x1x64x64 * 16x1x3x3", (64, 1, 64, 64), (16, 1, 3, 3), 1),
@@ -30,16 +31,6 @@ SHAPES = [("cnn conv1 64x1x64x64 * 16x1x3x3", (64, 1, 64, 64), (16, 1, 3, 3), 1)
           ("srcnn conv1 8x1x128x256 * 64x1x9x9", (8, 1, 128, 256), (64, 1, 9, 9), 4)]
 SRCNN = [("srcnn conv2 8x64x128x256 * 32x64x5x5", (8, 64, 128, 256), (32, 64, 5, 5), 2),
          ("srcnn conv3 8x32x128x256 * 1x32x5x5", (8, 32, 128, 256), (1, 32, 5, 5), 2)]
-
-
-def _blas_threads() -> int:
-    try:
-        import threadpoolctl
-        counts = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
-        return max(counts) if counts else 1
-    except ImportError:
-        import os
-        return os.cpu_count() or 1
 
 
 def _hpcai_step(x_np, w_np, b_np, g_np, padding, x_grad):
@@ -71,10 +62,10 @@ def run(report, repeats: int = 7, srcnn: bool = False, settle: float = 0.3) -> N
     """
     try:
         import torch
-        torch.set_num_threads(_blas_threads())
+        torch.set_num_threads(workers())
     except ImportError:
         torch = None
-    print(f"conv2d float32 forward+backward (ms; median of {repeats}; {_blas_threads()} threads; "
+    print(f"conv2d float32 forward+backward (ms; median of {repeats}; {workers()} threads; "
           f"ratio = hpcai / torch, goal <= 1.0)")
     rng = np.random.default_rng(0)
     for name, xs, ws, pad in SHAPES + (SRCNN if srcnn else []):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import dataclasses
 import os
 import re
@@ -156,12 +155,14 @@ def keep_host_memory(largest=32 << 20, keep=1 << 30) -> bool:
     of a small CNN's step here). With this, arrays up to ``largest`` bytes come from the heap, and up to
     ``keep`` bytes of freed heap are kept for the next step instead of being returned to the system.
     Applied once when hpcai is imported unless ``HPCAI_SYSTEM_MALLOC=1``; returns whether it applied
-    (glibc only; elsewhere a no-op)."""
+    (glibc only; elsewhere a no-op). ``largest`` can be at most 32 MiB, glibc's own limit."""
+    for name, value, most in (("largest", largest, 32 << 20), ("keep", keep, 2 ** 31 - 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+            raise ValueError(f"keep_host_memory: {name} must be a number of bytes from 0 to {most}, got {value!r}")
     if not sys.platform.startswith("linux"):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+    try:  # the process's own symbols include the C library's (no library search at import)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

@@ -130,6 +130,8 @@ def main(argv=None) -> int:
         config = make_config(args.app, overrides)
     except (ValueError, TypeError) as e:
         parser.exit(2, f"hpcai run {args.app}: {e}\n")
+    if args.engines < 0:
+        parser.exit(2, f"hpcai run {args.app}: --engines: expected a number of engines >= 0, got {args.engines}\n")
     result = run_app(args.app, config, engines=args.engines, verbose=0 if args.quiet else 1)
     print(json.dumps({"metrics": result.metrics, "figures": result.figures, "files": result.files}, indent=2,
                      default=str))

@@ -12,11 +12,11 @@ Progress comes back the same way from everywhere: ``progress(snapshots)`` with o
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 
 from .apps import APPS
 from .apps.progress import Progress, Stopped, publish_to_client
+from .parallel.comm import launched_by_mpi
 
 
 def make_config(name: str, config=None, **overrides):
@@ -34,11 +34,6 @@ def make_config(name: str, config=None, **overrides):
         raise TypeError(f"config: expected a {cls.__module__}.{cls.__qualname__}, a dict or None, "
                         f"got {type(config).__name__}")
     return dataclasses.replace(config, **overrides).validate()
-
-
-def launched_by_mpi() -> bool:
-    """Whether this process is one rank of a multi-rank job started by mpiexec/srun."""
-    return any(int(os.environ.get(v, "1") or 1) > 1 for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"))
 
 
 def run_app(name: str, config=None, *, engines=0, verbose: int = 1, progress=None, stop: threading.Event | None = None,

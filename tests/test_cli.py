@@ -37,6 +37,9 @@ def test_cli_run_rejects_a_bad_setting_naming_it(capsys):
     with pytest.raises(SystemExit):
         cli.main(["run", "digits", "--strategy", "allreduce"])
     assert "invalid choice: 'allreduce'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "digits", "--engines", "-1"])
+    assert exit_info.value.code == 2 and "--engines: expected a number of engines >= 0" in capsys.readouterr().err
 
 
 @dataclasses.dataclass

@@ -271,4 +271,7 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(xp, stride
     z.sum().backward()
     assert not _host(wt.grad).any()
     for pooled in (ops.max_pool2d(x, 2), ops.relu(x)):
+        assert pooled.shape[:2] == (0, 3)
+        x.grad = None
         pooled.sum().backward()
+        assert x.grad.shape == x.shape

@@ -8,7 +8,6 @@ import os
 import pathlib
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,15 +15,10 @@ import time
 
 import pytest
 
+from browser import free_port
 from hpcai import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url, **headers):

@@ -28,7 +28,7 @@ def test_over_batch_visits_every_sample_once(monkeypatch, n, size, workers):
     assert len(parts) == (1 if size < 2 * threads._LEAST else min(workers, n))
 
 
-def test_parallel_keeps_order_raises_and_restores_blas_threads(monkeypatch):
+def test_parallel_keeps_order_raises_and_restores_blas_threads():
     ctl = threads._controller()
     if ctl is None:
         pytest.skip("numpy's BLAS is not visible to threadpoolctl here")
@@ -128,3 +128,11 @@ def test_mid_sized_products_run_with_blas_single_threaded(monkeypatch, rng):
     threads.matmul(a, b)
     threads.matmul(big, big)
     assert seen == [1, ctl.num_threads]
+
+
+@pytest.mark.parametrize("kwargs,name", [({"largest": 64 << 20}, "largest"), ({"largest": -1}, "largest"),
+                                         ({"keep": 1.5}, "keep"), ({"keep": True}, "keep")])
+def test_keep_host_memory_names_a_bad_argument(kwargs, name):
+    from hpcai import backend
+    with pytest.raises(ValueError, match=f"keep_host_memory: {name} must be a number of bytes"):
+        backend.keep_host_memory(**kwargs)

@@ -5,13 +5,13 @@ import os
 
 import numpy as np
 
-from .figures import new_figure as _figure, save
+from ..train.plot import new_figure, save_png
 
 
 def field_panels(result, field: str = "vorticity", units: str = "1/s"):
     """Original, compressed, restored and |restored - original| on the lat-lon grid (a matplotlib Figure)."""
     a = result.arrays
-    fig = _figure(figsize=(12, 6.5), layout="constrained")
+    fig = new_figure(figsize=(12, 6.5), layout="constrained")
     axes = fig.subplots(2, 2, sharex=True, sharey=True)
     extent = (float(a["lon"][0]), float(a["lon"][-1]), float(a["lat"][-1]), float(a["lat"][0]))
     vmax = float(np.abs(a["original"]).max())
@@ -38,7 +38,7 @@ def error_over_time(result):
     """Latitude-weighted relative L2 error of compressed and restored fields on the held-out steps, and the
     training loss per iteration."""
     a = result.arrays
-    fig = _figure(figsize=(11, 4), layout="constrained")
+    fig = new_figure(figsize=(11, 4), layout="constrained")
     ax, loss_ax = fig.subplots(1, 2)
     ax.semilogy(a["held_out_days"], a["l2_compressed"], "o-", label="compressed")
     ax.semilogy(a["held_out_days"], a["l2_restored"], "s-", label="restored")
@@ -58,5 +58,5 @@ def save_figures(result, folder, field: str = "vorticity", units: str = "1/s") -
     paths = {}
     for name, make in (("fields", lambda r: field_panels(r, field, units)), ("errors", error_over_time)):
         paths[name] = os.path.join(folder, f"{name}.png")
-        save(make(result), paths[name])
+        save_png(make(result), paths[name])
     return paths

@@ -28,7 +28,7 @@ from ..optim.schedule import check_int
 from ..parallel.asynchronous import ASYNC_PRECISIONS, METHODS, train_async
 from ..parallel.comm import default_comm
 from ..train import Callback, evaluate, fit, predict
-from .figures import new_figure, save
+from ..train.plot import new_figure, save_png
 from .progress import as_progress
 from .result import Result
 
@@ -124,15 +124,10 @@ def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None
         local = workers if config.strategy == "hogwild" else 1
         server = config.strategy == "ps" and size > 1 and rank == 0
         progress.phase(f"training ({config.strategy})", 0 if server else math.ceil(steps * local / workers))
-        counts = {}
-
-        def listener(worker, updates, loss):
-            counts[worker] = updates
-            progress.update(sum(counts.values()), loss=loss)
-
         result = train_async(config.strategy, lambda: _model(config, config.seed), (xtr, ytr), lr=lr, steps=steps,
                              batch_size=config.batch_size, comm=comm, threads=workers, delay=delay,
-                             seed=config.seed, precision=config.precision, progress=listener)
+                             seed=config.seed, precision=config.precision,
+                             progress=lambda worker, updates, loss: progress.update(loss=loss))  # one call per update
         model, losses, curve_x, x_label = result.model, result.losses, result.times, "seconds"
         history = {"staleness_mean": result.staleness_mean, "staleness_max": result.staleness_max}
     seconds = time.perf_counter() - start
@@ -203,11 +198,11 @@ def _write(config: Config, result: Result, x_label: str) -> None:
     ax.plot(result.arrays["loss_x"], result.arrays["loss"], marker="o" if len(result.arrays["loss"]) < 30 else None)
     ax.set(xlabel=x_label, ylabel="training loss", yscale="log",
            title=f"{config.model}, {config.optimizer}, {config.precision}, {config.strategy}")
-    result.figures["loss"] = save(fig, os.path.join(config.output_dir, "loss.png"))
+    result.figures["loss"] = save_png(fig, os.path.join(config.output_dir, "loss.png"))
     fig = new_figure(figsize=(4, 3.6), layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(result.arrays["confusion"], cmap="Blues")
     ax.set(xlabel="predicted digit", ylabel="true digit", xticks=range(10), yticks=range(10),
            title=f"test accuracy {result.metrics['test_accuracy']:.3f}")
     fig.colorbar(im, ax=ax, shrink=0.8)
-    result.figures["confusion"] = save(fig, os.path.join(config.output_dir, "confusion.png"))
+    result.figures["confusion"] = save_png(fig, os.path.join(config.output_dir, "confusion.png"))

@@ -11,6 +11,11 @@ from .registry import Sample, register
 from .threads import matmul as matmul_on_threads
 
 
+def _product(xp, a, b):
+    """a @ b: on the CPU through ``threads.matmul`` (BLAS's threads only for large products)."""
+    return matmul_on_threads(a, b) if xp is np else xp.matmul(a, b)
+
+
 class MatMul(Function):
     """(..., m, k) @ (..., k, n) with broadcast batch axes; ``precision`` picks the GEMM's numerics."""
 
@@ -22,7 +27,7 @@ class MatMul(Function):
 
     def _mm(self, a, b):
         if self.precision is None:
-            return (matmul_on_threads if self.xp is np else self.xp.matmul)(a, b)
+            return _product(self.xp, a, b)
         return _precision.matmul(a, b, self.precision).astype(a.dtype, copy=False)
 
     def backward(self, gy):
@@ -72,19 +77,16 @@ class Linear(Function):
 
     def forward(self, x, w, b):
         self.x2, self.w, self.in_shape = x.reshape(-1, x.shape[-1]), w, x.shape
-        y = self._mm(self.x2, w.T)
+        y = _product(self.xp, self.x2, w.T)
         if b is not None:
             y += b
         return y.reshape(x.shape[:-1] + (w.shape[0],))
 
-    def _mm(self, a, b):
-        return matmul_on_threads(a, b) if self.xp is np else a @ b
-
     def backward(self, gy):
         g2 = gy.reshape(-1, gy.shape[-1])
         need_x, need_w, need_b = self.needs_input_grad
-        gx = self._mm(g2, self.w).reshape(self.in_shape) if need_x else None
-        gw = self._mm(g2.T, self.x2) if need_w else None
+        gx = _product(self.xp, g2, self.w).reshape(self.in_shape) if need_x else None
+        gw = _product(self.xp, g2.T, self.x2) if need_w else None
         gb = g2.sum(axis=0) if need_b else None
         return gx, gw, gb
 

@@ -8,7 +8,7 @@ calls release the GIL, so every core works all the time. The number of threads f
 setting (found by threadpoolctl), so a limit set by the user or by Hogwild's workers holds here too.
 
 hpcai's products go through :func:`matmul`, which leaves BLAS's own threads asleep unless a product
-is large enough to need them: once woken, OpenBLAS's idle threads spin for a while (about 0.1 s)
+is large enough to need them: once woken, OpenBLAS's idle threads spin for a while (its thread timeout)
 after every product, and on two cores that spinning halved the speed of the passes that ran on our
 threads meanwhile (a small CNN's step: 121 ms with them, 73 ms without). Handing work to a thread
 costs about 0.1-0.4 ms here, so parts are whole tiles or large slices, never single small operations.

@@ -28,7 +28,7 @@ from typing import Callable, ContextManager, Protocol
 import numpy as np
 
 from .. import backend
-from ..amp.policy import get_policy
+from ..amp.policy import POLICIES, get_policy
 from ..nn.module import Module
 from ..optim.schedule import check_int
 from ..autograd import no_grad
@@ -37,7 +37,8 @@ from ..train import get_loss
 from ..train.data import DataLoader
 from .comm import SerialCommunicator, world
 
-ASYNC_PRECISIONS = ("fp64", "fp32", "mixed-bf16")  # the amp policies train_async accepts
+# the amp policies train_async accepts: full-precision shared weights, no loss scaling
+ASYNC_PRECISIONS = tuple(name for name, p in POLICIES.items() if not (p.pure or p.loss_scaling))
 
 
 @dataclass(frozen=True)

@@ -239,11 +239,16 @@ def world():
     return _WORLD
 
 
+def launched_by_mpi() -> bool:
+    """Whether an MPI launcher (mpiexec, srun) started this process as one of several ranks; reads the
+    launcher's environment only, so mpi4py is not imported."""
+    return any(os.environ.get(v, "").strip().isdigit() and int(os.environ[v]) > 1 for v in LAUNCHER_SIZES)
+
+
 def default_comm():
     """MPI's world when this process was started by an MPI launcher with several ranks (or mpi4py's MPI is
     already loaded), else None: applications then run serially without importing mpi4py."""
-    launched = any(os.environ.get(v, "").strip().isdigit() and int(os.environ[v]) > 1 for v in LAUNCHER_SIZES)
-    return world() if launched or "mpi4py.MPI" in sys.modules else None
+    return world() if launched_by_mpi() or "mpi4py.MPI" in sys.modules else None
 
 
 def install_abort_hook(comm=None) -> None:
