@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from . import amp, datasets, nn, optim
+from .io import json_default
 from .train import evaluate, fit
 
 
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
         parser.exit(2, f"hpcai run {args.app}: --engines: expected a number of engines >= 0, got {args.engines}\n")
     result = run_app(args.app, config, engines=args.engines, verbose=0 if args.quiet else 1)
     print(json.dumps({"metrics": result.metrics, "figures": result.figures, "files": result.files}, indent=2,
-                     default=str))
+                     default=json_default))
     return 0
 
 

@@ -71,11 +71,16 @@ def atomic_write(path, write) -> None:
         raise
 
 
+def json_default(value):
+    """How JSON writes what it does not know: numpy scalars and arrays as plain numbers and lists, else str."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
 def write_json(path, obj) -> None:
     """Write ``obj`` as indented JSON, atomically (numbers that numpy made are written as plain numbers)."""
     def write(tmp):
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v))
+            json.dump(obj, f, indent=2, default=json_default)
     atomic_write(path, write)
 
 

@@ -1,5 +1,6 @@
 """Atomic writes: the finished file has the permissions a plain open() would give it, and a failed
 write leaves the old file and no temporary behind."""
+import json
 import os
 import stat
 
@@ -52,3 +53,9 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         io.atomic_write(path, broken)
     assert os.listdir(tmp_path) == ["a.json"] and '"x": 1' in path.read_text()
+
+
+def test_write_json_writes_numpy_values_as_plain_json(tmp_path):
+    path = tmp_path / "m.json"
+    io.write_json(path, {"a": np.float32(1.5), "b": np.arange(3), "c": np.int64(7), "d": tmp_path})
+    assert json.loads(path.read_text()) == {"a": 1.5, "b": [0, 1, 2], "c": 7, "d": str(tmp_path)}

@@ -150,8 +150,7 @@ def _learn(config, comm, learners, lat, lon, verbose, progress) -> None:
     learner.train(max(0, in_situ - len(learner.losses)))  # the serial run's in situ budget, if not yet spent
     root = learners.rank == 0
     printer = (lambda *a: world.send(a, dest=0, tag=PROGRESS)) if root and verbose else None
-    progress.phase("final training", learner.final_iterations())
-    learner.train(learner.final_iterations(), final=True, progress=printer)
+    learner.train_final(progress=printer)
     if root:
         evaluation = learner.evaluate(held_out, np.cos(np.radians(lat))[:, None])
         evaluation["seconds_training"] = learner.seconds

@@ -218,6 +218,12 @@ class _Learner:
         ranks = self.comm.size if self.comm is not None else 1
         return math.ceil(self.config.final_epochs * len(self.inputs) / (self.config.batch_size * ranks))
 
+    def train_final(self, progress=None) -> None:
+        """The closing training after the run, as a progress phase of its own (``final_iterations`` steps)."""
+        iterations = self.final_iterations()
+        self.progress.phase("final training", iterations)
+        self.train(iterations, final=True, progress=progress)
+
     def train(self, iterations: int, final: bool = False, progress=None) -> None:
         """``iterations`` steps on random minibatches; ``final``: learning rate cosine-decayed to lr/100."""
         if not self.inputs:
@@ -402,9 +408,8 @@ def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None
         progress.update(k + 1, message=f"day {t / 86400:.2f}")
 
     producer.run(on_output)
-    progress.phase("final training", learner.final_iterations())
     t0 = time.perf_counter()
-    learner.train(learner.final_iterations(), final=True, progress=_progress if verbose else None)
+    learner.train_final(progress=_progress if verbose else None)
     producer.timers["training"] += time.perf_counter() - t0
     evaluation = learner.evaluate(held_out, producer.weights)
     result = _finish(config, producer, evaluation, start, ranks=1, verbose=verbose)

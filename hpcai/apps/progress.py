@@ -64,9 +64,8 @@ class Progress:
         self._check_stop()
         with self._lock:
             self.done = self.done + 1 if done is None else int(done)
-            if loss is not None and math.isfinite(loss):
-                self._step += 1
-                self.losses.append((self._step, float(loss)))
+            if loss is not None:
+                self._record(loss)
             if message is not None:
                 self.message = message
         self._send()
@@ -74,11 +73,15 @@ class Progress:
     def loss(self, value: float) -> None:
         """Record a training loss without advancing the phase (training that runs inside another phase)."""
         self._check_stop()
-        if math.isfinite(value):
-            with self._lock:
-                self._step += 1
-                self.losses.append((self._step, float(value)))
+        with self._lock:
+            self._record(value)
         self._send()
+
+    def _record(self, loss: float) -> None:
+        """One more training step's loss (a non-finite one is not plotted); the caller holds the lock."""
+        if math.isfinite(loss):
+            self._step += 1
+            self.losses.append((self._step, float(loss)))
 
     def finish(self, message: str = "done") -> None:
         with self._lock:
