@@ -89,6 +89,40 @@ def test_retain_grad_on_intermediate():
     np.testing.assert_allclose(x.grad, 18 * x.data)
 
 
+def test_retained_and_leaf_gradients_of_one_array_do_not_alias():
+    # Add hands gy to both inputs: the retained h and the leaf x must each own a .grad, and the pending
+    # gradient of h must not be changed by x accumulating into its own
+    x = t([0.3, -0.2])
+    h = (x + x).retain_grad()
+    y = (h + x).exp()
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad, 3 * np.exp(3 * x.data))
+    np.testing.assert_allclose(h.grad, np.exp(3 * x.data))
+    assert not np.shares_memory(h.grad, x.grad)
+    before = h.grad.copy()
+    x.grad *= 0
+    np.testing.assert_array_equal(h.grad, before)
+
+
+def test_caller_grad_is_never_adopted():
+    x = t([1.0, 2.0])
+    upstream = np.ones(2)
+    (x + 0.0).backward(upstream)
+    x.grad += 1
+    np.testing.assert_array_equal(upstream, [1.0, 1.0])
+
+
+def test_order_holds_when_a_node_is_reached_along_paths_of_different_lengths():
+    # h feeds y directly and through a chain of three; the chain must be finished before h's node runs
+    x = t([0.5, -1.0])
+    h = x * 2
+    y = (h + ((h * 1.5).tanh() * 0.5).exp()).sum()
+    y.backward()
+    hv = 2 * x.data
+    dy_dh = 1 + np.exp(0.5 * np.tanh(1.5 * hv)) * 0.5 * (1 - np.tanh(1.5 * hv) ** 2) * 1.5
+    np.testing.assert_allclose(x.grad, 2 * dy_dh)
+
+
 def test_dtype_promotion_is_undone_for_the_gradient():
     x = Tensor(np.ones(3, np.float32), requires_grad=True)
     w = Tensor(np.full(3, 2.0), requires_grad=True)  # float64

@@ -155,6 +155,33 @@ def test_cross_entropy_ignore_index_and_stability(rng):
     np.testing.assert_allclose(ops.cross_entropy(t(big), np.array([1, 0])).numpy(), 500.0, rtol=1e-6)
 
 
+def test_cross_entropy_masked_logit_costs_nothing():
+    # a -inf logit on another class (a masked-out class) drops out, as in PyTorch, instead of 0 * -inf = NaN
+    z, y = np.array([[1.0, -np.inf, 0.5], [0.2, 0.1, -np.inf]]), np.array([0, 1])
+    kept = [np.array([[1.0, 0.5]]), np.array([[0.2, 0.1]])]
+    ref = -(log_softmax_np(kept[0])[0, 0] + log_softmax_np(kept[1])[0, 1]) / 2
+    zt = t(z, grad=True)
+    loss = ops.cross_entropy(zt, y)
+    loss.backward()
+    np.testing.assert_allclose(loss.numpy(), ref, rtol=1e-12)
+    soft = [np.exp(log_softmax_np(k))[0] for k in kept]
+    np.testing.assert_allclose(zt.grad, [[(soft[0][0] - 1) / 2, 0, soft[0][1] / 2],
+                                         [soft[1][0] / 2, (soft[1][1] - 1) / 2, 0]], rtol=1e-12)
+
+
+def test_cross_entropy_every_target_ignored():
+    # as PyTorch: the mean is 0/0 = NaN, the sum 0, and the gradient 0 either way
+    z, y = np.random.default_rng(0).standard_normal((3, 4)), np.full(3, -100)
+    with pytest.raises(FloatingPointError, match="every target ignored"):
+        ops.cross_entropy(t(z), y)
+    for reduction, want in (("mean", np.nan), ("sum", 0.0)):
+        zt = t(z, grad=True)
+        loss = ops.cross_entropy(zt, y, reduction=reduction, check_finite=False)
+        loss.backward()
+        np.testing.assert_array_equal(loss.numpy(), want)
+        np.testing.assert_array_equal(zt.grad, np.zeros((3, 4)))
+
+
 @pytest.mark.parametrize("loss, target", [
     (ops.cross_entropy, "indices"), (ops.cross_entropy, "probabilities"),
     (ops.mse_loss, "values"), (ops.l1_loss, "values"), (ops.huber_loss, "values")])

@@ -130,12 +130,38 @@ def test_rounding_from_float64_matches_exact_rationals(xp, rng, name):
     assert_bits_equal(P.round_to(xp.asarray(x), name), want)
 
 
-def test_ml_dtypes_double_rounds_from_float64_and_we_do_not():
-    x = np.array([DOUBLE_ROUNDING, -DOUBLE_ROUNDING])
-    assert rne_reference(DOUBLE_ROUNDING, ml_dtypes.bfloat16) == 1 + 2**-7
-    assert x.astype(ml_dtypes.bfloat16).astype(np.float64)[0] == 1.0  # why we have our own
-    assert_bits_equal(P.round_to(x, "bf16"), np.array([1 + 2**-7, -1 - 2**-7]))
-    assert P.cast(x, "bf16").astype(np.float64)[0] == 1 + 2**-7
+def double_rounding_traps(prec):
+    """float64 values one part in 2**40 beside ``prec``'s ties, on the side a double rounding through float32
+    gets wrong (float32 rounds them onto the tie, which then goes to even): above ties with an even lower
+    neighbour, below ties with an odd one; normal and subnormal, both signs, and just below the overflow
+    threshold ``max + ulp/2`` (correct: max; through float32: inf)."""
+    p, emin, emax = prec.p, prec.emin, prec.emax
+    k = np.arange(0, 2**p, 7, dtype=np.float64)  # significands, even and odd; below 2**(p-1): subnormal
+    k = np.concatenate([k, [2**p - 1]])
+    rows = []
+    for e in (emin, 0, 5, emax):  # subnormals and the smallest normals share emin's ulp
+        kk = k if e == emin else k[k >= 2 ** (p - 1)]
+        t = np.ldexp(kk + 0.5, e - p + 1)
+        rows.append(np.where(kk % 2 == 0, t * (1 + 2**-40), t * (1 - 2**-40)))
+    x = np.concatenate(rows)
+    return np.concatenate([x, -x])
+
+
+@pytest.mark.parametrize("name", ["fp16", "bf16"])
+def test_rounding_from_float64_is_one_rne_where_double_rounding_fails(xp, name):
+    """hpcai's promise: float64 -> fp16/bf16 is a single round-to-nearest-even, checked against exact
+    rationals on the inputs where rounding through float32 first goes wrong, and on the IEEE edges."""
+    prec = P.PRECISIONS[name]
+    traps = double_rounding_traps(prec)
+    want = np.array([rne_reference(float(v), prec.dtype) for v in traps])
+    with np.errstate(over="ignore"):
+        through_fp32 = backend.to_host(P.round_to(xp.asarray(traps.astype(np.float32)), name)).astype(np.float64)
+    assert np.all(through_fp32 != want), "every trap must be one that a double rounding gets wrong"
+    x = np.concatenate([traps, edges(prec)])  # + zeros, inf, NaN, subnormal ties, overflow threshold
+    want = np.array([rne_reference(float(v), prec.dtype) for v in x])
+    assert_bits_equal(P.round_to(xp.asarray(x), name), want)
+    assert_bits_equal(P.cast(xp.asarray(x), name).astype(np.float64), want)
+    assert float(P.round_to(xp.asarray([DOUBLE_ROUNDING]), "bf16")[0]) == 1 + 2**-7
 
 
 @pytest.mark.parametrize("name", list(P.PRECISIONS))
@@ -207,9 +233,56 @@ def test_split_parts_use_fp16_range_and_rebuild_the_operand(xp, rng, scaling):
     for part in (hi, lo):
         assert_bits_equal(part, P.round_to(part, "fp16"))  # fp16 values
         big = np.max(np.abs(part), axis=axes)
-        assert np.all((2.0**14 <= big) & (big < 2.0**15))  # full range, no overflow
+        assert np.all((2.0**14 <= big) & (big <= 2.0**15))  # full range, no overflow (65504)
     rebuilt = hi * np.exp2(e_hi.astype(np.float64)) + lo * np.exp2(e_lo.astype(np.float64))
-    assert np.all(np.abs(rebuilt - x) <= 2.0**-22 * np.max(np.abs(x), axis=axes, keepdims=True))
+    big = np.max(np.abs(x), axis=axes, keepdims=True)
+    assert np.all(np.abs(rebuilt - x) <= 2.0**-22 * np.abs(x) + 2.0**-49 * big)  # _split's stated bound
+
+
+def test_split_rounds_to_fp16_like_numpy(xp, rng):
+    """_split's own rounding (bits and 0.75-shift) against numpy's float16 cast, on what it is given:
+    finite float32 up to fp16's max, all binades and subnormals, ties included."""
+    x = float32_patterns(rng, 400000)
+    x = np.concatenate([x[np.abs(x) <= 65504], ties(rng, 20000, np.float16).astype(np.float32),
+                        np.float32([65504, -65504, 2.0**-24, 2.0**-25, 3 * 2.0**-25, 2.0**-14, 0.0])])
+    got = backend.to_host(P._fp16_values(xp.asarray(x)))
+    want = x.astype(np.float16).astype(np.float32)
+    assert_bits_equal(np.where(want == 0, 0, got), np.where(want == 0, 0, want))  # a zero's sign aside
+
+
+def wide_inner(rng, m, k, n, order=None):
+    """A with columns and B with rows scaled by d = logspace(-6, 6) along k (A D and D**-1 B, d permuted by
+    ``order``): every term of the product matters alike, so scales over the whole of k lose the small ones."""
+    d = np.logspace(-6, 6, k)[order if order is not None else slice(None)]
+    a = rng.standard_normal((m, k)) * d
+    b = rng.standard_normal((k, n)) / d[:, None]
+    return a.astype(np.float32), b.astype(np.float32)
+
+
+def componentwise(got, a, b, want):
+    """``max |got - want| / (|A||B|)``: the error in the units of a GEMM's error bound."""
+    scale = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))
+    return np.max(np.abs(backend.to_host(got).astype(np.float64) - want) / scale)
+
+
+def test_split_blocks_keep_small_entries_out_of_fp16_subnormals(xp, rng):
+    a, b = wide_inner(rng, 64, 512, 8)
+    blocks, _ = P._k_blocks(xp.asarray(a), xp.asarray(b), 128)  # (4, 64, 128): a range of 1e3 in each
+    assert blocks.shape == (4, 64, 128)
+    for blocked, x in ((False, xp.asarray(a)), (True, blocks)):
+        hi, lo, e_hi, e_lo = (backend.to_host(v) for v in P._split(x, -1, "row"))
+        x = backend.to_host(x)
+        for part in (hi, lo):
+            big = np.max(np.abs(part), axis=-1)
+            assert np.all((2.0**14 <= big) & (big <= 2.0**15))  # each row (of each block) at fp16's top
+        rebuilt = hi * np.exp2(e_hi.astype(np.float64)) + lo * np.exp2(e_lo.astype(np.float64))
+        assert np.all(np.abs(rebuilt - x) <= 2.0**-22 * np.abs(x) + 2.0**-49 * np.max(np.abs(x), -1, keepdims=True))
+        subnormal = np.mean(np.abs(hi) < 2.0**-14)  # x has no zeros
+        worst = np.max(np.abs(rebuilt - x) / np.abs(x))
+        if blocked:
+            assert subnormal < 1e-3 and worst <= 2.0**-20
+        else:  # one scale per row: a quarter of the entries in fp16's subnormals, some lost outright
+            assert subnormal > 0.2 and worst > 0.5
 
 
 SCALED = {  # name: (row factors of A, column factors of B); entries outside fp16 range or badly scaled
@@ -241,6 +314,89 @@ def test_split_gemm_batched_and_float64_input(xp, rng):
     assert rel_fro(got, a @ b) <= 1e-6
 
 
+@pytest.mark.parametrize("m, k, n", [(512, 512, 512), (256, 1024, 256)])
+def test_split_gemm_wide_range_along_k_is_as_accurate_as_fp32(xp, rng, m, k, n):
+    a, b = wide_inner(rng, m, k, n)
+    want = a.astype(np.float64) @ b.astype(np.float64)  # the independent reference
+    fp32 = xp.matmul(xp.asarray(a), xp.asarray(b))
+    got = P.split_gemm(xp.asarray(a), xp.asarray(b))
+    assert got.dtype == np.float32 and rel_fro(got, want) <= min(2 * rel_fro(fp32, want), 1e-6)
+    assert componentwise(got, a, b, want) <= 2 * max(componentwise(fp32, a, b, want), 2**-24)
+    one_scale = P.split_gemm(xp.asarray(a), xp.asarray(b), block=None)  # per row/column over all of k
+    assert rel_fro(one_scale, want) > 30 * rel_fro(fp32, want)  # ~7e-5: what the blocks are for
+
+
+@pytest.mark.parametrize("m, k, n", [(512, 512, 512), (256, 1024, 256), (64, 300, 32)])
+def test_split_gemm_ordinary_inputs_keep_fp32_accuracy(xp, rng, m, k, n):
+    a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    fp32 = rel_fro(xp.matmul(xp.asarray(a), xp.asarray(b)), want)
+    for block in (P.SPLIT_BLOCK, 64, None):
+        got = P.split_gemm(xp.asarray(a), xp.asarray(b), block=block)
+        assert rel_fro(got, want) <= min(1.25 * fp32, 1e-6), block
+
+
+@pytest.mark.parametrize("shape_a, shape_b, block", [((3, 1, 8, 301), (4, 301, 5), 128),
+                                                     ((6, 301), (2, 301, 7), 64), ((2, 3, 40, 50), (50, 30), 16)])
+def test_split_gemm_batched_broadcast_ragged_k(xp, rng, shape_a, shape_b, block):
+    """Batch dimensions broadcast like matmul; k not a multiple of the block (zero padding)."""
+    k = shape_a[-1]
+    d = np.logspace(-6, 6, k)
+    a = (rng.standard_normal(shape_a) * d).astype(np.float32)
+    b = (rng.standard_normal(shape_b) / d[:, None]).astype(np.float32)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    got = P.split_gemm(xp.asarray(a), xp.asarray(b), block=block)
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert componentwise(got, a, b, want) <= 4 * 2**-24
+    batch = want.shape[:-2]
+    last = tuple(s - 1 for s in batch)  # the last matrix of the batch, alone, gives the same product
+    a1, b1 = (np.broadcast_to(x, batch + x.shape[-2:])[last] for x in (a, b))
+    single = backend.to_host(P.split_gemm(xp.asarray(a1), xp.asarray(b1), block=block))
+    np.testing.assert_allclose(backend.to_host(got[last]), single, rtol=0, atol=1e-6 * np.abs(single).max())
+
+
+def test_split_gemm_bounded_temporaries_give_the_same_product(xp, rng, monkeypatch):
+    a, b = wide_inner(rng, 3 * 16, 1000, 20)
+    a = a.reshape(3, 16, 1000)
+    whole = backend.to_host(P.split_gemm(xp.asarray(a), xp.asarray(b), block=100))
+    monkeypatch.setattr(P, "_SPLIT_BUFFER", 2 * 16 * 20 * 3)  # two blocks at a time
+    pairs = backend.to_host(P.split_gemm(xp.asarray(a), xp.asarray(b), block=100))
+    monkeypatch.setattr(P, "_SPLIT_BUFFER", 1)  # one block at a time
+    ones = backend.to_host(P.split_gemm(xp.asarray(a), xp.asarray(b), block=100))
+    np.testing.assert_allclose(pairs, whole, rtol=1e-6)
+    np.testing.assert_allclose(ones, whole, rtol=1e-6)
+
+
+def test_split_gemm_zero_blocks_rows_columns_and_operands(xp, rng):
+    a, b = rng.standard_normal((64, 512)).astype(np.float32), rng.standard_normal((512, 48)).astype(np.float32)
+    a[:, 128:256] = 0  # a whole k-block of A
+    b[256:384] = 0  # another one of B
+    a[5], a[7, :256], b[:, 3] = 0, 0, 0  # a row, a row within two blocks, a column
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    with np.errstate(divide="raise"):  # an all-zero block gets a scale, not a division by its zero max
+        got = backend.to_host(P.split_gemm(xp.asarray(a), xp.asarray(b), block=128))
+    assert np.all(np.isfinite(got)) and not got[5].any() and not got[:, 3].any()
+    assert rel_fro(got, want) <= 1e-6
+    for scaling in ("row", "matrix"):
+        zero = backend.to_host(P.split_gemm(xp.zeros((8, 300), np.float32), xp.asarray(b[:300]), scaling))
+        assert zero.shape == (8, 48) and not zero.any()
+    empty = P.split_gemm(xp.ones((2, 3, 0), np.float32), xp.ones((0, 4), np.float32))
+    assert empty.shape == (2, 3, 4) and empty.dtype == np.float32 and not backend.to_host(empty).any()
+    assert P.split_gemm(xp.ones((0, 5), np.float32), xp.ones((5, 4), np.float32)).shape == (0, 4)
+
+
+def test_split_gemm_limit_is_the_range_within_a_block(xp, rng):
+    """The documented limit: scales interleaved along k put the whole 1e12 into every block. block=1, or
+    sorting k by scale (the same product), brings back fp32 accuracy."""
+    a, b = wide_inner(rng, 32, 512, 32, order=rng.permutation(512))
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    fp32 = rel_fro(xp.matmul(xp.asarray(a), xp.asarray(b)), want)
+    assert rel_fro(P.split_gemm(xp.asarray(a), xp.asarray(b)), want) > 30 * fp32
+    assert rel_fro(P.split_gemm(xp.asarray(a), xp.asarray(b), block=1), want) <= 2 * fp32
+    p = np.argsort(np.max(np.abs(a), axis=0))
+    assert rel_fro(P.split_gemm(xp.asarray(a[:, p]), xp.asarray(b[p])), want) <= 2 * fp32
+
+
 @pytest.mark.parametrize("mode", list(P.MATMUL_MODES))
 def test_every_matmul_mode_is_within_its_stated_tolerance(xp, rng, mode):
     a, b = rng.standard_normal((256, 300)), rng.standard_normal((300, 128))
@@ -269,6 +425,9 @@ def test_bad_inputs_name_the_argument(xp):
         P.split_gemm(x, xp.ones(3, dtype=np.float32))
     with pytest.raises(ValueError, match="^scaling: expected 'row' or 'matrix', got 'col'"):
         P.split_gemm(x, x.T, scaling="col")
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match=rf"^block: expected a positive int or None, got {bad!r}$"):
+            P.split_gemm(x, x.T, block=bad)
 
 
 def test_mixing_numpy_and_cupy_raises_device_error(xp):

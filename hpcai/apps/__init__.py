@@ -15,17 +15,27 @@ from .result import Result
 
 @dataclasses.dataclass(frozen=True)
 class App:
+    """An application: its Config, its run, and the network it trains.
+
+    ``build_model(config)`` returns that network and ``example_batch(config, n, rng)`` ``n`` inputs it takes,
+    so the tests gradient-check every application's model end to end.
+    """
+
     name: str
     config: type
     run: Callable
     description: str
+    build_model: Callable
+    example_batch: Callable
 
 
 APPS = {
     "digits": App("digits", digits.Config, digits.run,
-                  "Handwritten digits: any precision, optimizer and parallel strategy, in seconds"),
+                  "Handwritten digits: any precision, optimizer and parallel strategy, in seconds",
+                  digits.build_model, digits.example_batch),
     "climate_sr": App("climate_sr", climate_sr.Config, climate_sr.run,
-                      "Shallow-water jet on the sphere, DCT-compressed in situ, restored by a CNN"),
+                      "Shallow-water jet on the sphere, DCT-compressed in situ, restored by a CNN",
+                      climate_sr.build_model, climate_sr.example_batch),
 }
 
 __all__ = ["APPS", "App", "FieldSpec", "Progress", "Result", "Stopped", "config_fields"]

@@ -77,13 +77,19 @@ class Config:
 LEARNING_RATES = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "lars": 0.05}  # others: 3e-3
 
 
-def _model(config: Config, seed: int):
-    h = config.hidden
+def build_model(config: Config, seed: int | None = None) -> nn.Module:
+    """The network ``config`` trains: an MLP or a small CNN on (N, 1, 8, 8) images (``seed``: config.seed)."""
+    h, seed = config.hidden, config.seed if seed is None else seed
     if config.model == "mlp":
         return nn.Sequential(nn.Flatten(), nn.Linear(64, h, rng=seed), nn.ReLU(), nn.Linear(h, 10, rng=seed + 1))
     return nn.Sequential(nn.Conv2d(1, h // 2 or 1, 3, padding=1, rng=seed), nn.ReLU(),
                          nn.Conv2d(h // 2 or 1, h, 3, padding=1, rng=seed + 1), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Flatten(), nn.Linear(h * 16, 10, rng=seed + 2))
+
+
+def example_batch(config: Config, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` random inputs of the shape :func:`build_model`'s network takes: (n, 1, 8, 8) in [0, 1)."""
+    return rng.random((n, 1, 8, 8))
 
 
 class _Report(Callback):
@@ -124,7 +130,7 @@ def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None
         local = workers if config.strategy == "hogwild" else 1
         server = config.strategy == "ps" and size > 1 and rank == 0
         progress.phase(f"training ({config.strategy})", 0 if server else math.ceil(steps * local / workers))
-        result = train_async(config.strategy, lambda: _model(config, config.seed), (xtr, ytr), lr=lr, steps=steps,
+        result = train_async(config.strategy, lambda: build_model(config), (xtr, ytr), lr=lr, steps=steps,
                              batch_size=config.batch_size, comm=comm, threads=workers, delay=delay,
                              seed=config.seed, precision=config.precision,
                              progress=lambda worker, updates, loss: progress.update(loss=loss))  # one call per update
@@ -156,7 +162,7 @@ def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None
 
 def _train_sync(config, lr, data, comm, delay, progress, verbose):
     from ..parallel.data_parallel import DistributedOptimizer, broadcast_optimizer_state, broadcast_parameters
-    model = _model(config, config.seed)
+    model = build_model(config)
     opt = optim.get_optimizer(config.optimizer, model.parameters(), lr=lr)
     callbacks = []
     if comm is not None and comm.size > 1:

@@ -1,23 +1,32 @@
-"""Reverse-mode engine: walk the graph in topological order and accumulate gradients."""
+"""Reverse-mode engine: walk the graph in reverse topological order and accumulate gradients.
+
+Two rules keep every DAG right, whatever order its branches rejoin in: a node is expanded once and
+emitted after everything it consumes (a true post-order), and no gradient array is written in place
+while the pass runs — sums are out of place, and leaves receive theirs only when the pass is over.
+"""
 from __future__ import annotations
 
 from .. import backend, precision
 
 
 def _topological_order(root):
-    """Function nodes reachable from ``root``, each before every node it consumes (iterative DFS)."""
-    order, seen, stack = [], {id(root)}, [(root, False)]
+    """Function nodes reachable from ``root``, each before every node it consumes.
+
+    Iterative depth-first post-order. A node is marked when it is expanded, not when it is queued, so
+    one reached along paths of different lengths is still placed after all of its consumers.
+    """
+    order, expanded, stack = [], set(), [(root, False)]
     while stack:
-        fn, expanded = stack.pop()
-        if expanded:
+        fn, done = stack.pop()
+        if done:
             order.append(fn)
-            continue
-        stack.append((fn, True))
-        for x in fn.inputs:
-            parent = x._ctx if x is not None else None
-            if parent is not None and id(parent) not in seen:
-                seen.add(id(parent))
-                stack.append((parent, False))
+        elif id(fn) not in expanded:
+            expanded.add(id(fn))
+            stack.append((fn, True))
+            for x in fn.inputs:
+                parent = x._ctx if x is not None else None
+                if parent is not None and id(parent) not in expanded:
+                    stack.append((parent, False))
     return order[::-1]
 
 
@@ -47,24 +56,16 @@ def backward(tensor, grad=None, retain_graph=False) -> None:
         grad = xp.asarray(raw, dtype=tensor.dtype)
         if grad.shape != tensor.shape:
             raise ValueError(f"backward: grad has shape {grad.shape}, expected the tensor's {tensor.shape}")
-    # Ops may hand the same array (or views of it) to several inputs; a leaf's .grad must own its memory,
-    # since optimizers update gradients in place. Copy only when memory is already owned by a leaf.
-    owned = {_owner(grad)}
+    finished = {}  # id(tensor) -> [tensor, gradient]: leaves and retained tensors, stored once the pass is over
 
-    def to_leaf(leaf, g):
-        if leaf.grad is not None:
-            leaf.grad += g
-            return
-        key = _owner(g)
-        shared = key in owned or not (g.flags.c_contiguous or g.flags.f_contiguous)  # e.g. broadcast views
-        leaf.grad = g.copy() if shared else g
-        owned.add(key)
+    def finish(t, g):
+        entry = finished.setdefault(id(t), [t, None])
+        entry[1] = g if entry[1] is None else entry[1] + g
 
     if tensor._ctx is None:  # a leaf: its gradient is the upstream gradient itself
-        to_leaf(tensor, grad)
-        return
-    pending = {id(tensor._ctx): grad}
-    for fn in _topological_order(tensor._ctx):
+        finish(tensor, grad)
+    pending = {id(tensor._ctx): grad} if tensor._ctx is not None else {}
+    for fn in _topological_order(tensor._ctx) if pending else ():
         gy = pending.pop(id(fn), None)
         if gy is None:
             continue
@@ -73,7 +74,7 @@ def backward(tensor, grad=None, retain_graph=False) -> None:
                                "pass retain_graph=True to the first backward")
         out = fn.output() if fn.output is not None else None
         if out is not None and out._retain_grad:
-            to_leaf(out, gy)
+            finish(out, gy)
         gxs = fn.backward(gy)
         gxs = gxs if isinstance(gxs, tuple) else (gxs,)
         if fn.autocast is not None:  # gradients leave a reduced-precision op in that precision (underflow too)
@@ -87,9 +88,20 @@ def backward(tensor, grad=None, retain_graph=False) -> None:
             if gx.dtype != x.dtype:  # type promotion in forward (fp32 * fp64) is undone here, once
                 gx = gx.astype(x.dtype)
             if x._ctx is None:
-                to_leaf(x, gx)
+                finish(x, gx)
             else:
                 key = id(x._ctx)
                 pending[key] = gx if key not in pending else pending[key] + gx
         if not retain_graph:
             fn.release()
+    # Ops may hand one array (or views of it) to several inputs, and optimizers update .grad in place: a
+    # .grad adopts its array only if no other .grad and not the caller's ``grad`` owns that memory.
+    owned = {_owner(grad)}
+    for t, g in finished.values():
+        if t.grad is not None:
+            t.grad += g
+            continue
+        key = _owner(g)
+        shared = key in owned or not (g.flags.c_contiguous or g.flags.f_contiguous)  # e.g. broadcast views
+        t.grad = g.copy() if shared else g
+        owned.add(key)

@@ -1,7 +1,8 @@
 """Function: one differentiable operation, forward and backward side by side, on raw arrays.
 
 Subclasses write ``forward(self, *arrays)`` returning one array and ``backward(self, gy)`` returning
-one gradient per input (``None`` where an input gets none). They keep what backward needs on ``self``;
+one gradient per input (``None`` where an input gets none). ``backward`` must not write into ``gy``: the
+engine may hand that same array to other nodes and leaves. They keep what backward needs on ``self``;
 ``self.xp`` is numpy or cupy, chosen from the inputs. ``Function.apply`` wraps arrays in and out of
 :class:`~hpcai.autograd.tensor.Tensor` and records the node only when a gradient is wanted.
 """

@@ -1,4 +1,4 @@
-"""Finite-difference gradient checking in fp64, the independent check every op goes through."""
+"""Finite-difference gradient checking in fp64, the independent check every op and model goes through."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,12 +11,15 @@ class GradcheckError(AssertionError):
     """Analytic and numerical gradients disagree."""
 
 
-def gradcheck(fn, inputs, kwargs=None, eps=1e-6, atol=1e-6, rtol=1e-5, seed=0) -> bool:
+def gradcheck(fn, inputs, kwargs=None, eps=1e-6, atol=1e-6, rtol=1e-5, seed=0, directional=False) -> bool:
     """Check autodiff gradients of ``fn(*inputs, **kwargs)`` against central differences.
 
     Every Tensor input with ``requires_grad`` must be float64. The scalar checked is
-    ``sum(fn(...) * v)`` for a fixed random ``v``, so every output element is exercised.
-    Returns True, or raises :class:`GradcheckError` naming the input and the worst element.
+    ``sum(fn(...) * v)`` for a fixed random ``v``, so every output element is exercised. Element by
+    element by default; ``directional=True`` checks each input along one random direction instead (two
+    evaluations per input, not per element: the way to check a whole model's parameters, where a wrong
+    gradient of any element changes the directional derivative). Returns True, or raises
+    :class:`GradcheckError` naming the input and the worst element.
     """
     kwargs = kwargs or {}
     wrt = [i for i, x in enumerate(inputs) if isinstance(x, Tensor) and x.requires_grad]
@@ -30,34 +33,44 @@ def gradcheck(fn, inputs, kwargs=None, eps=1e-6, atol=1e-6, rtol=1e-5, seed=0) -
     if not out.requires_grad:
         raise GradcheckError("fn: the output does not depend on any input that requires grad")
     xp = out.xp
-    v = xp.asarray(np.random.default_rng(seed).standard_normal(out.shape))
+    rng = np.random.default_rng(seed)
+    v = xp.asarray(rng.standard_normal(out.shape))
     out.backward(v)
 
     def objective():
         with no_grad():
             return float((fn(*inputs, **kwargs).data * v).sum())
 
+    def central(x, index, step):
+        """d objective / d step at ``x.data[index]``, by central differences."""
+        orig = x.data[index].copy()
+        x.data[index] = orig + eps * step
+        f_plus = objective()
+        x.data[index] = orig - eps * step
+        f_minus = objective()
+        x.data[index] = orig
+        return (f_plus - f_minus) / (2 * eps)
+
     for i in wrt:
         x = inputs[i]
-        x.data = xp.ascontiguousarray(x.data)  # so the flat view below writes through
-        analytic = x.grad if x.grad is not None else xp.zeros_like(x.data)
-        numeric = xp.zeros_like(x.data)
-        flat, nflat = x.data.reshape(-1), numeric.reshape(-1)  # views: writes go to x.data / numeric
-        for j in range(flat.size):
-            orig = float(flat[j])
-            flat[j] = orig + eps
-            f_plus = objective()
-            flat[j] = orig - eps
-            f_minus = objective()
-            flat[j] = orig
-            nflat[j] = (f_plus - f_minus) / (2 * eps)
+        x.data = xp.ascontiguousarray(x.data)  # so the writes below go to the array fn reads
+        grad = x.grad if x.grad is not None else xp.zeros_like(x.data)
+        if directional:
+            d = xp.asarray(rng.standard_normal(x.shape))
+            analytic, numeric = xp.asarray([(grad * d).sum()]), xp.asarray([central(x, Ellipsis, d)])
+            what = f"along a random direction (shape {x.shape})"
+        else:
+            analytic, numeric = grad.reshape(-1), xp.zeros(x.size)
+            for j, index in enumerate(np.ndindex(x.shape)):
+                numeric[j] = central(x, index, 1.0)
+            what = f"(shape {x.shape})"
         err = xp.abs(analytic - numeric)
         bad = ~(err <= atol + rtol * xp.abs(numeric))  # NaN counts as a mismatch
         if bool(bad.any()):
             k = int(xp.argmax(err - rtol * xp.abs(numeric)))
-            idx = tuple(int(v) for v in np.unravel_index(k, x.shape))
+            at = "" if directional else f" at {tuple(int(n) for n in np.unravel_index(k, x.shape))}"
             raise GradcheckError(
-                f"inputs[{i}] (shape {x.shape}): gradient mismatch at {idx}: autodiff "
-                f"{float(analytic.reshape(-1)[k]):.10g}, finite differences {float(numeric.reshape(-1)[k]):.10g} "
-                f"({int(bad.sum())} of {x.size} elements outside atol={atol}, rtol={rtol})")
+                f"inputs[{i}] {what}: gradient mismatch{at}: autodiff {float(analytic[k]):.10g}, "
+                f"finite differences {float(numeric[k]):.10g} ({int(bad.sum())} of {analytic.size} "
+                f"{'values' if directional else 'elements'} outside atol={atol}, rtol={rtol})")
     return True

@@ -81,32 +81,42 @@ class Pow(Function):
         return self.y
 
     def backward(self, gy):
+        # PyTorch's masks: d/da is 0 where b == 0 (not 0 * 0**-1 = NaN at a = 0); d/db is 0 where a == 0 and
+        # b >= 0 (not 0 * log 0 = NaN). The masked-out values are computed, so their warnings are silenced.
         a, b, xp = self.a, self.b, self.xp
-        ga = unbroadcast(gy * b * xp.power(a, b - 1), _shape(a)) if self.needs_input_grad[0] else None
-        gb = unbroadcast(gy * self.y * xp.log(a), _shape(b)) if self.needs_input_grad[1] else None
+        ga = gb = None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if self.needs_input_grad[0]:
+                da = xp.asarray(b * xp.power(a, b - 1))     # an array even for 0-d a and b
+                if not np.isscalar(b) or b == 0:           # the mask costs nothing for x ** 2.0
+                    xp.copyto(da, 0, where=b == 0)
+                ga = unbroadcast(gy * da, _shape(a))
+            if self.needs_input_grad[1]:
+                db = xp.asarray(self.y * xp.log(a))
+                xp.copyto(db, 0, where=(a == 0) & (b >= 0))
+                gb = unbroadcast(gy * db, _shape(b))
         return ga, gb
 
 
 class Maximum(Function):
     def forward(self, a, b):
-        self.a_wins = a >= b  # ties send the gradient to a, as numpy's argmax picks the first
+        # ties send the gradient to a, as numpy's argmax picks the first; a NaN sends it to both, as PyTorch
+        self.a_gets, self.b_gets = ~(a < b), ~(a >= b)
         self.shapes = _shape(a), _shape(b)
         return self.xp.maximum(a, b)
 
     def backward(self, gy):
-        return (unbroadcast(gy * self.a_wins, self.shapes[0]),
-                unbroadcast(gy * ~self.a_wins, self.shapes[1]))
+        return unbroadcast(gy * self.a_gets, self.shapes[0]), unbroadcast(gy * self.b_gets, self.shapes[1])
 
 
 class Minimum(Function):
     def forward(self, a, b):
-        self.a_wins = a <= b
+        self.a_gets, self.b_gets = ~(a > b), ~(a <= b)
         self.shapes = _shape(a), _shape(b)
         return self.xp.minimum(a, b)
 
     def backward(self, gy):
-        return (unbroadcast(gy * self.a_wins, self.shapes[0]),
-                unbroadcast(gy * ~self.a_wins, self.shapes[1]))
+        return unbroadcast(gy * self.a_gets, self.shapes[0]), unbroadcast(gy * self.b_gets, self.shapes[1])
 
 
 @register("add", _binary_samples, torch=lambda a, b: a + b)
@@ -133,25 +143,48 @@ def div(a, b):
     return Div.apply(a, b)
 
 
-@register("pow", lambda rng: [Sample((rng.uniform(0.5, 2.0, (2, 3, 4)), away_from_zero(rng, (4,)))),
-    Sample((rng.uniform(0.5, 2.0, (3, 4)), rng.uniform(-1.5, 1.5, (4,)))),
-    Sample((away_from_zero(rng, (3, 4)), 3.0))], torch=lambda a, b: a ** b)
+def _pow_samples(rng):
+    zero_base = np.array([[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0]])   # a = 0 against every kind of b
+    return [Sample((rng.uniform(0.5, 2.0, (2, 3, 4)), away_from_zero(rng, (4,)))),
+            Sample((rng.uniform(0.5, 2.0, (3, 4)), rng.uniform(-1.5, 1.5, (4,)))),
+            Sample((away_from_zero(rng, (3, 4)), 3.0)),
+            Sample((zero_base, np.array([3.0, 2.0, 1.0, 0.5, 0.0, -0.5, -1.0, 0.0])), gradcheck=False),
+            Sample((zero_base, 0.0), gradcheck=False), Sample((zero_base, 1.0), gradcheck=False)]
+
+
+@register("pow", _pow_samples, torch=lambda a, b: a ** b)
 def pow(a, b):  # noqa: A001 - mirrors the operator's name
-    """a ** b; the gradient with respect to b needs a > 0."""
+    """a ** b; the gradient with respect to b needs a > 0, or a = 0 with b >= 0 (where it is 0).
+
+    At a = 0 the gradients follow PyTorch: d/da is 0 where b == 0 (and b * 0**(b-1) otherwise: 0 for
+    b > 1, 1 for b = 1, inf for 0 < b < 1, -inf for b < 0); d/db is 0 for b >= 0 and -inf for b < 0.
+    """
     return Pow.apply(a, b)
 
 
-@register("maximum", _binary_samples, torch=lambda a, b: __import__("torch").maximum(a, b)
+def _extremum_samples(rng):  # no ties: there the gradient deliberately differs from torch.maximum's
+    a, b = np.array([1.0, np.nan, 2.0, np.nan, -np.inf]), np.array([np.nan, 1.0, 1.0, np.nan, 0.0])
+    return _binary_samples(rng) + [Sample((a, b), gradcheck=False)]
+
+
+@register("maximum", _extremum_samples, torch=lambda a, b: __import__("torch").maximum(a, b)
           if hasattr(b, "shape") else a.clamp(min=b))
 def maximum(a, b):
-    """Elementwise larger of a and b (ties send the gradient to a)."""
+    """Elementwise larger of a and b; NaN wins, and its gradient goes to both, as in PyTorch.
+
+    Deliberate difference: a tie sends the whole gradient to a (as ``torch.clamp`` does for x), where
+    ``torch.maximum`` splits it in half between a and b.
+    """
     return Maximum.apply(a, b)
 
 
-@register("minimum", _binary_samples, torch=lambda a, b: __import__("torch").minimum(a, b)
+@register("minimum", _extremum_samples, torch=lambda a, b: __import__("torch").minimum(a, b)
           if hasattr(b, "shape") else a.clamp(max=b))
 def minimum(a, b):
-    """Elementwise smaller of a and b (ties send the gradient to a)."""
+    """Elementwise smaller of a and b; NaN wins, and its gradient goes to both, as in PyTorch.
+
+    Deliberate difference: a tie sends the whole gradient to a, where ``torch.minimum`` splits it in half.
+    """
     return Minimum.apply(a, b)
 
 
@@ -193,7 +226,7 @@ class Sqrt(Function):
 
 class Abs(Function):
     def forward(self, x):
-        self.sign = self.xp.sign(x)
+        self.sign = self.xp.nan_to_num(self.xp.sign(x), copy=False)  # 0 at NaN, as PyTorch's sgn
         return self.xp.abs(x)
 
     def backward(self, gy):
@@ -209,10 +242,17 @@ class Tanh(Function):
         return gy * (1 - self.y * self.y)
 
 
+def _expit(xp, x):
+    """1 / (1 + e**-x), PyTorch's formula: right to the last digits in the tail, where it is e**x (0 below
+    x ~ -709, where e**-x overflows harmlessly); 0.5 * (1 + tanh(x / 2)) loses digits from x ~ -20 and is 0
+    below -37."""
+    with np.errstate(over="ignore"):
+        return 1 / (1 + xp.exp(-x))
+
+
 class Sigmoid(Function):
     def forward(self, x):
-        # 0.5 * (1 + tanh(x/2)) never overflows, unlike 1 / (1 + exp(-x)) for large negative x
-        self.y = 0.5 * (1 + self.xp.tanh(0.5 * x))
+        self.y = _expit(self.xp, x)
         return self.y
 
     def backward(self, gy):
@@ -220,18 +260,20 @@ class Sigmoid(Function):
 
 
 class Relu(Function):
-    """max(x, 0) as x · (x > 0), which keeps NaN; both passes share the batch among CPU threads."""
+    """max(x, 0), which keeps NaN (and takes -inf to 0); the gradient passes where x is not <= 0, NaN
+    included, as in PyTorch. Both passes share the batch among CPU threads."""
 
     def forward(self, x):
         xp = self.xp
         if x.ndim == 0:
-            self.mask = x > 0
-            return x * self.mask
+            self.mask = ~(x <= 0)
+            return xp.maximum(x, 0)
         self.mask, y = xp.empty(x.shape, bool), xp.empty(x.shape, x.dtype)
 
         def part(s):
-            xp.greater(x[s], 0, out=self.mask[s])
-            xp.multiply(x[s], self.mask[s], out=y[s])
+            xp.less_equal(x[s], 0, out=self.mask[s])
+            xp.logical_not(self.mask[s], out=self.mask[s])
+            xp.maximum(x[s], 0, out=y[s])
 
         over_batch(xp, part, x.shape[0], x.size)
         return y
@@ -282,9 +324,8 @@ class Softplus(Function):
         soft = (xp.maximum(bx, 0) + xp.log1p(xp.exp(-xp.abs(bx)))) / self.beta
         return xp.where(bx > self.threshold, x, soft)
 
-    def backward(self, gy):
-        s = 0.5 * (1 + self.xp.tanh(0.5 * self.bx))
-        return gy * self.xp.where(self.bx > self.threshold, 1, s)
+    def backward(self, gy):  # sigmoid(bx), accurate in the far negative tail (see Sigmoid)
+        return gy * self.xp.where(self.bx > self.threshold, 1, _expit(self.xp, self.bx))
 
 
 class Cast(Function):
@@ -324,9 +365,17 @@ def sqrt(x):
     return Sqrt.apply(x)
 
 
-@register("abs", _unary_samples(away=True), torch=_t("abs"))
+_SPECIAL = np.array([[np.nan, np.inf, -np.inf, 0.0, -1.5, 2.0]])   # edge sample for the activations
+
+
+def _with_special(samples):
+    """``samples`` plus one row of NaN, ±inf and 0, compared with PyTorch only (no finite differences)."""
+    return lambda rng: samples(rng) + [Sample((_SPECIAL.copy(),), gradcheck=False)]
+
+
+@register("abs", _with_special(_unary_samples(away=True)), torch=_t("abs"))
 def abs(x):  # noqa: A001
-    """|x| (gradient sign(x), 0 at 0)."""
+    """|x| (gradient sign(x); 0 at 0 and at NaN, as in PyTorch)."""
     return Abs.apply(x)
 
 
@@ -336,19 +385,28 @@ def tanh(x):
     return Tanh.apply(x)
 
 
-@register("sigmoid", _unary_samples(-6, 6), torch=_t("sigmoid"))
+def _tail_samples(low, high):
+    """``_unary_samples(low, high)`` and the far tails (sigmoid is e**x there; below -709 both round to 0)."""
+    def samples(rng):
+        tail = -np.geomspace(20.0, 700.0, 12).reshape(3, 4)
+        return _unary_samples(low, high)(rng) + [Sample((tail,)), Sample((np.array([[-745.0, -700.0, 40.0, 750.0]]),))]
+    return samples
+
+
+@register("sigmoid", _with_special(_tail_samples(-6, 6)), torch=_t("sigmoid"))
 def sigmoid(x):
-    """Logistic sigmoid 1 / (1 + e**-x), stable for any x."""
+    """Logistic sigmoid 1 / (1 + e**-x), stable for any x and accurate to the last digits in its tail."""
     return Sigmoid.apply(x)
 
 
-@register("relu", _unary_samples(away=True), torch=_t("relu"))
+@register("relu", _with_special(_unary_samples(away=True)), torch=_t("relu"))
 def relu(x):
-    """max(x, 0)."""
+    """max(x, 0); NaN stays NaN and passes its gradient, as in PyTorch."""
     return Relu.apply(x)
 
 
-@register("leaky_relu", lambda rng: [Sample((away_from_zero(rng, (3, 4)),), {"slope": 0.1})],
+@register("leaky_relu", lambda rng: [Sample((away_from_zero(rng, (3, 4)),), {"slope": 0.1}),
+                                     Sample((_SPECIAL.copy(),), {"slope": 0.1}, gradcheck=False)],
           torch=lambda x, slope: __import__("torch").nn.functional.leaky_relu(x, slope))
 def leaky_relu(x, slope: float = 0.01):
     """x for x > 0, slope * x otherwise."""
@@ -366,10 +424,17 @@ def gelu(x, approximate: str = "none"):
 
 
 @register("softplus", lambda rng: [Sample((rng.uniform(-5, 5, (3, 4)),)),
-                                   Sample((away_from_zero(rng, (3, 4), 0.3, 5),), {"beta": 2.0, "threshold": 4.0})],
+                                   Sample((away_from_zero(rng, (3, 4), 0.3, 5),), {"beta": 2.0, "threshold": 4.0}),
+                                   Sample((-np.geomspace(20.0, 700.0, 12).reshape(3, 4),)),   # the far tail
+                                   Sample((_SPECIAL.copy(),), gradcheck=False)],
           torch=lambda x, beta=1.0, threshold=20.0: __import__("torch").nn.functional.softplus(x, beta, threshold))
 def softplus(x, beta: float = 1.0, threshold: float = 20.0):
-    """log(1 + e**(beta x)) / beta, computed without overflow; linear where beta x > threshold."""
+    """log(1 + e**(beta x)) / beta, computed without overflow; linear where beta x > threshold.
+
+    The gradient is sigmoid(beta x), accurate in the far negative tail. Deliberate difference, only for a
+    threshold above 709: where 709 < beta x <= threshold PyTorch's e**(beta x) overflows (loss inf,
+    gradient NaN), while this stays finite (x and 1).
+    """
     return Softplus.apply(x, beta=float(beta), threshold=float(threshold))
 
 

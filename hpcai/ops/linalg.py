@@ -43,12 +43,13 @@ def _samples(rng):
             Sample((n((2, 3, 4)), n((2, 4, 2)))),     # batched
             Sample((n((2, 1, 3, 4)), n((3, 4, 2)))),  # broadcast batch axes
             Sample((n((4,)), n((4, 3)))),             # vector @ matrix
-            Sample((n((3, 4)), n((4,))))]             # matrix @ vector
+            Sample((n((3, 4)), n((4,)))),             # matrix @ vector
+            Sample((n((4,)), n((4,))))]               # vector @ vector: a 0-d result
 
 
 @register("matmul", _samples, torch=lambda a, b: a @ b)
 def matmul(a, b, precision=None):
-    """a @ b with numpy's rules (1-d operands are promoted and the added axis removed).
+    """a @ b with numpy's rules (1-d operands are promoted and the added axes removed: vector @ vector is 0-d).
 
     ``precision`` ("fp16", "bf16", "fp16x3", ...; see :mod:`hpcai.precision`) computes the forward and
     backward products the way tensor cores do; None uses the operands' own dtype.
@@ -63,7 +64,7 @@ def matmul(a, b, precision=None):
         raise ValueError(f"matmul: precision must be None or one of {list(_precision.MATMUL_MODES)}, "
                          f"got {precision!r}")
     if a.ndim == 1:
-        return reshape(matmul(reshape(a, (1, -1)), b, precision), b.shape[:-2] + b.shape[-1:])
+        return reshape(matmul(reshape(a, (1, -1)), b, precision), b.shape[:-2] + b.shape[-1:] if b.ndim > 1 else ())
     if b.ndim == 1:
         return reshape(matmul(a, reshape(b, (-1, 1)), precision), a.shape[:-1])
     return MatMul.apply(a, b, precision=precision)

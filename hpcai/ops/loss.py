@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
+
 from .. import backend
 from ..autograd.function import Function
 from ..autograd.tensor import Tensor
@@ -33,31 +35,55 @@ def _spread(gy, shape, reduction, total, xp):
 
 
 class CrossEntropy(Function):
-    """loss = -sum_k coef_k * log_softmax(z)_k along axis 1, where coef is the (smoothed, weighted) target."""
+    """loss = -sum_k coef_k * log_softmax(z)_k along axis 1, where coef is the (smoothed, weighted) target.
+
+    For class indices the loss is formed as PyTorch forms it, from the target's log-probability (and, with
+    smoothing, the sum over all classes): a -inf logit on another class costs nothing (not 0 * -inf = NaN),
+    an ignored entry is exactly 0, and so is its gradient.
+    """
+
+    keep = None   # class indices: which entries count, (N, 1, d1, ...)
 
     def forward(self, z, target):
         xp, k, eps = self.xp, z.shape[1], self.label_smoothing
-        classes = xp.arange(k).reshape((1, k) + (1,) * (z.ndim - 2))
-        self.w = 1 if self.weight is None else self.weight.reshape(classes.shape)
-        if target.dtype.kind == "f":                      # class probabilities, the logits' shape
-            dist, keep = target.astype(z.dtype, copy=False), 1
-            total = target.size // k
-        else:                                             # class indices: one-hot, ignored entries dropped
-            dist = (classes == xp.expand_dims(target, 1)).astype(z.dtype)
-            keep = xp.expand_dims(target != self.ignore_index, 1)
-            total = (dist * self.w * keep).sum()          # PyTorch's mean divides by the kept targets' weight
-        self.coef = self.w * ((1 - eps) * dist + eps / k) * keep
-        self.total = total
         shifted = z - z.max(axis=1, keepdims=True)        # log_softmax, stably
-        self.logp = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-        return _reduce(-(self.coef * self.logp).sum(axis=1), self.reduction, total)
+        self.logp = logp = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        self.w = 1 if self.weight is None else self.weight.reshape((1, k) + (1,) * (z.ndim - 2))
+        if target.dtype.kind == "f":                      # class probabilities, the logits' shape
+            self.coef = self.w * ((1 - eps) * target.astype(z.dtype, copy=False) + eps / k)
+            self.total = target.size // k
+            return _reduce(-(self.coef * logp).sum(axis=1), self.reduction, self.total)
+        self.keep = keep = xp.expand_dims(target != self.ignore_index, 1)
+        self.t = t = xp.where(keep, xp.expand_dims(target, 1), 0)
+        self.wt = wt = 1 if self.weight is None else self.weight[t]   # each target's class weight
+        elem = -(1 - eps) * wt * xp.take_along_axis(logp, t, axis=1)
+        if eps:
+            elem = elem - eps / k * (logp if self.weight is None else self.w * logp).sum(axis=1, keepdims=True)
+        # PyTorch's mean divides by the kept targets' weight; when that is 0 (every target ignored) the
+        # mean is 0/0 = NaN, written so without a division warning
+        total = keep.sum(dtype=z.dtype) if self.weight is None else (keep * wt).sum()
+        self.total = xp.where(total == 0, xp.nan, total)
+        return _reduce(xp.where(keep, elem, 0)[:, 0], self.reduction, self.total)
 
     def backward(self, gy):
-        xp, logp, coef = self.xp, self.logp, self.coef
+        xp, logp, eps = self.xp, self.logp, self.label_smoothing
         g = xp.expand_dims(_spread(gy, logp.shape[:1] + logp.shape[2:], self.reduction, self.total, xp), 1)
-        gz = g * (xp.exp(logp) * coef.sum(axis=1, keepdims=True) - coef) if self.needs_input_grad[0] else None
-        gt = -g * (1 - self.label_smoothing) * self.w * logp if self.needs_input_grad[1] else None
-        return gz, gt
+        need_z, need_t = self.needs_input_grad
+        if self.keep is None:                             # gz = g * (softmax * sum_k coef_k - coef)
+            gz = g * (xp.exp(logp) * self.coef.sum(axis=1, keepdims=True) - self.coef) if need_z else None
+            return gz, (-g * (1 - eps) * self.w * logp if need_t else None)
+        # the same for class indices, coef = (1 - eps) * w_t * onehot(t) + eps / K * w, term by term
+        g = xp.where(self.keep, g, 0)                     # ignored entries get exactly 0, as in PyTorch
+        k = logp.shape[1]
+        g_t = g * ((1 - eps) * self.wt)
+        coef_sum = g_t + g * (eps if self.weight is None else eps / k * self.weight.sum()) if eps else g_t
+        onehot = xp.arange(k).reshape((1, k) + (1,) * (logp.ndim - 2)) == self.t
+        gz = xp.exp(logp)
+        gz *= coef_sum
+        gz -= onehot * g_t
+        if eps:
+            gz -= g * (eps / k) if self.weight is None else g * (eps / k) * self.w
+        return gz, None
 
 
 class Pointwise(Function):
@@ -164,7 +190,28 @@ def _ce_samples(rng):
             Sample((rng.standard_normal((3, 4)), probs((3, 4))), {"label_smoothing": 0.2}),
             Sample((rng.standard_normal((2, 4, 3)), probs((2, 4, 3))),
                    {"weight": Const(rng.uniform(0.5, 2.0, 4)), "reduction": "sum"}),
-            Sample((rng.standard_normal((3, 5)) + 500.0, Const(rng.integers(0, 5, 3))))]  # naive exp overflows
+            Sample((rng.standard_normal((3, 5)) + 500.0, Const(rng.integers(0, 5, 3)))),  # naive exp overflows
+            *_ce_edge_samples(rng)]
+
+
+def _ce_edge_samples(rng):
+    """-inf logits (masked-out classes), every target ignored, zero total weight: each as PyTorch gives it."""
+    z, t = rng.standard_normal((4, 3)), np.array([0, 2, 1, 0])
+    z[[0, 1, 3], [1, 0, 2]] = -np.inf                            # never on the target: a finite loss
+    z_hit = z.copy()
+    z_hit[2, 1] = -np.inf                                        # on row 2's target: an infinite loss
+    p = np.array([[0.7, 0.0, 0.3], [0.0, 0.5, 0.5], [0.2, 0.3, 0.5], [0.6, 0.4, 0.0]])
+    nan_ok = {"check_finite": False}
+    none = Const(np.full(4, -100))
+    return [Sample((z, Const(t))),
+            Sample((z, Const(t)), {"weight": Const(np.array([0.5, 2.0, 1.0])), "reduction": "none"}),
+            Sample((z, Const(t)), {"label_smoothing": 0.1, **nan_ok}, gradcheck=False),        # inf: smoothing
+            Sample((z_hit, Const(t)), {"reduction": "none", **nan_ok}, gradcheck=False),
+            Sample((z, p), nan_ok, gradcheck=False),          # probabilities: 0 * -inf is NaN in PyTorch too
+            Sample((rng.standard_normal((4, 3)), none), nan_ok, gradcheck=False),              # NaN, gradient 0
+            Sample((rng.standard_normal((4, 3)), none), {"label_smoothing": 0.2, **nan_ok}, gradcheck=False),
+            Sample((rng.standard_normal((4, 3)), Const(np.array([0, -100, 0, -100]))),      # zero total weight
+                   {"weight": Const(np.array([0.0, 1.0, 2.0])), **nan_ok}, gradcheck=False)]
 
 
 def _regression_samples(rng):
@@ -181,7 +228,10 @@ def _huber_samples(rng):
 
 
 def _torch_f(name):
-    return lambda *a, **k: getattr(__import__("torch").nn.functional, name)(*a, **k)
+    """PyTorch's ``F.<name>``; ``check_finite`` (ours only) is dropped."""
+    def ref(*a, check_finite=True, **k):
+        return getattr(__import__("torch").nn.functional, name)(*a, **k)
+    return ref
 
 
 # -- public functions --------------------------------------------------------------------------------

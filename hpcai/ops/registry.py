@@ -20,10 +20,15 @@ class Const:
 
 @dataclasses.dataclass
 class Sample:
-    """One call of an op: float arrays in ``args`` become fp64 tensors that require grad."""
+    """One call of an op: float arrays in ``args`` become fp64 tensors that require grad.
+
+    ``gradcheck=False`` marks an edge case (infinities, NaN, a kink) that finite differences cannot
+    check (inf - inf is NaN): it is compared with the PyTorch reference only.
+    """
 
     args: tuple
     kwargs: dict = dataclasses.field(default_factory=dict)
+    gradcheck: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

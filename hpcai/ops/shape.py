@@ -61,12 +61,14 @@ class GetItem(Function):
 class Gather(Function):
     def forward(self, x, index):
         self.in_shape, self.index = x.shape, index
-        return self.xp.take_along_axis(x, index, axis=self.axis)
+        # off the gathered axis, index may be shorter than x: it reads x's leading block there
+        block = tuple(slice(None) if d == self.axis else slice(0, n) for d, n in enumerate(index.shape))
+        return self.xp.take_along_axis(x[block], index, axis=self.axis)
 
     def backward(self, gy):
         xp = self.xp
         g = xp.zeros(self.in_shape, gy.dtype)
-        # index arrays for every axis, with the gathered axis replaced by `index`
+        # scatter-add gy back: index arrays for every axis, with the gathered axis replaced by `index`
         grid = list(xp.indices(self.index.shape, sparse=True))
         grid[self.axis] = self.index
         backend.scatter_add(g, tuple(grid), gy)
@@ -197,19 +199,37 @@ def getitem(x, index):
     return GetItem.apply(x, index=index, advanced=_is_advanced(items))
 
 
-@register("gather", lambda rng: [Sample((rng.standard_normal((3, 4)), Const(rng.integers(0, 4, (3, 2)))),
-                                        {"axis": 1}),
-                                 Sample((rng.standard_normal((3, 4)), Const(rng.integers(0, 3, (5, 4)))),
-                                        {"axis": 0})],
-          torch=lambda x, index, axis: __import__("torch").gather(x, axis, index))
+def _gather_samples(rng):
+    x, i = rng.standard_normal, rng.integers
+    return [Sample((x((3, 4)), Const(i(0, 4, (3, 2)))), {"axis": 1}),
+            Sample((x((3, 4)), Const(i(0, 3, (5, 4)))), {"axis": 0}),
+            Sample((x((3, 4)), Const(i(0, 4, (2, 3)))), {"axis": 1}),           # index smaller than x off axis
+            Sample((x((3, 4)), Const(i(0, 3, (2, 3)))), {"axis": 0}),
+            Sample((x((2, 3, 4)), Const(i(0, 3, (1, 5, 2)))), {"axis": -2}),
+            Sample((x((4,)), Const(np.array(2))), {"axis": 0})]                 # a 0-d index counts as 1-d
+
+
+@register("gather", _gather_samples, torch=lambda x, index, axis: __import__("torch").gather(x, axis, index))
 def gather(x, index, axis: int):
-    """``take_along_axis``: out[i][j] = x[i][index[i][j]] for axis=1 (PyTorch's gather)."""
+    """PyTorch's gather: out[i][j] = x[i][index[i][j]] for axis=1; the output has index's shape.
+
+    ``index`` holds integers and has x's number of dimensions (a 0-d tensor counts as 1-d, as in PyTorch).
+    Along ``axis`` it may be any length; along every other axis it must be no longer than x, and reads
+    x's leading part there. The gradient scatter-adds into x (repeated indices accumulate).
+    Deliberate difference: negative indices count from the end, as in numpy (PyTorch rejects them).
+    """
     index = index.data if isinstance(index, Tensor) else index
     if getattr(index, "dtype", np.dtype(float)).kind not in "iu":
         raise TypeError(f"gather: index must be an integer array, got {getattr(index, 'dtype', type(index))}")
+    if 0 in (x.ndim, index.ndim) and max(x.ndim, index.ndim) <= 1:
+        return reshape(gather(reshape(x, (-1,)), index.reshape(-1), norm_axes(axis, 1)[0]), index.shape)
     axis = norm_axes(axis, x.ndim)[0]
     if index.ndim != x.ndim:
         raise ValueError(f"gather: index must have x's {x.ndim} dimensions, got shape {index.shape}")
+    for d, (m, size) in enumerate(zip(index.shape, x.shape)):
+        if d != axis and m > size:
+            raise ValueError(f"gather: index may not be longer than x off the gathered axis {axis}, but along "
+                             f"axis {d} it has {m} > {size}; got index shape {index.shape}, x shape {x.shape}")
     n = x.shape[axis]
     if index.size and (int(index.min()) < -n or int(index.max()) >= n):
         raise IndexError(f"gather: index values must lie in [-{n}, {n}) along axis {axis}, "
