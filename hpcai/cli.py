@@ -7,6 +7,8 @@
   hpcai lab                                # JupyterLab on the notebooks, 127.0.0.1 only, token always on
   hpcai bench                              # the quick benchmarks (core, parallel); --list shows them all
   hpcai bench climate -- --quick           # one benchmark, with arguments for its script
+  hpcai workflow check control.toml        # a workflow's plan and the ranks it needs
+  mpiexec -n 4 python -m hpcai workflow run control.toml   # modules on their own ranks, one MPI job
 
 Every field of an application's Config is an option (``--days``, ``--precision``, ...), read from the
 dataclass, so a new field or application needs no change here.
@@ -89,6 +91,13 @@ def main(argv=None) -> int:
                        help="start this many local MPI engines (ipyparallel) and run there; 0: in this process")
         a.add_argument("--quiet", action="store_true")
         _config_options(a, app.config)
+    w = sub.add_parser("workflow", help="check or run a workflow control file (modules on MPI ranks)")
+    wsub = w.add_subparsers(dest="action", required=True)
+    for action, text in (("run", "run every module (under mpiexec: on this job's ranks)"),
+                         ("check", "check the control file and print its plan and the ranks it needs")):
+        wa = wsub.add_parser(action, help=text)
+        wa.add_argument("control", help="the control file (TOML)")
+        wa.add_argument("--quiet", action="store_true")
     lb = sub.add_parser("lab", help="start JupyterLab on the notebooks (127.0.0.1 and a token unless told otherwise)")
     lb.add_argument("--notebook-dir", default=None,
                     help="folder to serve (default: the source tree's notebooks/ if there, else the current folder)")
@@ -119,6 +128,8 @@ def main(argv=None) -> int:
             return bench(args.names, args.dir, script_args)
         except ValueError as e:
             parser.exit(2, f"hpcai bench: {e}\n")
+    if args.command == "workflow":
+        return workflow(parser, args.action, args.control, verbose=0 if args.quiet else 1)
     if args.command == "demo":
         history, _ = demo(args.epochs, args.hidden, args.precision, args.optimizer, args.lr, args.seed, verbose=1)
         return 0 if history["loss"][-1] < history["loss"][0] else 1
@@ -136,6 +147,31 @@ def main(argv=None) -> int:
     result = run_app(args.app, config, engines=args.engines, verbose=0 if args.quiet else 1)
     print(json.dumps({"metrics": result.metrics, "figures": result.figures, "files": result.files}, indent=2,
                      default=json_default))
+    return 0
+
+
+# -- hpcai workflow ------------------------------------------------------------------------------------------
+def workflow(parser, action: str, control: str, verbose: int = 1) -> int:
+    """``hpcai workflow check|run CONTROL``: a bad control file is a usage error naming the file and key."""
+    from .parallel.comm import default_comm
+    from .workflow import SpecError, load, run_workflow
+    try:
+        spec = load(control)
+        if action == "check":
+            print(f"{spec.name}: {len(spec.modules)} module(s); plan:")
+            for step in spec.plan():
+                print(f"  {list(step)}" if isinstance(step, tuple) else
+                      f"  repeat up to {step.max_iterations}x until {step.until!r} is done: {[list(s) for s in step.stages]}")
+            print(f"ranks needed: {spec.ranks_needed(1)} on one rank, {spec.ranks_needed(2)} under mpiexec")
+            return 0
+        comm = default_comm()
+        if comm is not None:
+            spec.check_ranks(comm.size)
+    except SpecError as e:
+        parser.exit(2, f"hpcai workflow {action}: {e}\n")
+    result = run_workflow(spec, comm, verbose=verbose)
+    if comm is None or comm.rank == 0:
+        print(json.dumps(dataclasses.asdict(result), indent=2, default=json_default))
     return 0
 
 

@@ -14,26 +14,9 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-from .apps import APPS
+from .apps import APPS, make_config
 from .apps.progress import Progress, Stopped, publish_to_client
 from .parallel.comm import launched_by_mpi
-
-
-def make_config(name: str, config=None, **overrides):
-    """Application ``name``'s Config from a Config, a dict of fields, or None (defaults), validated."""
-    if not isinstance(name, str) or name not in APPS:
-        raise ValueError(f"app: expected one of {sorted(APPS)}, got {name!r}")
-    cls = APPS[name].config
-    fields = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted((set(config if isinstance(config, dict) else ()) | set(overrides)) - set(fields))
-    if unknown:
-        raise ValueError(f"config: {name} has no field(s) {unknown}; fields: {fields}")
-    if config is None or isinstance(config, dict):
-        config = cls(**(config or {}))
-    elif not isinstance(config, cls):
-        raise TypeError(f"config: expected a {cls.__module__}.{cls.__qualname__}, a dict or None, "
-                        f"got {type(config).__name__}")
-    return dataclasses.replace(config, **overrides).validate()
 
 
 def run_app(name: str, config=None, *, engines=0, verbose: int = 1, progress=None, stop: threading.Event | None = None,

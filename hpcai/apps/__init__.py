@@ -38,4 +38,22 @@ APPS = {
                       climate_sr.build_model, climate_sr.example_batch),
 }
 
-__all__ = ["APPS", "App", "FieldSpec", "Progress", "Result", "Stopped", "config_fields"]
+
+def make_config(name: str, config=None, **overrides):
+    """Application ``name``'s Config from a Config, a dict of fields, or None (defaults), validated."""
+    if not isinstance(name, str) or name not in APPS:
+        raise ValueError(f"app: expected one of {sorted(APPS)}, got {name!r}")
+    cls = APPS[name].config
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted((set(config if isinstance(config, dict) else ()) | set(overrides)) - set(fields))
+    if unknown:
+        raise ValueError(f"config: {name} has no field(s) {unknown}; fields: {fields}")
+    if config is None or isinstance(config, dict):
+        config = cls(**(config or {}))
+    elif not isinstance(config, cls):
+        raise TypeError(f"config: expected a {cls.__module__}.{cls.__qualname__}, a dict or None, "
+                        f"got {type(config).__name__}")
+    return dataclasses.replace(config, **overrides).validate()
+
+
+__all__ = ["APPS", "App", "FieldSpec", "Progress", "Result", "Stopped", "config_fields", "make_config"]

@@ -88,6 +88,14 @@ class SerialCommunicator:
     def split(self, color: int, key: int = 0):
         return self
 
+    def dup(self):
+        return self
+
+    def send_(self, *args, **kwargs):
+        raise RuntimeError("point-to-point messages need MPI: the serial stand-in has no other rank")
+
+    isend_ = recv_ = probe = send_
+
     def abort(self, code: int = 1) -> None:
         raise SystemExit(code)
 
@@ -211,6 +219,60 @@ class Communicator(SerialCommunicator):
     def split(self, color: int, key: int = 0) -> "Communicator":
         """Ranks with the same ``color`` form a new communicator, ordered by ``key``."""
         return Communicator(self.comm.Split(color, key))
+
+    def dup(self) -> "Communicator":
+        """The same ranks in a new context: its messages never match this communicator's."""
+        return Communicator(self.comm.Dup())
+
+    # -- point to point, on buffers -------------------------------------------------------------------
+    def _peer(self, rank, name):
+        if rank is None:
+            return self.MPI.ANY_SOURCE
+        if not isinstance(rank, (int, np.integer)) or not 0 <= rank < self.size:
+            raise ValueError(f"{name}: expected a rank in [0, {self.size}), got {rank!r}")
+        return int(rank)
+
+    def _tag(self, tag):
+        if tag is None:
+            return self.MPI.ANY_TAG
+        if not isinstance(tag, (int, np.integer)) or not 0 <= tag <= 32767:
+            raise ValueError(f"tag: expected an integer in [0, 32767] (MPI's guaranteed range), got {tag!r}")
+        return int(tag)
+
+    def send_(self, buf, dest: int, tag: int = 0) -> None:
+        """Send a C-contiguous numpy/cupy array to rank ``dest`` (blocking; bytes as they are, never pickled)."""
+        self.comm.Send(self._words(self._host(buf)), dest=self._peer(dest, "dest"), tag=self._tag(tag))
+
+    def isend_(self, buf, dest: int, tag: int = 0):
+        """Start sending ``buf`` and return the request (complete it with :meth:`wait`); ``buf`` must stay
+        unchanged until then (mpi4py's request holds the buffer, a cupy array's host copy included)."""
+        return self.comm.Isend(self._words(self._host(buf)), dest=self._peer(dest, "dest"), tag=self._tag(tag))
+
+    def recv_(self, buf, source: int | None = None, tag: int | None = None) -> tuple:
+        """Receive into ``buf`` (``None``: any source / any tag), polling so the core is yielded; returns
+        (source, tag). A message of another size than ``buf`` raises."""
+        host = self._host(buf)
+        status = self.wait(self.comm.Irecv(self._words(host), source=self._peer(source, "source"),
+                                           tag=self._tag(tag)))
+        if status.Get_count(self.MPI.BYTE) != host.nbytes:
+            raise ValueError(f"recv_: a message of {status.Get_count(self.MPI.BYTE)} bytes arrived for a buffer "
+                             f"of {host.nbytes}")
+        self._back(buf, host)
+        return status.Get_source(), status.Get_tag()
+
+    def probe(self, source: int | None = None, tag: int | None = None, timeout: float | None = None):
+        """Wait for a message without receiving it: (source, tag, bytes), or None after ``timeout`` seconds.
+        Polls like :meth:`wait`, so a waiting rank yields its core and signals are handled."""
+        status, src, tg = self.MPI.Status(), self._peer(source, "source"), self._tag(tag)
+        start, pause = time.perf_counter(), 1e-5
+        while not self.comm.Iprobe(source=src, tag=tg, status=status):
+            waited = time.perf_counter() - start
+            if timeout is not None and waited > timeout:
+                return None
+            if waited > SPIN_SECONDS:
+                time.sleep(pause)
+                pause = min(2 * pause, MAX_PAUSE)
+        return status.Get_source(), status.Get_tag(), status.Get_count(self.MPI.BYTE)
 
     def abort(self, code: int = 1) -> None:
         """End every rank of the job now (MPI_Abort), after a moment for the launcher to forward what this

@@ -1,0 +1,121 @@
+"""Self-describing messages between ranks: numpy/cupy arrays as raw bytes, small values as JSON, never pickled.
+
+A message is a header (UTF-8 JSON, sent as bytes) followed, for an array, by the array's own buffer. The
+header carries the kind, dtype, shape and the sender's metadata, so the receiver allocates exactly what
+arrives and checks what it expects (dtype, shape) before use. Two tags per message kind keep header and
+payload apart; MPI's non-overtaking rule keeps them paired per sender. Used by the tuple space and the
+workflow's channels.
+"""
+from __future__ import annotations
+
+import json
+
+import ml_dtypes
+import numpy as np
+
+from .. import backend
+
+MAX_HEADER = 1 << 20  # a header (metadata or a JSON value) larger than this is refused
+_HALF_NAMES = {"bfloat16": ml_dtypes.bfloat16}  # dtypes numpy cannot name by itself
+
+
+class MessageError(ValueError):
+    """A message that is not what the receiver expected (kind, dtype, shape) or is malformed."""
+
+
+def _dtype(name: str) -> np.dtype:
+    return np.dtype(_HALF_NAMES.get(name, name))
+
+
+def encode(value, meta: dict | None = None) -> tuple[bytes, object]:
+    """(header bytes, payload array or None) for an array or a JSON value, with ``meta`` in the header."""
+    meta = dict(meta or {})
+    if isinstance(value, np.generic) and not isinstance(value, np.str_):
+        value = np.asarray(value)  # a numpy scalar travels as a 0-d array of its dtype
+    if backend.is_array(value):
+        if value.dtype.kind not in "biuf" and value.dtype.name not in _HALF_NAMES:
+            raise TypeError(f"value: arrays of booleans, integers or floats travel; got dtype {value.dtype}")
+        header = {"kind": "array", "dtype": value.dtype.name, "shape": list(value.shape), "meta": meta}
+        payload = value if value.flags.c_contiguous else backend.get_array_module(value).ascontiguousarray(value)
+    else:
+        try:
+            header = {"kind": "json", "value": value, "meta": meta}
+            json.dumps(header, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"value: expected an array or a JSON value (dict, list, str, finite number, bool, "
+                            f"None), got {type(value).__name__}: {e}") from None
+        payload = None
+    raw = json.dumps(header, allow_nan=False).encode()
+    if len(raw) > MAX_HEADER:
+        raise ValueError(f"value: a JSON value or metadata of {len(raw)} bytes exceeds {MAX_HEADER}; send an array")
+    return raw, payload
+
+
+def decode_header(raw) -> dict:
+    try:
+        header = json.loads(bytes(raw).decode())
+        if header.get("kind") not in ("array", "json") or not isinstance(header.get("meta"), dict):
+            raise ValueError("no kind or meta")
+        if header["kind"] == "array":
+            header["dtype"], header["shape"] = _dtype(header["dtype"]), tuple(int(n) for n in header["shape"])
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
+        raise MessageError(f"a malformed message header arrived: {e}") from None
+    return header
+
+
+def check(header: dict, dtype=None, shape=None, what: str = "message") -> None:
+    """Raise :class:`MessageError` unless the header's array has ``dtype`` and ``shape`` (None: any)."""
+    if dtype is None and shape is None:
+        return
+    if header["kind"] != "array":
+        raise MessageError(f"{what}: expected an array, a JSON value arrived")
+    if dtype is not None and header["dtype"] != np.dtype(dtype):
+        raise MessageError(f"{what}: expected dtype {np.dtype(dtype)}, got {header['dtype']}")
+    if shape is not None and header["shape"] != tuple(shape):
+        raise MessageError(f"{what}: expected shape {tuple(shape)}, got {header['shape']}")
+
+
+def send(comm, value, dest: int, tag: int, meta: dict | None = None) -> None:
+    """Send ``value`` (array or JSON value) to ``dest``: header on ``tag``, payload on ``tag + 1``."""
+    raw, payload = encode(value, meta)
+    comm.send_(np.frombuffer(raw, np.uint8), dest, tag)
+    if payload is not None:
+        comm.send_(payload, dest, tag + 1)
+
+
+def isend(comm, value, dest: int, tag: int, meta: dict | None = None) -> list:
+    """Start sending ``value``; returns the requests to :func:`wait_all` (``value`` unchanged until then)."""
+    raw, payload = encode(value, meta)
+    requests = [comm.isend_(np.frombuffer(raw, np.uint8).copy(), dest, tag)]
+    if payload is not None:
+        requests.append(comm.isend_(payload, dest, tag + 1))
+    return requests
+
+
+def wait_all(comm, requests) -> None:
+    for request in requests:
+        comm.wait(request)
+
+
+def recv(comm, source: int | None, tag: int, dtype=None, shape=None, timeout: float | None = None, xp=np):
+    """Receive one message sent by :func:`send` on ``tag``: (value, meta, source), or None after ``timeout``.
+
+    ``dtype``/``shape`` are checked before the payload is received (the payload is then dropped, and
+    :class:`MessageError` raised). Arrays land in ``xp`` (numpy, or cupy for a device array).
+    """
+    probed = comm.probe(source, tag, timeout)
+    if probed is None:
+        return None
+    src, _, nbytes = probed
+    if nbytes > MAX_HEADER:
+        raise MessageError(f"a header of {nbytes} bytes from rank {src} exceeds {MAX_HEADER}")
+    raw = np.empty(nbytes, np.uint8)
+    comm.recv_(raw, src, tag)
+    header = decode_header(raw)
+    if header["kind"] == "json":
+        check(header, dtype, shape, f"message from rank {src}")
+        return header["value"], header["meta"], src
+    out = xp.empty(header["shape"], header["dtype"])
+    comm.recv_(out, src, tag + 1)  # received before checking, so a refused message never blocks the next one
+    check(header, dtype, shape, f"message from rank {src}")
+    return out, header["meta"], src

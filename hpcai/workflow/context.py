@@ -1,0 +1,105 @@
+"""What a workflow module sees: its own communicator, its parameters, its channels, the tuple space, a log.
+
+A module is a function ``main(ctx)``. ``ctx.comm`` holds the module's ranks only (never MPI's world), so a
+module written for one job runs unchanged beside others. ``ctx.channel(name)`` is a point-to-point link to
+the module at its other end; ``ctx.space`` the tuple space shared by every module of the workflow.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from ..apps.progress import Progress
+from ..parallel import messages
+
+CHANNEL_TAG0 = 1000  # channel k, direction d: header on CHANNEL_TAG0 + 4k + 2d, payload on the next tag
+
+
+@dataclasses.dataclass(frozen=True)
+class Received:
+    """One message from a channel: the value, the sender's metadata and the sender's rank in its module."""
+
+    value: object
+    meta: dict
+    rank: int
+
+
+class Channel:
+    """A link between this module and the module at the channel's other end, in either direction.
+
+    Arrays travel as their own bytes with dtype and shape in a header (never pickled); small JSON values
+    too. Ranks are the other module's own ranks (0 .. its size - 1).
+    """
+
+    def __init__(self, name, links, tag, peer, peer_ranks):
+        self.name, self._links, self._tag = name, links, tag
+        self.peer, self._peer_ranks = peer, peer_ranks  # the other module's name and world ranks (in order)
+
+    def _dest(self, rank: int) -> int:
+        if not isinstance(rank, int) or not 0 <= rank < len(self._peer_ranks):
+            raise ValueError(f"rank: channel {self.name!r} leads to module {self.peer!r} with "
+                             f"{len(self._peer_ranks)} rank(s); expected 0..{len(self._peer_ranks) - 1}, got {rank!r}")
+        return self._peer_ranks[rank]
+
+    def send(self, value, rank: int = 0, meta: dict | None = None) -> None:
+        """Send an array or JSON value to rank ``rank`` of the other module (blocking for large arrays)."""
+        messages.send(self._links, value, self._dest(rank), self._tag[0], meta)
+
+    def isend(self, value, rank: int = 0, meta: dict | None = None):
+        """Start sending; returns a handle whose ``wait()`` completes it (``value`` unchanged until then)."""
+        requests = messages.isend(self._links, value, self._dest(rank), self._tag[0], meta)
+        return _Pending(self._links, requests)
+
+    def recv(self, rank: int | None = None, dtype=None, shape=None, timeout: float | None = None) -> Received:
+        """The next message from the other module (from its rank ``rank``, or any); ``dtype``/``shape`` are
+        checked on receipt. TimeoutError after ``timeout`` seconds."""
+        source = None if rank is None else self._dest(rank)
+        got = messages.recv(self._links, source, self._tag[1], dtype=dtype, shape=shape, timeout=timeout)
+        if got is None:
+            raise TimeoutError(f"channel {self.name!r}: nothing from module {self.peer!r} within {timeout} s")
+        value, meta, world_rank = got
+        return Received(value, meta, self._peer_ranks.index(world_rank))
+
+    def __repr__(self) -> str:
+        return f"Channel({self.name!r} to {self.peer!r}, {len(self._peer_ranks)} rank(s))"
+
+
+class _Pending:
+    def __init__(self, comm, requests):
+        self._comm, self._requests = comm, requests
+
+    def wait(self) -> None:
+        messages.wait_all(self._comm, self._requests)
+        self._requests = []
+
+
+@dataclasses.dataclass
+class Context:
+    """A module's view of the workflow; see the module docstring.
+
+    ``iteration`` counts the rounds of the workflow's loop (0 outside it); ``params`` are the module's
+    parameters from the control file; ``progress`` reaches the control panel like an application's.
+    """
+
+    name: str
+    comm: object
+    params: dict
+    space: object
+    progress: Progress
+    log: logging.Logger
+    iteration: int = 0
+    channels: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        return self.comm.rank
+
+    @property
+    def size(self) -> int:
+        return self.comm.size
+
+    def channel(self, name: str) -> Channel:
+        """The channel ``name`` from the control file, seen from this module."""
+        if name not in self.channels:
+            raise KeyError(f"channel: module {self.name!r} has no channel {name!r}; it has {sorted(self.channels)}")
+        return self.channels[name]
