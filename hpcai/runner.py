@@ -1,22 +1,39 @@
-"""Run a registered application where the user asked: in this process, as this MPI job's part, or on engines.
+"""Run an application or a workflow where the user asked: in this process, as this MPI job's part, or on engines.
 
-One function for the CLI, the control panel and notebooks::
+One pair of functions for the CLI, the control panel and notebooks::
 
     result = run_app("digits", {"precision": "mixed-bf16"}, engines=2, progress=print)
+    result = run_workflow("control.toml", engines=3, path=["."])
 
-Progress comes back the same way from everywhere: ``progress(snapshots)`` with one snapshot dict per rank
-(:meth:`hpcai.apps.progress.Progress.snapshot`); on engines they travel through ipyparallel's
-``publish_data``. Setting the ``stop`` event stops the run: in this process the application raises
-:class:`~hpcai.apps.progress.Stopped` at its next step; on engines they are interrupted (SIGINT).
+Both take the same ``engines``: 0 runs here (one rank), N starts N local MPI engines for the call and stops
+them after, an :class:`hpcai.cluster.Engines` runs there (Slurm or PBS engines included); under ``mpiexec``
+each process runs its rank's part instead. On engines both go the same way (:func:`_on_engines`): the
+function runs on every engine on MPI's world, rank 0's result comes back, ``stop`` interrupts the engines.
+
+An application's progress comes back the same way from everywhere: ``progress(snapshots)`` with one snapshot
+dict per rank (:meth:`hpcai.apps.progress.Progress.snapshot`); on engines they travel through ipyparallel's
+``publish_data`` (workflow modules report none yet). Setting the ``stop`` event stops the run: in this
+process an application raises :class:`~hpcai.apps.progress.Stopped` at its next step; on engines they are
+interrupted (SIGINT).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import os
+import re
+import sys
 import threading
 
-from .apps import APPS, make_config
+import numpy as np
+
+from .apps import APPS, Result, make_config
 from .apps.progress import Progress, Stopped, publish_to_client
-from .parallel.comm import launched_by_mpi
+from .parallel.comm import SerialCommunicator, launched_by_mpi
+
+# the line a failing module leaves in the engines' output (and the last line of a one-rank ModuleFailed)
+_MODULE_FAILED = re.compile(r"^(?:[\w.]*\.)?ModuleFailed: (module '.+)$", re.MULTILINE)
 
 
 def run_app(name: str, config=None, *, engines=0, verbose: int = 1, progress=None, stop: threading.Event | None = None,
@@ -33,25 +50,79 @@ def run_app(name: str, config=None, *, engines=0, verbose: int = 1, progress=Non
     """
     config = make_config(name, config, **overrides)
     app = APPS[name]
-    if progress is not None and not callable(progress):
-        raise TypeError(f"progress: expected a function progress(snapshots) or None, got {progress!r}")
-    if stop is not None and not isinstance(stop, threading.Event):
-        raise TypeError(f"stop: expected a threading.Event or None, got {stop!r}")
-    if isinstance(engines, bool) or not (isinstance(engines, int) and engines >= 0 or hasattr(engines, "run_sync")):
-        raise ValueError(f"engines: expected a number of engines >= 0 or an Engines, got {engines!r}")
+    _check_options(engines, progress, stop)
     here = Progress([lambda snap: progress([snap])] if progress is not None else (), stop=stop)
     if launched_by_mpi():
         from .parallel import install_abort_hook, world
         comm = world()
         install_abort_hook(comm)  # an error on one rank ends the job instead of leaving the others waiting
-        return app.run(config, verbose=verbose if comm.rank == 0 else 0, comm=comm, progress=here)
+        return _on_ranks(app, config, comm, verbose, here)
     if engines == 0:
         return app.run(config, verbose=verbose, progress=here)
-    if isinstance(engines, int):
-        from .cluster import Engines
-        with Engines(n=engines) as cluster:
-            return _on(cluster, name, config, verbose, progress, stop)
-    return _on(ensure_running(engines), name, config, verbose, progress, stop)
+    return _on_engines(engines, _run_on_engine, (name, dataclasses.asdict(config), verbose), verbose, progress, stop)
+
+
+def run_workflow(control, *, engines=0, path=None, verbose: int = 1, progress=None,
+                 stop: threading.Event | None = None):
+    """Run the workflow ``control`` (a control file's path, a dict or a WorkflowSpec); its WorkflowResult.
+
+    Args:
+        engines: 0 -- in this process, on one rank (every stage must fit on one rank: no channels);
+            N -- on N local MPI engines started for this call and stopped after; an
+            :class:`hpcai.cluster.Engines` -- there (started, or restarted after its job ended, as needed).
+            Under ``mpiexec`` (more than one rank) every process runs its part instead.
+        path: a folder, or a list of folders, put first on ``sys.path`` wherever the modules run (here, or on
+            every engine) while the workflow runs: where the modules' entry points are found. Relative
+            folders are taken from this process's working directory. Engines must see the folder: the local
+            ones do; Slurm or PBS engines need it on a shared file system. Modules the workflow imports from
+            these folders are forgotten when it ends, so the next run imports them afresh (edits take effect).
+            Without ``path``, entry points must be importable as they are: installed, or in the folder the
+            engines started in (the working directory of the process that started them).
+        verbose: 0 silent; 1 the engines' output is shown here as it comes (an application module's progress
+            line on its rank 0).
+        progress: must be None: workflow modules do not report progress to this function yet.
+        stop: an Event; once set, the engines are interrupted and this raises Stopped. In this process and
+            under ``mpiexec`` the workflow is not watched: a ``stop`` already set refuses to start.
+
+    Raises:
+        SpecError: the control file is wrong, or the job has too few ranks for it (before any engine starts).
+        ModuleFailed: a module raised, anywhere; the message names the module, its rank and the exception
+            (on engines the engines' own report follows as its ``__cause__``, an EngineError).
+
+    The control travels to the engines as JSON text (:meth:`WorkflowSpec.to_dict`, its file name kept for
+    messages): module parameters must be JSON values.
+    """
+    from . import workflow
+    _check_options(engines, progress, stop)
+    if progress is not None:
+        raise NotImplementedError("progress: workflow modules do not report progress to run_workflow yet "
+                                  "(ctx.progress reaches no one); pass progress=None")
+    spec = workflow.load(control)
+    folders = _folders(path)
+    if stop is not None and stop.is_set():
+        raise Stopped("stopped before the workflow began")
+    if launched_by_mpi():
+        from .parallel import world
+        with _search_path(folders):
+            return workflow.run_workflow(spec, world(), verbose)
+    if engines == 0:
+        with _search_path(folders):
+            return workflow.run_workflow(spec, SerialCommunicator(), verbose)
+    spec.check_ranks(engines if isinstance(engines, int) else engines.n)  # before starting any engine
+    try:
+        text = json.dumps(spec.to_dict())
+    except (TypeError, ValueError) as e:
+        raise workflow.SpecError(f"{spec.source}: the control travels to the engines as JSON, and a module's "
+                                 f"params are not JSON values: {e}") from None
+    from .cluster import EngineError
+    try:
+        state = _on_engines(engines, _workflow_on_engine, (text, spec.source, verbose, folders), verbose, None, stop)
+    except EngineError as e:
+        found = _MODULE_FAILED.findall("\n".join([*e.failures.values(), e.output]))
+        if not found:
+            raise
+        raise workflow.ModuleFailed(f"workflow {spec.name!r} ({spec.source}) on engines: {found[0]}") from e
+    return workflow.WorkflowResult(**state)
 
 
 def ensure_running(engines):
@@ -65,9 +136,23 @@ def ensure_running(engines):
     return engines
 
 
-def _on(engines, name, config, verbose, progress, stop):
-    """Run on ``engines``, relaying their progress and interrupting them when ``stop`` is set."""
-    from .cluster import EngineError
+def _check_options(engines, progress, stop):
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress: expected a function progress(snapshots) or None, got {progress!r}")
+    if stop is not None and not isinstance(stop, threading.Event):
+        raise TypeError(f"stop: expected a threading.Event or None, got {stop!r}")
+    if isinstance(engines, bool) or not (isinstance(engines, int) and engines >= 0 or hasattr(engines, "run_sync")):
+        raise ValueError(f"engines: expected a number of engines >= 0 or an Engines, got {engines!r}")
+
+
+def _on_engines(engines, fn, args, verbose, progress, stop):
+    """``fn(*args)`` on every engine -- N local ones started for the call, or an Engines -- relaying their
+    progress and interrupting them when ``stop`` is set; rank 0's result."""
+    from .cluster import EngineError, Engines
+    if isinstance(engines, int):
+        with Engines(n=engines) as cluster:
+            return _on_engines(cluster, fn, args, verbose, progress, stop)
+    engines = ensure_running(engines)
     done = threading.Event()
 
     def watch():
@@ -79,11 +164,11 @@ def _on(engines, name, config, verbose, progress, stop):
     watcher = threading.Thread(target=watch, name="hpcai-stop-watch", daemon=True) if stop is not None else None
     if watcher is not None:
         watcher.start()
+
     def relay(datas):  # one snapshot per rank, in rank order ({} for a rank that has not reported yet)
         progress([d.get("progress", {}) for d in datas])
     try:
-        results = engines.run_sync(_run_on_engine, name, dataclasses.asdict(config), verbose, stream=verbose > 0,
-                                   on_data=relay if progress is not None else None)
+        results = engines.run_sync(fn, *args, stream=verbose > 0, on_data=relay if progress is not None else None)
     except EngineError:
         if stop is not None and stop.is_set():
             raise Stopped("stopped by request: the engines were interrupted") from None
@@ -93,11 +178,66 @@ def _on(engines, name, config, verbose, progress, stop):
     return results[0]
 
 
+# -- what runs on the engines ---------------------------------------------------------------------------------
 def _run_on_engine(name, config, verbose):
     """Engine side of :func:`run_app`: every rank runs the app on MPI's world, publishing its progress."""
     from hpcai.apps import APPS
     from hpcai.parallel import world
-    comm = world()
     app = APPS[name]
-    return app.run(dataclasses.replace(app.config(), **config), verbose=verbose if comm.rank == 0 else 0, comm=comm,
-                   progress=Progress([publish_to_client], every=0.3))
+    return _on_ranks(app, dataclasses.replace(app.config(), **config), world(), verbose,
+                     Progress([publish_to_client], every=0.3))
+
+
+def _on_ranks(app, config, comm, verbose, progress):
+    """``app`` on the ranks of ``comm``: as its workflow where its ranks play different parts, else its run."""
+    if comm.size > 1 and app.workflow is not None:
+        from . import workflow
+        control, module = app.workflow(config, comm.size, verbose)
+        value = workflow.run_workflow(control, comm, verbose, progress).values[module]
+        return Result(**{**value, "arrays": {k: np.asarray(v) for k, v in value["arrays"].items()}})
+    return app.run(config, verbose=verbose if comm.rank == 0 else 0, comm=comm, progress=progress)
+
+
+def _workflow_on_engine(text, source, verbose, folders):
+    """Engine side of :func:`run_workflow`: every rank runs the workflow on MPI's world; a plain dict back."""
+    from hpcai import workflow
+    from hpcai.parallel import world
+    spec = workflow.load(json.loads(text), source=source)
+    with _search_path(folders):
+        return dataclasses.asdict(workflow.run_workflow(spec, world(), verbose))
+
+
+def _folders(path) -> list:
+    """``path`` (None, a folder or a list of them) as absolute folder names, checked to exist here."""
+    if path is None:
+        return []
+    items = [path] if isinstance(path, (str, os.PathLike)) else path
+    if not isinstance(items, (list, tuple)) or not all(isinstance(p, (str, os.PathLike)) for p in items):
+        raise TypeError(f"path: expected a folder or a list of folders, got {path!r}")
+    folders = [os.path.abspath(os.fspath(p)) for p in items]
+    missing = [f for f in folders if not os.path.isdir(f)]
+    if missing:
+        raise ValueError(f"path: no such folder: {missing[0]}")
+    return folders
+
+
+@contextlib.contextmanager
+def _search_path(folders):
+    """``folders`` first on ``sys.path`` meanwhile; top-level modules imported from them meanwhile are forgotten
+    after (only those: hpcai and anything loaded before stays), so the next run imports them afresh."""
+    if not folders:
+        yield
+        return
+    before = set(sys.modules)
+    roots = {name.partition(".")[0] for name in before}
+    sys.path[:0] = folders
+    try:
+        yield
+    finally:
+        for folder in folders:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(folder)
+        for name in set(sys.modules) - before:
+            where = os.path.realpath(getattr(sys.modules.get(name), "__file__", None) or "/")
+            if name.partition(".")[0] not in roots and any(where.startswith(os.path.join(f, "")) for f in folders):
+                del sys.modules[name]

@@ -1,5 +1,5 @@
 """Climate SR application: parameter checks, the output file, the figures, restoration on held-out steps, and
-the coupled run on 2 and 3 MPI ranks (same stored data as the serial run; every rank the same Result; no
+the coupled run as a workflow on 2 and 3 MPI ranks (same stored data as the serial run; every rank the same Result; no
 hang when a rank fails). About a minute on 2 cores; the MPI tests skip without mpi4py or mpiexec."""
 import importlib.util
 import json
@@ -105,7 +105,7 @@ def run_script(script, *args, n=2, timeout=120):
 def _script(tmp_path, body):
     path = tmp_path / "job.py"
     path.write_text("import json, sys\nfrom hpcai.apps import climate_sr\nfrom hpcai.parallel.comm import world\n"
-                    "comm = world()\n" + textwrap.dedent(body))
+                    "from hpcai.runner import run_app\ncomm = world()\n" + textwrap.dedent(body))
     return path
 
 
@@ -114,7 +114,7 @@ def _script(tmp_path, body):
 def test_coupled_run_stores_the_serial_runs_data_and_every_rank_returns_the_same_result(small_run, tmp_path, ranks):
     script = _script(tmp_path, """
         overrides = dict(days=1.5, iters_per_output=1, final_epochs=2, output_dir=sys.argv[1])
-        r = climate_sr.run(verbose=1, **overrides)
+        r = run_app("climate_sr", overrides, verbose=1)  # on several ranks: the application's workflow
         with open(f"{sys.argv[1]}.rank{comm.rank}.json", "w") as f:
             json.dump({**r.metrics, "files": r.files}, f)
     """)
@@ -135,7 +135,7 @@ def test_coupled_run_stores_the_serial_runs_data_and_every_rank_returns_the_same
 def test_a_bad_parameter_found_on_rank_0_raises_on_every_rank(tmp_path):
     script = _script(tmp_path, """
         try:
-            climate_sr.run(verbose=0, dt=3600)
+            run_app("climate_sr", verbose=0, dt=3600)
         except ValueError as exc:
             open(f"{sys.argv[1]}.rank{comm.rank}", "w").write(str(exc))
     """)
@@ -150,10 +150,11 @@ def test_a_bad_parameter_found_on_rank_0_raises_on_every_rank(tmp_path):
 def test_an_exception_on_one_rank_ends_the_job_instead_of_hanging(tmp_path, failing):
     patch = {"learner": "climate_sr._Learner.train = lambda self, *a, **k: 1 / 0",
              "producer": "climate_sr._Producer.report = lambda self, k, *a: 1 / 0 if k == 3 else None"}[failing]
-    script = _script(tmp_path, patch + "\nclimate_sr.run(days=1, final_epochs=1)\nprint('NOT REACHED')\n")
+    script = _script(tmp_path, patch + "\nrun_app('climate_sr', days=1, final_epochs=1)\nprint('NOT REACHED')\n")
     code, out, err, seconds = run_script(script, timeout=45)  # the hang guard: kills the job at 45 s
     assert code is not None, f"the job still ran after 45 s: a rank hung instead of ending the job\n{out}\n{err}"
     assert code != 0, f"exit {code} after {seconds:.0f} s\n{out}\n{err}"
-    rank = 1 if failing == "learner" else 0
-    assert f"[hpcai climate_sr rank {rank}/2]" in err and "ZeroDivisionError" in err, err
+    module, rank = ("learn", 1) if failing == "learner" else ("simulate", 0)
+    assert f"[hpcai workflow 'climate_sr'] module '{module}' (rank 0 of 1, job rank {rank}) failed" in err, err
+    assert "ZeroDivisionError" in err, err
     assert "NOT REACHED" not in out

@@ -1,10 +1,14 @@
 """Applications: each a Config dataclass and ``run(config, verbose, comm, progress) -> Result``, listed in :data:`APPS`.
 
-The control panel and the CLI read :data:`APPS`, so a new application appears there by registering here.
+The control panel, the CLI, ``run_app``, workflows and the tests read :data:`APPS`, so a new application
+appears everywhere by registering here -- or, from another package, through the ``hpcai.apps`` entry-point
+group: an entry ``name = "package.module:APP"`` naming an :class:`App` (see :func:`load_entry_points`).
 A Config field's ``metadata["choices"]`` lists its allowed values (a dropdown in the panel, choices in the CLI);
 both read the fields through :func:`config_fields`, which types them and parses their text.
 """
 import dataclasses
+import importlib.metadata
+import sys
 from typing import Callable
 
 from . import climate_sr, digits
@@ -18,7 +22,9 @@ class App:
     """An application: its Config, its run, and the network it trains.
 
     ``build_model(config)`` returns that network and ``example_batch(config, n, rng)`` ``n`` inputs it takes,
-    so the tests gradient-check every application's model end to end.
+    so the tests gradient-check every application's model end to end. ``workflow(config, ranks, verbose)``,
+    for an application whose ranks play different parts, returns (a workflow control dict, the name of the
+    module whose value is the run's Result): on several ranks the application runs as that workflow.
     """
 
     name: str
@@ -27,6 +33,7 @@ class App:
     description: str
     build_model: Callable
     example_batch: Callable
+    workflow: Callable | None = None
 
 
 APPS = {
@@ -35,8 +42,38 @@ APPS = {
                   digits.build_model, digits.example_batch),
     "climate_sr": App("climate_sr", climate_sr.Config, climate_sr.run,
                       "Shallow-water jet on the sphere, DCT-compressed in situ, restored by a CNN",
-                      climate_sr.build_model, climate_sr.example_batch),
+                      climate_sr.build_model, climate_sr.example_batch, climate_sr.workflow),
 }
+
+
+ENTRY_POINT_GROUP = "hpcai.apps"
+
+
+def load_entry_points(apps: dict) -> dict:
+    """Add the applications that installed packages declare in the ``hpcai.apps`` entry-point group to ``apps``.
+
+    Each entry point names an :class:`App`; its name must be the entry's name and must not take a built-in
+    application's. A package that fails to load is reported on stderr and left out, so one broken plugin
+    never stops hpcai from starting.
+    """
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            if entry.name in apps:
+                raise ValueError(f"{entry.name!r} is taken by {apps[entry.name].run.__module__}")
+            app = entry.load()
+            if not isinstance(app, App):
+                raise TypeError(f"expected an hpcai.apps.App, got {type(app).__name__}")
+            if app.name != entry.name:
+                raise ValueError(f"the App is named {app.name!r}, the entry point {entry.name!r}")
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not fatal
+            sys.stderr.write(f"hpcai: application {entry.name!r} from entry point {entry.value!r} "
+                             f"({ENTRY_POINT_GROUP}) left out: {type(exc).__name__}: {exc}\n")
+            continue
+        apps[entry.name] = app
+    return apps
+
+
+load_entry_points(APPS)
 
 
 def make_config(name: str, config=None, **overrides):
@@ -56,4 +93,4 @@ def make_config(name: str, config=None, **overrides):
     return dataclasses.replace(config, **overrides).validate()
 
 
-__all__ = ["APPS", "App", "FieldSpec", "Progress", "Result", "Stopped", "config_fields", "make_config"]
+__all__ = ["APPS", "App", "ENTRY_POINT_GROUP", "load_entry_points", "FieldSpec", "Progress", "Result", "Stopped", "config_fields", "make_config"]

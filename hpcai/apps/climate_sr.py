@@ -7,9 +7,9 @@ simulation runs, to map compressed fields back to the originals (NeurLZ-style on
 reported are measured there, latitude-weighted, before and after restoration.
 
 Two roles: the *producer* (simulation, codec, storage) and the *learner* (training, evaluation). On one rank
-they interleave: after each output step the learner trains ``iters_per_output`` iterations. On more ranks
-(:mod:`hpcai.apps.climate_coupling`) rank 0 produces and sends, the other ranks learn data-parallel, and the
-simulation never waits for training. The compressed data and the trained weights go into one HDF5 file that
+they interleave: after each output step the learner trains ``iters_per_output`` iterations. On more ranks the
+run is a workflow (:func:`workflow`): the module :func:`simulate` produces and sends on one rank, the module
+:func:`learn` trains data-parallel on the others, and the simulation never waits for training. The compressed data and the trained weights go into one HDF5 file that
 ``xarray.open_dataset`` reads; :func:`read_compressed` decompresses (and, asked to, restores) it.
 
 What to expect from the defaults (T42, 6 days, output every 3 h, truncation to 12 x 12 DCT coefficients,
@@ -381,21 +381,17 @@ def _progress(done, total, loss) -> None:
 def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None, **overrides) -> Result:
     """Simulate, compress each output step, train the restorer in situ, evaluate on held-out steps.
 
-    Fields of ``config`` may be overridden by keyword (``run(days=2, ratio=50)``). ``comm`` (a
-    :class:`hpcai.parallel.comm.Communicator`; default MPI's world under ``mpiexec``, else none): with one
-    rank the simulation and training interleave; with more, rank 0 simulates while the others train
-    (:mod:`hpcai.apps.climate_coupling`). Every rank returns the same Result; only rank 0 prints and
-    writes. With ``verbose`` a line per output step and training progress are printed. ``progress``: a
+    Fields of ``config`` may be overridden by keyword (``run(days=2, ratio=50)``). One rank: the
+    simulation and the training interleave. On several ranks the run is the workflow :func:`workflow`
+    (what ``run_app`` and ``hpcai run`` do under ``mpiexec`` and on engines). With ``verbose`` a line per
+    output step and training progress are printed. ``progress``: a
     :class:`~hpcai.apps.progress.Progress` (or a callable receiving its snapshots) told of every output step
     and training iteration.
     """
     config = dataclasses.replace(config or Config(), **overrides).validate()
-    if comm is None:
-        from ..parallel.comm import default_comm
-        comm = default_comm()  # MPI's world under mpiexec, else None (serial)
     if comm is not None and comm.size > 1:
-        from .climate_coupling import run_coupled
-        return run_coupled(config, comm, verbose, progress)
+        raise ValueError(f"comm: one rank runs the simulation and the training in turn; on {comm.size} ranks run "
+                         "the application's workflow (hpcai.runner.run_app does), see climate_sr.workflow")
     progress = as_progress(progress)
     start = time.perf_counter()
     producer = _Producer(config)
@@ -543,3 +539,158 @@ def read_compressed(path, restore: bool = False):
         model.load_state_dict(state)
         norm, pos = tuple(float(v) for v in g.attrs["norm"]), _position_channels(f["lat"][()], f["lon"][()])
     return np.stack([_restore(model, policy, norm, pos, c) for c in fields]), attrs
+
+
+# -- several ranks: the run as a workflow ------------------------------------------------------------------
+_POLL_S = 0.005  # a learner with nothing to train on sleeps this long between looks at its channel
+
+
+def workflow(config: Config, ranks: int, verbose: int = 1) -> tuple[dict, str]:
+    """The run on ``ranks`` ranks as a workflow: (control, the module whose value is the run's Result).
+
+    :func:`simulate` runs on one rank and :func:`learn` on the others, coupled by the channel ``fields``.
+    Every rank checks the parameters first (the solver's and codec's checks, ~0.1 s), so a bad one raises
+    the same ValueError on every rank before anything starts.
+    """
+    if not isinstance(ranks, int) or ranks < 2:
+        raise ValueError(f"ranks: the coupled run needs at least 2 ranks (one simulates, the others learn), "
+                         f"got {ranks!r}")
+    _Producer(config.validate())
+    params = {**dataclasses.asdict(config), "verbose": int(verbose)}
+    return ({"workflow": {"name": "climate_sr"},
+             "modules": {"simulate": {"entry": f"{__name__}:simulate", "params": params},
+                         "learn": {"entry": f"{__name__}:learn", "ranks": ranks - 1, "params": params}},
+             "channels": [{"from": "simulate", "to": "learn", "name": "fields"}]}, "simulate")
+
+
+def _config(params) -> tuple[Config, int]:
+    params = dict(params)
+    verbose = params.pop("verbose", 1)
+    return Config(**params).validate(), verbose
+
+
+def simulate(ctx) -> Result:
+    """Workflow module: simulate, compress, store and send every output step; then finish with the evaluation.
+
+    Each output step goes to the learners as one float64 array ``[step, time (s), compressed, original]``
+    with non-blocking sends (a training pair to every learner, a held-out step to the first), reclaimed
+    without waiting inside the loop; then ``{"kind": "end"}``. The first learner answers with its progress
+    lines and, last, the evaluation (the weights among it); this module writes the files.
+    """
+    config, verbose = _config(ctx.params)
+    start = time.perf_counter()
+    producer = _Producer(config)
+    fields = ctx.channel("fields")
+    learners = range(fields.peer_size)
+    for rank in learners:
+        fields.send(producer.lat, rank)
+        fields.send(producer.lon, rank)
+    pending = []
+
+    def on_output(model):
+        k, t, original, compressed, held = producer.output(model)
+        t0 = time.perf_counter()
+        message = np.concatenate([[k, t], compressed.ravel(), original.ravel()])
+        for rank in [0] if held else learners:
+            pending.append(fields.isend(message, rank, meta={"kind": "held" if held else "pair"}))
+        pending[:] = [p for p in pending if not p.done()]  # reclaim, never wait
+        producer.timers["sends"] += time.perf_counter() - t0
+        if verbose:
+            producer.report(k, t, held)
+        ctx.progress.update(k + 1, message=f"day {t / 86400:.2f}")
+
+    ctx.progress.phase("simulation", producer.outputs)
+    producer.run(on_output)
+    ctx.progress.phase("waiting for the learners", 0)
+    for rank in learners:
+        fields.send({"kind": "end"}, rank)
+    for p in pending:
+        p.wait()
+    while (message := fields.recv(rank=0).value).get("kind") == "progress":
+        if verbose:
+            _progress(message["done"], message["total"], message["loss"])
+    evaluation = _recv_arrays(fields, message)
+    producer.timers["training"] = evaluation.pop("seconds_training")
+    result = _finish(config, producer, evaluation, start, ranks=1 + fields.peer_size, verbose=verbose)
+    ctx.progress.finish()
+    return result
+
+
+def learn(ctx) -> dict:
+    """Workflow module: train data-parallel on what has arrived while the simulation runs, then finish
+    training; the first rank evaluates on the held-out steps and sends the evaluation back.
+
+    Between iterations every rank takes what has arrived without waiting; then the ranks agree (one small
+    allreduce) on whether to train and whether the data are complete, so their collectives never go out
+    of step. Once complete they train the serial run's in situ budget (if not yet spent), then
+    ``final_epochs``, in fewer iterations with more ranks (global batch). How many iterations fit while
+    the simulation runs depends on timing, so coupled runs are not bitwise reproducible; the stored data
+    are (they come from :func:`simulate` alone, as in the serial run).
+    """
+    config, verbose = _config(ctx.params)
+    fields, comm = ctx.channel("fields"), ctx.comm
+    lat, lon = fields.recv(rank=0).value, fields.recv(rank=0).value
+    learner = _Learner(config, lat, lon, comm=comm, seed=config.seed + 1000 * (comm.rank + 1), progress=ctx.progress)
+    ctx.progress.phase("in situ training", 0)
+    shape, n = (config.nlat, config.nlon), config.nlat * config.nlon
+    held_out, ended, agreed = [], False, np.zeros(2)
+    while True:
+        while not ended and (got := fields.poll(rank=0)) is not None:
+            if got.meta.get("kind") not in ("pair", "held"):
+                ended = True  # the end message comes after every step
+                continue
+            buf = got.value
+            compressed, original = buf[2:2 + n].reshape(shape), buf[2 + n:].reshape(shape)
+            if got.meta["kind"] == "pair":
+                learner.add(compressed, original)
+            else:
+                held_out.append((buf[1], original, compressed))
+        agreed[:] = (len(learner.inputs), ended)
+        comm.allreduce_(agreed, "min")  # the fewest pairs any rank has; whether all have every step
+        if agreed[1]:
+            break
+        if agreed[0] == 0:
+            time.sleep(_POLL_S)
+            continue
+        learner.train(1)
+    in_situ = math.ceil(config.iters_per_output * len(learner.inputs) / comm.size)
+    learner.train(max(0, in_situ - len(learner.losses)))  # the serial run's in situ budget, if not yet spent
+    root = comm.rank == 0
+
+    def tell(done, total, loss):
+        fields.send({"kind": "progress", "done": done, "total": total, "loss": loss}, rank=0)
+    learner.train_final(progress=tell if root and verbose else None)
+    if root:
+        evaluation = learner.evaluate(held_out, np.cos(np.radians(lat))[:, None])
+        _send_arrays(fields, {**evaluation, "seconds_training": learner.seconds})
+    ctx.progress.finish()
+    return {"iterations": len(learner.losses)}
+
+
+def _send_arrays(channel, tree: dict) -> None:
+    """A dict of JSON values and numpy arrays (nested dicts too) as one JSON message, then its arrays."""
+    arrays = []
+
+    def skeleton(value):
+        if isinstance(value, dict):
+            return {k: skeleton(v) for k, v in value.items()}
+        if isinstance(value, np.ndarray):
+            arrays.append(value)
+            return {"__array__": len(arrays) - 1}
+        return value.tolist() if isinstance(value, np.generic) else value
+    channel.send({"kind": "arrays", "tree": skeleton(tree), "count": len(arrays)}, rank=0)
+    for a in arrays:
+        channel.send(a, rank=0)
+
+
+def _recv_arrays(channel, header: dict) -> dict:
+    """What :func:`_send_arrays` sent, from its JSON ``header`` on."""
+    if header.get("kind") != "arrays":
+        raise ValueError(f"fields: expected the learners' evaluation, got a {header.get('kind')!r} message")
+    arrays = [channel.recv(rank=0).value for _ in range(header["count"])]
+
+    def fill(value):
+        if isinstance(value, dict):
+            return arrays[value["__array__"]] if set(value) == {"__array__"} else {k: fill(v) for k, v in value.items()}
+        return value
+    return fill(header["tree"])

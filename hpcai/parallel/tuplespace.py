@@ -399,22 +399,6 @@ class TupleSpace(_Client):
         return f"TupleSpace(rank {self.comm.rank} -> server {self.server}, {state})"
 
 
-def _recv_header(comm, source, nbytes) -> dict:
-    """A request's header (its payload, if any, stays on the wire: see :func:`_recv_payload`)."""
-    raw = np.empty(nbytes, np.uint8)
-    comm.recv_(raw, source, REQUEST)
-    return messages.decode_header(raw)
-
-
-def _recv_payload(comm, source, header):
-    """A request's value: the JSON value of its header, or its array, received now from ``source``."""
-    if header["kind"] == "json":
-        return header["value"]
-    out = np.empty(header["shape"], header["dtype"])
-    comm.recv_(out, source, REQUEST + 1)
-    return out
-
-
 def serve(comm, server: int | None = None, clients=None, max_bytes: int = DEFAULT_MAX_BYTES):
     """Serve a tuple space of at most ``max_bytes`` until every client has closed; returns its SpaceStats.
 
@@ -446,7 +430,7 @@ def serve(comm, server: int | None = None, clients=None, max_bytes: int = DEFAUL
 
     while open_:
         source, _, nbytes = comm.probe(None, REQUEST)
-        header = _recv_header(comm, source, nbytes)
+        header = messages.recv_header(comm, source, REQUEST, nbytes)
         meta = header["meta"]
         op, rid = meta.get("op"), meta.get("id")
         reply = reply_to(source, rid)
@@ -454,7 +438,7 @@ def serve(comm, server: int | None = None, clients=None, max_bytes: int = DEFAUL
             if (source, rid) in pending:
                 space.cancel(pending[(source, rid)])
         elif source not in open_ or op not in ("hello", "close", "put", "get", "read"):
-            _recv_payload(comm, source, header)  # dropped
+            messages.recv_payload(comm, source, REQUEST, header)  # dropped
             reply(ERROR, None, f"tuple space server {server}: refused {op!r} from rank {source} "
                                f"({'not an open client' if source not in open_ else 'unknown operation'})")
         elif op == "hello":
@@ -466,8 +450,8 @@ def serve(comm, server: int | None = None, clients=None, max_bytes: int = DEFAUL
             key = meta["key"]
             size = len(key.encode()) + (math.prod(header["shape"]) * header["dtype"].itemsize
                                         if header["kind"] == "array" else _value_bytes(header["value"])[1])
-            pending[(source, rid)] = req = _Request(
-                "put", key, reply, size=size, load=functools.partial(_recv_payload, comm, source, header))
+            load = functools.partial(messages.recv_payload, comm, source, REQUEST, header)
+            pending[(source, rid)] = req = _Request("put", key, reply, size=size, load=load)
             space.submit(req)
         else:
             pending[(source, rid)] = req = _Request(op, meta["pattern"], reply, block=bool(meta["block"]))

@@ -50,13 +50,30 @@ class Channel:
         requests = messages.isend(self._links, value, self._dest(rank), self._tag[0], meta)
         return _Pending(self._links, requests)
 
-    def recv(self, rank: int | None = None, dtype=None, shape=None, timeout: float | None = None) -> Received:
+    @property
+    def peer_size(self) -> int:
+        """How many ranks the module at the other end has."""
+        return len(self._peer_ranks)
+
+    def recv(self, rank: int | None = None, dtype=None, shape=None, timeout: float | None = None,
+             out=None) -> Received:
         """The next message from the other module (from its rank ``rank``, or any); ``dtype``/``shape`` are
-        checked on receipt. TimeoutError after ``timeout`` seconds."""
-        source = None if rank is None else self._dest(rank)
-        got = messages.recv(self._links, source, self._tag[1], dtype=dtype, shape=shape, timeout=timeout)
+        checked on receipt. An array lands in ``out`` when it has the arriving dtype and shape (a reused
+        buffer: large arrays then move at raw MPI's bandwidth). TimeoutError after ``timeout`` seconds."""
+        got = self._recv(rank, dtype, shape, timeout, out)
         if got is None:
             raise TimeoutError(f"channel {self.name!r}: nothing from module {self.peer!r} within {timeout} s")
+        return got
+
+    def poll(self, rank: int | None = None, dtype=None, shape=None) -> Received | None:
+        """The next message if one has arrived, else None at once (a loop that trains between looks)."""
+        return self._recv(rank, dtype, shape, 0)
+
+    def _recv(self, rank, dtype, shape, timeout, out=None):
+        source = None if rank is None else self._dest(rank)
+        got = messages.recv(self._links, source, self._tag[1], dtype=dtype, shape=shape, timeout=timeout, out=out)
+        if got is None:
+            return None
         value, meta, world_rank = got
         return Received(value, meta, self._peer_ranks.index(world_rank))
 
@@ -67,6 +84,11 @@ class Channel:
 class _Pending:
     def __init__(self, comm, requests):
         self._comm, self._requests = comm, requests
+
+    def done(self) -> bool:
+        """Whether the send has completed (it is not waited for)."""
+        self._requests = [r for r in self._requests if not r.Test()]
+        return not self._requests
 
     def wait(self) -> None:
         messages.wait_all(self._comm, self._requests)

@@ -7,7 +7,7 @@ module (module order, ranks in order) and run that module's ``main(ctx)``; worke
 wait for the next one. A module that raises ends the whole job within seconds with its name, rank and
 traceback (MPI_Abort on more than one rank; a :class:`ModuleFailed` in a one-rank run): never a hang.
 Each module's return value on its rank 0 (JSON: a dict, a list, numbers; an application's
-:class:`~hpcai.apps.Result` is kept as its metrics, figures and files) is collected and returned to every
+:class:`~hpcai.apps.Result` as a dict of its fields, arrays as lists) is collected and returned to every
 rank, so the same workflow gives the same answer under ``mpiexec`` and on engines.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import sys
+import threading
 import time
 import traceback
 
@@ -61,9 +62,9 @@ def _entry(module: _spec.ModuleSpec, verbose: int):
 
 
 def _jsonable(value):
-    """A module's value as JSON (an application's Result as its metrics, figures and files)."""
+    """A module's value as JSON (an application's Result as a dict of its fields, arrays as lists)."""
     if isinstance(value, Result):
-        value = {"metrics": value.metrics, "figures": value.figures, "files": value.files}
+        value = dataclasses.asdict(value)
     return json.loads(json.dumps(value, default=json_default))
 
 
@@ -97,8 +98,8 @@ class _NoSpace:
 class _Job:
     """One rank's part of a workflow run."""
 
-    def __init__(self, spec, comm, verbose):
-        self.spec, self.world, self.verbose = spec, comm, verbose
+    def __init__(self, spec, comm, verbose, progress):
+        self.spec, self.world, self.verbose, self.progress = spec, comm, verbose, as_progress(progress)
         servers = spec.tuple_space.servers if comm.size > 1 else 0
         self.servers = list(range(comm.size - servers, comm.size))
         self.is_server = comm.rank in self.servers
@@ -160,16 +161,22 @@ class _Job:
         self._collect(modules, mine, comm, value)
 
     def _module(self, module, comm, owners, iteration):
-        ctx = Context(module.name, comm, dict(module.params), self.space, as_progress(None),
+        ctx = Context(module.name, comm, dict(module.params), self.space, self.progress,
                       self.log.getChild(module.name), iteration, self._channels(module, owners))
         try:
             return _jsonable(_entry(module, self.verbose)(ctx))
         except Exception as exc:  # noqa: BLE001 - any failure of a module ends the workflow, named
-            where = f"module {module.name!r} (rank {comm.rank} of {comm.size}, job rank {self.world.rank})"
+            where = f"module {module.name!r} (rank {comm.rank} of {comm.size}, job rank {self.world.rank}) failed"
+            summary = f"{where}: {type(exc).__name__}: {exc}"
             if self.world.size == 1:
-                raise ModuleFailed(f"{where} failed: {type(exc).__name__}: {exc}") from exc
-            sys.stderr.write(f"[hpcai workflow {self.spec.name!r}] {where} failed; ending the workflow\n"
+                raise ModuleFailed(summary) from exc
+            sys.stderr.write(f"[hpcai workflow {self.spec.name!r}] {where}; ending the workflow\n"
                              f"{traceback.format_exc()}")
+            if sys.__stderr__ is not None and sys.stderr is not sys.__stderr__:
+                # on an engine sys.stderr goes to the client, and an aborted job never hands it over: one line
+                # to the process's own stderr (the MPI job's output) names the failure there
+                sys.__stderr__.write(f"ModuleFailed: {summary}".replace("\n", " | ") + "\n")
+                sys.__stderr__.flush()
             self.world.abort(1)
 
     def _channels(self, module, owners) -> dict:
@@ -204,17 +211,23 @@ class _Job:
         self.seconds[report["module"]] = report["seconds"]
 
 
-def run_workflow(control, comm=None, verbose: int = 1) -> WorkflowResult:
+def run_workflow(control, comm=None, verbose: int = 1, progress=None) -> WorkflowResult:
     """Run the workflow ``control`` (a control file's path, a dict, or a WorkflowSpec) on this job's ranks.
 
     ``comm``: the job's communicator (default MPI's world when mpi4py is there, else one rank). Every rank
-    calls this; every rank returns the same :class:`WorkflowResult`.
+    calls this; every rank returns the same :class:`WorkflowResult`. ``progress``: this rank's
+    :class:`~hpcai.apps.progress.Progress` (or a callable receiving its snapshots), the ``ctx.progress`` of
+    the module it runs, so that an application run as a workflow reports as it does on its own.
     """
     spec = _spec.load(control)
     comm = comm if comm is not None else world()
     if not isinstance(comm, SerialCommunicator):
         raise TypeError(f"comm: expected an hpcai Communicator or None, got {type(comm).__name__}")
     spec.check_ranks(comm.size)
+    hooks = sys.excepthook, threading.excepthook
     if comm.size > 1:
-        install_abort_hook(comm)
-    return _Job(spec, comm, verbose).run()
+        install_abort_hook(comm)  # an error outside the modules ends the job too, never a hang
+    try:
+        return _Job(spec, comm, verbose, progress).run()
+    finally:  # the process may outlive the workflow (an engine): no hook of this run stays behind
+        sys.excepthook, threading.excepthook = hooks
