@@ -13,6 +13,7 @@ pytest.importorskip("sklearn")
 
 from hpcai import amp, optim  # noqa: E402
 from hpcai.apps import APPS, digits  # noqa: E402
+from hpcai.parallel import METHODS  # noqa: E402
 from hpcai.ui import Panel  # noqa: E402
 from hpcai.ui.panel import HIDDEN, TOP  # noqa: E402
 
@@ -31,7 +32,7 @@ def test_dropdowns_come_from_the_registries(tmp_path):
     assert list(panel.app.options) == [(name, name) for name in APPS]
     assert panel.top["precision"].options == tuple(amp.POLICIES)
     assert panel.top["optimizer"].options == tuple(optim.OPTIMIZERS)
-    assert panel.top["strategy"].options == tuple(digits.STRATEGIES)
+    assert panel.top["strategy"].options == tuple(METHODS)
     assert panel.state == "idle" and not panel.run_button.disabled and panel.stop_button.disabled
     for name, app in APPS.items():  # every application: one input per remaining Config field
         panel.app.value = name

@@ -32,8 +32,6 @@ from ..train.plot import new_figure, save_png
 from .progress import as_progress
 from .result import Result
 
-STRATEGIES = {"sync": "synchronous data parallel (allreduce)", "hogwild": "Hogwild threads (lock-free, shared memory)",
-              "ps": "asynchronous parameter server (MPI)", "rma": "asynchronous one-sided MPI windows (RMA)"}
 MODELS = ("mlp", "cnn")
 
 
@@ -45,7 +43,7 @@ class Config:
     hidden: int = 128               # MLP hidden width / CNN channels of the first convolution
     precision: str = dataclasses.field(default="fp32", metadata={"choices": tuple(amp.POLICIES)})
     optimizer: str = dataclasses.field(default="adam", metadata={"choices": tuple(optim.OPTIMIZERS)})
-    strategy: str = dataclasses.field(default="sync", metadata={"choices": tuple(STRATEGIES)})
+    strategy: str = dataclasses.field(default="sync", metadata={"choices": tuple(METHODS)})
     epochs: int = 20                # passes over the training set (all workers together)
     batch_size: int = 32            # per worker
     lr: float | None = None         # None: a good default for the optimizer
@@ -55,7 +53,7 @@ class Config:
 
     def validate(self) -> "Config":
         """Check every field, raising a ValueError that names it."""
-        for name, choices in (("model", MODELS), ("optimizer", optim.OPTIMIZERS), ("strategy", STRATEGIES)):
+        for name, choices in (("model", MODELS), ("optimizer", optim.OPTIMIZERS), ("strategy", METHODS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}: expected one of {list(choices)}, got {getattr(self, name)!r}")
         for name, low in (("hidden", 1), ("epochs", 1), ("batch_size", 1), ("seed", 0)):
@@ -151,7 +149,7 @@ def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None
     progress.finish(f"test accuracy {metrics['test_accuracy']:.3f}")
     if rank == 0 and verbose:
         print(f"digits: {config.model} with {config.optimizer} (lr {lr:g}), {config.precision}, "
-              f"{STRATEGIES[config.strategy]} on {workers} worker(s): test accuracy "
+              f"{METHODS[config.strategy].description} on {workers} worker(s): test accuracy "
               f"{metrics['test_accuracy']:.4f} in {seconds:.1f} s", flush=True)
     if config.output_dir is not None and rank == 0:
         _write(config, result, x_label)

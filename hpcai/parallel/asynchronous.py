@@ -45,21 +45,24 @@ ASYNC_PRECISIONS = tuple(name for name, p in POLICIES.items() if not (p.pure or 
 class Method:
     """A registered variant: ``run(job) -> (this rank's logs, final flat weights, wall seconds)``.
 
-    ``workers(job)``: the worker ids (ranks, or threads) it will run with; ``mpi``: whether it uses ``job.comm``.
+    ``workers(job)``: the worker ids (ranks, or threads) it will run with; ``mpi``: whether it uses ``job.comm``;
+    ``description``: what it is, in a few words (the panel, the CLI and applications show it).
     """
     name: str
     run: Callable
     workers: Callable
     mpi: bool
+    description: str
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, workers: Callable, mpi: bool = True):
-    """Decorator adding a variant's ``run(job)`` to :data:`METHODS` under ``name``."""
+def register(name: str, description: str, workers: Callable, mpi: bool = True):
+    """Decorator adding a variant's ``run(job)`` to :data:`METHODS` under ``name``: the one registry of
+    parallel strategies that applications, the panel, the CLI and the tests read."""
     def add(run):
-        METHODS[name] = Method(name, run, workers, mpi)
+        METHODS[name] = Method(name, run, workers, mpi, description)
         return run
     return add
 
@@ -387,7 +390,7 @@ def start_clock(comm) -> float:
     return time.perf_counter()
 
 
-@register("sync", workers=lambda job: range(job.comm.size))
+@register("sync", "synchronous data parallel (allreduce)", workers=lambda job: range(job.comm.size))
 def run_sync(job):
     """Synchronous SGD: every step, all ranks' gradients are averaged (allreduce) and applied everywhere.
 

@@ -67,7 +67,8 @@ class SharedArray:
         return self.lock
 
 
-@register("hogwild", workers=lambda job: range(job.threads), mpi=False)
+@register("hogwild", "Hogwild threads (lock-free, shared memory)", workers=lambda job: range(job.threads),
+          mpi=False)
 def run_hogwild(job):
     """``job.threads`` threads share ``job.steps`` updates of one weight array; returns (logs, weights, wall)."""
     store = SharedArray(job.flat_model().flat)  # the one set of weights every thread reads and writes in place

@@ -84,7 +84,7 @@ def work(job, fm, t0) -> WorkerLog:
     return log
 
 
-@register("ps", workers=_workers)
+@register("ps", "asynchronous parameter server (MPI)", workers=_workers)
 def run_parameter_server(job):
     """Rank 0 serves, ranks >= 1 work; returns (this rank's logs, final weights, wall time) on every rank."""
     if job.comm.size == 1:

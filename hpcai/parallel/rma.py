@@ -150,7 +150,7 @@ class WindowStore:
             self.win.release()
 
 
-@register("rma", workers=lambda job: range(job.comm.size))
+@register("rma", "asynchronous one-sided MPI windows (RMA)", workers=lambda job: range(job.comm.size))
 def run_rma(job):
     """Every rank trains on the window until the step tickets run out; returns (logs, weights, wall)."""
     comm = job.comm

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from hpcai import Tensor, datasets, nn
+from hpcai.parallel import METHODS as REGISTRY
 from hpcai.parallel.asynchronous import train_async
 from hpcai.parallel.comm import SerialCommunicator, world
 from hpcai.parallel.rma import TICKETS, ParamWindow
 from problems import least_squares, mlp
 
 COMM = world()
-METHODS = ["sync", "ps", "rma"]
+METHODS = sorted(name for name, method in REGISTRY.items() if method.mpi)  # every MPI strategy registered
 needs_mpi = pytest.mark.skipif(not hasattr(COMM, "MPI"), reason="needs mpi4py")
 
 
