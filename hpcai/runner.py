@@ -80,9 +80,10 @@ def run_workflow(control, *, engines=0, path=None, verbose: int = 1, progress=No
             engines started in (the working directory of the process that started them).
         verbose: 0 silent; 1 the engines' output is shown here as it comes (an application module's progress
             line on its rank 0).
-        progress: must be None: workflow modules do not report progress to this function yet.
-        stop: an Event; once set, the engines are interrupted and this raises Stopped. In this process and
-            under ``mpiexec`` the workflow is not watched: a ``stop`` already set refuses to start.
+        progress: ``progress(snapshots)``, one snapshot per rank, as the modules report through
+            ``ctx.progress`` (as :func:`run_app` relays an application's).
+        stop: an Event; once set, the run stops: on engines they are interrupted; in this process the
+            module raises Stopped at its next ``ctx.progress`` update. This raises Stopped.
 
     Raises:
         SpecError: the control file is wrong, or the job has too few ranks for it (before any engine starts).
@@ -94,20 +95,23 @@ def run_workflow(control, *, engines=0, path=None, verbose: int = 1, progress=No
     """
     from . import workflow
     _check_options(engines, progress, stop)
-    if progress is not None:
-        raise NotImplementedError("progress: workflow modules do not report progress to run_workflow yet "
-                                  "(ctx.progress reaches no one); pass progress=None")
     spec = workflow.load(control)
     folders = _folders(path)
     if stop is not None and stop.is_set():
         raise Stopped("stopped before the workflow began")
+    here = Progress([lambda snap: progress([snap])] if progress is not None else (), stop=stop)
     if launched_by_mpi():
         from .parallel import world
         with _search_path(folders):
-            return workflow.run_workflow(spec, world(), verbose)
+            return workflow.run_workflow(spec, world(), verbose, here)
     if engines == 0:
         with _search_path(folders):
-            return workflow.run_workflow(spec, SerialCommunicator(), verbose)
+            try:
+                return workflow.run_workflow(spec, SerialCommunicator(), verbose, here)
+            except workflow.ModuleFailed as e:
+                if isinstance(e.__cause__, Stopped):
+                    raise e.__cause__ from None
+                raise
     spec.check_ranks(engines if isinstance(engines, int) else engines.n)  # before starting any engine
     try:
         text = json.dumps(spec.to_dict())
@@ -116,7 +120,8 @@ def run_workflow(control, *, engines=0, path=None, verbose: int = 1, progress=No
                                  f"params are not JSON values: {e}") from None
     from .cluster import EngineError
     try:
-        state = _on_engines(engines, _workflow_on_engine, (text, spec.source, verbose, folders), verbose, None, stop)
+        state = _on_engines(engines, _workflow_on_engine, (text, spec.source, verbose, folders), verbose, progress,
+                            stop)
     except EngineError as e:
         found = _MODULE_FAILED.findall("\n".join([*e.failures.values(), e.output]))
         if not found:
@@ -204,7 +209,8 @@ def _workflow_on_engine(text, source, verbose, folders):
     from hpcai.parallel import world
     spec = workflow.load(json.loads(text), source=source)
     with _search_path(folders):
-        return dataclasses.asdict(workflow.run_workflow(spec, world(), verbose))
+        return dataclasses.asdict(workflow.run_workflow(spec, world(), verbose, Progress([publish_to_client],
+                                                                                        every=0.3)))
 
 
 def _folders(path) -> list:

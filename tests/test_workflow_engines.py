@@ -158,10 +158,14 @@ def engines(tmp_path_factory):
 @needs_engines
 def test_loop_with_a_tuple_space_gives_the_same_values_everywhere(tmp_path, marked):
     path = control(tmp_path, LOOP)
-    here = run_workflow(path, path=ROOT, verbose=0)
+    seen, seen_on_engines = [], []
+    here = run_workflow(path, path=ROOT, verbose=0, progress=seen.extend)
     assert here.iterations == 3 and here["drain"] == {"rounds": [0, 1, 2]}
+    assert {"round 0", "round 2"} <= {snap.get("phase") for snap in seen}  # ctx.progress reached us
     mpi = under_mpiexec(2, path)  # one worker and the tuple-space server
-    on_engines = run_workflow(path, engines=2, path=ROOT, verbose=0)  # started and stopped for the call
+    # relayed while the run goes on (this one may be over before the first look), one snapshot per rank
+    on_engines = run_workflow(path, engines=2, path=ROOT, verbose=0, progress=seen_on_engines.append)
+    assert all(len(snaps) == 2 for snaps in seen_on_engines)
     for other in (mpi, vars(on_engines)):
         assert other["values"] == here.values and other["iterations"] == here.iterations
         assert set(other["seconds"]) == {"count", "drain"}
@@ -233,8 +237,8 @@ def test_bad_requests_are_refused_before_any_engine_starts(tmp_path):
         run_workflow(path, engines=3, path=tmp_path / "nowhere")
     with pytest.raises(TypeError, match="path: expected a folder"):
         run_workflow(path, engines=3, path=3)
-    with pytest.raises(NotImplementedError, match="progress"):
-        run_workflow(path, engines=3, progress=print)
+    with pytest.raises(TypeError, match="progress: expected a function"):
+        run_workflow(path, engines=3, progress=3)
     with pytest.raises(ValueError, match="engines"):
         run_workflow(path, engines=-1)
     stop = threading.Event()

@@ -45,7 +45,9 @@ def consumer(ctx):
 
 
 def counter(ctx):
-    """One round of a loop: puts its round into the tuple space; done after params["rounds"] rounds."""
+    """One round of a loop: puts its round into the tuple space and reports it; done after params["rounds"]."""
+    ctx.progress.phase(f"round {ctx.iteration}", 1)
+    ctx.progress.update(1)
     if ctx.rank == 0:
         ctx.space.put("round", {"iteration": ctx.iteration})
     return {"iteration": ctx.iteration, "done": ctx.iteration + 1 >= ctx.params["rounds"]}
