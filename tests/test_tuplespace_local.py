@@ -96,7 +96,7 @@ def test_get_read_and_put_time_out():
         start = time.perf_counter()
         with pytest.raises(TimeoutError, match="nothing"):
             call()
-        assert 0.2 <= time.perf_counter() - start < 1.0
+        assert 0.2 <= time.perf_counter() - start < 10  # it fired (the bound only guards a hang)
     ts.put("full", np.zeros(10))  # 80 + 4 bytes of 100
     with pytest.raises(TimeoutError, match="stayed full"):
         ts.put("late", np.zeros(2), timeout=0.1)
@@ -148,7 +148,8 @@ def test_a_large_waiting_put_is_not_overtaken_by_small_ones():
     ts.get("x")
     big.join(10)
     small.join(10)
-    assert order[0] == "big" and [ts.get("*")[0] for _ in range(2)] == ["big", "small"]
+    # the space admitted them in turn (which thread then returns first is up to the scheduler)
+    assert sorted(order) == ["big", "small"] and [ts.get("*")[0] for _ in range(2)] == ["big", "small"]
 
 
 def test_many_threads_lose_nothing_and_duplicate_nothing():
