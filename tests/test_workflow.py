@@ -136,3 +136,14 @@ def test_a_failing_module_ends_a_four_rank_workflow_quickly(tmp_path):
     assert code not in (0, None), f"exit {code}; {err[-2000:]}"
     assert seconds < 10, f"the workflow took {seconds:.1f} s to end"
     assert "module 'boom' (rank 0 of 1" in err and "this module fails on purpose" in err
+
+
+@needs_mpi
+def test_a_long_loop_frees_its_communicators(tmp_path):
+    # every round splits the ranks anew; MPICH has about 2000 communicators per process, so they must be freed
+    rounds = 2500
+    spec = {**LOOP, "modules": {**LOOP["modules"], "count": {"entry": M + "counter", "params": {"rounds": rounds}}},
+            "loop": {**LOOP["loop"], "max_iterations": rounds}}
+    code, out, err, _ = run_mpi(3, spec, tmp_path, timeout=180)
+    assert code == 0, err[-3000:]
+    assert json.loads(out)["iterations"] == rounds and len(json.loads(out)["values"]["drain"]["rounds"]) == rounds

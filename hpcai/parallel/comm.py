@@ -127,6 +127,9 @@ class SerialCommunicator:
     def dup(self):
         return self
 
+    def free(self) -> None:
+        pass
+
     def send_(self, *args, **kwargs):
         raise RuntimeError("point-to-point messages need MPI: the serial stand-in has no other rank")
 
@@ -255,6 +258,10 @@ class Communicator(SerialCommunicator):
     def dup(self) -> "Communicator":
         """The same ranks in a new context: its messages never match this communicator's."""
         return Communicator(self.comm.Dup())
+
+    def free(self) -> None:
+        """Release a communicator made by :meth:`split` or :meth:`dup` (MPI has a few thousand at most)."""
+        self.comm.Free()
 
     # -- point to point, on buffers -------------------------------------------------------------------
     def _peer(self, rank, name):

@@ -106,6 +106,7 @@ class _Job:
         mpi = isinstance(comm, Communicator)
         self.links = comm.dup() if mpi else comm
         self.space_comm = comm.dup() if mpi and self.servers else None
+        # the servers are the last ranks, so a worker's rank is its world rank: what channels address
         self.workers = comm.split(int(self.is_server), comm.rank) if mpi else comm
         self.log = logging.getLogger(f"hpcai.workflow.{spec.name}")
         self.values, self.seconds, self.iterations = {}, {}, 0
@@ -141,6 +142,8 @@ class _Job:
         state = {"values": self.values, "iterations": self.iterations, "seconds": self.seconds}
         if self.world.size > 1:
             state = _bcast_json(self.world, state)  # world rank 0 is worker 0
+            for comm in {id(c): c for c in (self.links, self.space_comm, self.workers) if c is not None}.values():
+                comm.free()
         return WorkflowResult(**state)
 
     # -- one stage: every module of it at once, each on its own ranks -------------------------------------
@@ -159,6 +162,8 @@ class _Job:
             value = self._module(mine, comm, owners, iteration)
             self.seconds[mine.name] = self.seconds.get(mine.name, 0.0) + time.perf_counter() - start
         self._collect(modules, mine, comm, value)
+        if comm is not self.workers:
+            comm.free()  # a loop splits anew every round; MPI has a few thousand communicators at most
 
     def _module(self, module, comm, owners, iteration):
         ctx = Context(module.name, comm, dict(module.params), self.space, self.progress,
