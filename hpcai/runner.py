@@ -106,12 +106,7 @@ def run_workflow(control, *, engines=0, path=None, verbose: int = 1, progress=No
             return workflow.run_workflow(spec, world(), verbose, here)
     if engines == 0:
         with _search_path(folders):
-            try:
-                return workflow.run_workflow(spec, SerialCommunicator(), verbose, here)
-            except workflow.ModuleFailed as e:
-                if isinstance(e.__cause__, Stopped):
-                    raise e.__cause__ from None
-                raise
+            return workflow.run_workflow(spec, SerialCommunicator(), verbose, here)
     spec.check_ranks(engines if isinstance(engines, int) else engines.n)  # before starting any engine
     try:
         text = json.dumps(spec.to_dict())

@@ -147,3 +147,18 @@ def test_a_long_loop_frees_its_communicators(tmp_path):
     code, out, err, _ = run_mpi(3, spec, tmp_path, timeout=180)
     assert code == 0, err[-3000:]
     assert json.loads(out)["iterations"] == rounds and len(json.loads(out)["values"]["drain"]["rounds"]) == rounds
+
+
+def test_stop_ends_an_in_process_workflow_at_its_next_progress_update():
+    import threading
+
+    from hpcai.apps import Stopped
+    from hpcai.runner import run_workflow as run_here
+    stop, seen = threading.Event(), []
+
+    def progress(snaps):  # the first report asks to stop: the module's next update raises Stopped
+        seen.extend(snaps)
+        stop.set()
+    with pytest.raises(Stopped):
+        run_here(LOOP, progress=progress, stop=stop)
+    assert seen and seen[0]["phase"] == "round 0"

@@ -299,6 +299,10 @@ class Communicator(SerialCommunicator):
         self._back(buf, host)
         return status.Get_source(), status.Get_tag()
 
+    def test(self, request) -> bool:
+        """Whether ``request`` has completed (completing it if so), without waiting."""
+        return request.Test()
+
     def probe(self, source: int | None = None, tag: int | None = None, timeout: float | None = None):
         """Wait for a message without receiving it: (source, tag, bytes), or None after ``timeout`` seconds.
         Polls like :meth:`wait`, so a waiting rank yields its core and signals are handled."""

@@ -34,25 +34,35 @@ def _name(dtype: np.dtype) -> str:
     return dtype.name  # numpy builds the name anew at each access (~2 us, much of a small message's cost)
 
 
-def encode(value, meta: dict | None = None) -> tuple[bytes, object]:
-    """(header bytes, payload array or None) for an array or a JSON value, with ``meta`` in the header."""
-    meta = dict(meta or {})
+def travelling(value):
+    """``value`` as a message carries it: an array of booleans, integers or floats (a numpy scalar becomes a
+    0-d array of its dtype) or a JSON value; anything else is a TypeError naming ``value``."""
     if isinstance(value, np.generic) and not isinstance(value, np.str_):
-        value = np.asarray(value)  # a numpy scalar travels as a 0-d array of its dtype
+        value = np.asarray(value)
     if backend.is_array(value):
         if value.dtype.kind not in "biuf" and value.dtype.name not in _HALF_NAMES:
             raise TypeError(f"value: arrays of booleans, integers or floats travel; got dtype {value.dtype}")
+        return value
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"value: expected an array or a JSON value (dict, list, str, finite number, bool, "
+                        f"None), got {type(value).__name__}: {e}") from None
+    return value
+
+
+def encode(value, meta: dict | None = None) -> tuple[bytes, object]:
+    """(header bytes, payload array or None) for an array or a JSON value, with ``meta`` in the header."""
+    meta, value = dict(meta or {}), travelling(value)
+    if backend.is_array(value):
         header = {"kind": "array", "dtype": _name(value.dtype), "shape": list(value.shape), "meta": meta}
         payload = value if value.flags.c_contiguous else backend.get_array_module(value).ascontiguousarray(value)
     else:
-        try:
-            header = {"kind": "json", "value": value, "meta": meta}
-            json.dumps(header, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"value: expected an array or a JSON value (dict, list, str, finite number, bool, "
-                            f"None), got {type(value).__name__}: {e}") from None
-        payload = None
-    raw = json.dumps(header, allow_nan=False).encode()
+        header, payload = {"kind": "json", "value": value, "meta": meta}, None
+    try:
+        raw = json.dumps(header, allow_nan=False).encode()
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"meta: expected a dict of JSON values, got {meta!r}: {e}") from None
     if len(raw) > MAX_HEADER:
         raise ValueError(f"value: a JSON value or metadata of {len(raw)} bytes exceeds {MAX_HEADER}; send an array")
     return raw, payload

@@ -106,18 +106,11 @@ def _check_max_bytes(max_bytes) -> int:
 
 
 def _value_bytes(value):
-    """(value, bytes): an array (a numpy scalar as a 0-d array) or a JSON value, checked, and its size."""
-    if isinstance(value, np.generic) and not isinstance(value, np.str_):
-        value = np.asarray(value)
+    """(value, bytes): what :func:`messages.travelling` accepts, checked, and its size in the space."""
+    value = messages.travelling(value)
     if backend.is_array(value):
-        if value.dtype.kind not in "biuf" and value.dtype.name != "bfloat16":
-            raise TypeError(f"value: arrays of booleans, integers or floats only; got dtype {value.dtype}")
         return value, value.nbytes
-    try:
-        text = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"value: expected a numpy array or a JSON value (dict, list, str, finite number, bool, "
-                        f"None), got {type(value).__name__}: {e}") from None
+    text = json.dumps(value, allow_nan=False)
     if len(text) > MAX_JSON:
         raise ValueError(f"value: a JSON value of {len(text)} bytes exceeds {MAX_JSON}; put large data as an array")
     return value, len(text.encode())

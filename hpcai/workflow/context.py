@@ -87,7 +87,7 @@ class _Pending:
 
     def done(self) -> bool:
         """Whether the send has completed (it is not waited for)."""
-        self._requests = [r for r in self._requests if not r.Test()]
+        self._requests = [r for r in self._requests if not self._comm.test(r)]
         return not self._requests
 
     def wait(self) -> None:

@@ -23,7 +23,7 @@ import traceback
 import numpy as np
 
 from ..apps import APPS, Result, make_config
-from ..apps.progress import as_progress
+from ..apps.progress import Stopped, as_progress
 from ..io import json_default
 from ..parallel import messages, tuplespace
 from ..parallel.comm import Communicator, SerialCommunicator, install_abort_hook, world
@@ -170,6 +170,8 @@ class _Job:
                       self.log.getChild(module.name), iteration, self._channels(module, owners))
         try:
             return _jsonable(_entry(module, self.verbose)(ctx))
+        except Stopped:
+            raise  # asked to stop through ctx.progress, not a failure (on several ranks the abort hook ends the job)
         except Exception as exc:  # noqa: BLE001 - any failure of a module ends the workflow, named
             where = f"module {module.name!r} (rank {comm.rank} of {comm.size}, job rank {self.world.rank}) failed"
             summary = f"{where}: {type(exc).__name__}: {exc}"
