@@ -33,7 +33,7 @@ import time
 import weakref
 from typing import NamedTuple
 
-from . import cluster_engine
+from . import checks, cluster_engine
 from .cluster_config import LAUNCHERS, cluster_config, find_mpiexec
 
 __all__ = ["EngineError", "EngineInfo", "EngineStartError", "Engines", "LAUNCHERS", "cluster_config", "find_mpiexec"]
@@ -131,8 +131,7 @@ class Engines:
     def __init__(self, n: int = 2, launcher=None, *, mpi_args=None, mpiexec=None, env=None, queue=None, account=None,
                  walltime=None, batch_options=(), profile_dir=None, cluster_id=None, timeout: float | None = None,
                  abort_after: float | None = 3.0):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n: expected a positive number of engines, got {n!r}")
+        checks.integer("n", n, 1)
         self.config = cluster_config(n, launcher, mpi_args, mpiexec, env, queue, account, walltime, batch_options)
         self.n, self.abort_after = n, abort_after
         self.timeout = float(timeout if timeout is not None else 60 if self._local() else 600)
@@ -365,9 +364,8 @@ class Engines:
         self._require_running()
         if on_data is not None and not callable(on_data):
             raise TypeError(f"on_data: expected a function on_data(datas) or None, got {on_data!r}")
-        if timeout is not None and not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
-                                        and timeout > 0):
-            raise ValueError(f"timeout: expected a positive number of seconds or None, got {timeout!r}")
+        if timeout is not None:
+            checks.number("timeout (seconds, or None)", timeout, 0.0, low_open=True)
         name = getattr(fn, "__name__", repr(fn))
         view = self.client[[info.engine_id for info in self.ranks]]
         ar = self._track(view.apply_async(cluster_engine.call, fn, args, kwargs))

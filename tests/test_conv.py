@@ -198,7 +198,7 @@ def _z(*shape, dtype=np.float32):
      r"x's 3 channels are not divisible by groups=2"),
     (lambda: ops.conv2d(_z(1, 4, 5, 5), _z(3, 2, 3, 3), groups=2), ValueError,
      r"weight's 3 output channels are not divisible by groups=2"),
-    (lambda: ops.conv2d(_z(1, 4, 5, 5), _z(3, 4, 3, 3), groups=0), ValueError, r"groups must be a positive int"),
+    (lambda: ops.conv2d(_z(1, 4, 5, 5), _z(3, 4, 3, 3), groups=0), ValueError, r"groups: expected an integer >= 1"),
     (lambda: ops.conv2d(_z(1, 1, 2, 2), _z(1, 1, 3, 3)), ValueError, r"kernel \(3, 3\).*larger than the padded input"),
     (lambda: ops.conv2d(_z(1, 1, 5, 5), _z(1, 1, 3, 3), dilation=3), ValueError, r"extent 7 with dilation 3"),
     (lambda: ops.conv2d(_z(1, 1, 5, 5), _z(2, 1, 3, 3), _z(3)), ValueError, r"bias must have shape \(2,\).*got \(3,\)"),
@@ -228,7 +228,7 @@ def _z(*shape, dtype=np.float32):
     (lambda: ops.avg_pool2d(_z(1, 1, 4, 4), 2, stride=0), ValueError, r"avg_pool2d: stride must be a positive"),
     (lambda: ops.max_pool2d(_z(1, 1, 4, 4), (2, 0)), ValueError, r"kernel_size must be a positive"),
     (lambda: ops.pixel_shuffle(_z(1, 6, 2, 2), 2), ValueError, r"x's 6 channels are not divisible by upscale_factor"),
-    (lambda: ops.pixel_shuffle(_z(1, 4, 2, 2), 0), ValueError, r"upscale_factor must be a positive int"),
+    (lambda: ops.pixel_shuffle(_z(1, 4, 2, 2), 0), ValueError, r"upscale_factor: expected an integer >= 1"),
 ])
 def test_errors_name_the_argument(call, error, match):
     with pytest.raises(error, match=match):

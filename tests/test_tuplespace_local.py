@@ -266,5 +266,5 @@ def test_bad_arguments_name_the_argument(call, error, match):
 
 @pytest.mark.parametrize("max_bytes", [0, -5, 1.5, True, "1"])
 def test_bad_max_bytes(max_bytes):
-    with pytest.raises(ValueError, match="max_bytes: expected a positive integer"):
+    with pytest.raises(ValueError, match="max_bytes: expected an integer >= 1"):
         LocalTupleSpace(max_bytes=max_bytes)

@@ -200,7 +200,7 @@ def test_ranks_without_tuple_space_and_serial():
         load({"modules": {"a": {"entry": "m:f", "ranks": 2}}, "tuple_space": {}}).check_ranks(2)
     with pytest.raises(SpecError, match=re.escape("tuple_space.servers: expected 0 or 1")):
         load({**chain(a=""), "tuple_space": {"servers": 2}})
-    with pytest.raises(ValueError, match="world_size: expected a positive integer, got 0"):
+    with pytest.raises(ValueError, match="world_size: expected an integer >= 1, got 0"):
         serial.ranks_needed(0)
 
 

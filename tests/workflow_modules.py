@@ -13,6 +13,12 @@ def pattern(dtype, shape, seed):
     return (x > 0) if np.dtype(dtype) == np.bool_ else x.astype(dtype)
 
 
+def tree(rank):
+    """A nested dict of arrays and JSON values, as a module sends its results (send_tree)."""
+    return {"weights": pattern(np.float32, (3, 4), rank), "count": np.int64(rank),
+            "nested": {"steps": pattern(np.int32, (5,), 7), "empty": np.zeros((0, 2)), "label": "run", "x": 1.5}}
+
+
 def producer(ctx):
     """Sends every dtype and shape over channel "data" to each consumer rank, and puts one tuple per rank."""
     if ctx.rank == 0:
@@ -20,6 +26,8 @@ def producer(ctx):
         for k, (dtype, shape) in enumerate((d, s) for d in DTYPES for s in SHAPES):
             for rank in range(ctx.params["consumers"]):
                 peer.send(pattern(dtype, shape, k), rank=rank, meta={"k": k})
+        for rank in range(ctx.params["consumers"]):
+            peer.send_tree(tree(rank), rank=rank)
         peer.send({"end": True}, rank=0)
     ctx.space.put(f"from-producer/{ctx.rank}", np.full(3, ctx.rank, np.float64))
     return {"sent": len(DTYPES) * len(SHAPES), "ranks": ctx.size}
@@ -34,6 +42,12 @@ def consumer(ctx):
         expect = pattern(dtype, shape, k)
         same = got.value.tobytes() == expect.tobytes() and got.meta == {"k": k} and got.rank == 0
         mismatches += not same
+    got, want = peer.recv_tree(rank=0), tree(ctx.rank)
+    mismatches += not (got["count"] == want["count"] and got["nested"]["label"] == "run" and got["nested"]["x"] == 1.5
+                       and all(got[k].tobytes() == want[k].tobytes() and got[k].dtype == want[k].dtype
+                               for k in ["weights"])
+                       and all(got["nested"][k].tobytes() == want["nested"][k].tobytes() and
+                               got["nested"][k].shape == want["nested"][k].shape for k in ["steps", "empty"]))
     taken = []
     if ctx.rank == 0:
         assert peer.recv(timeout=60).value == {"end": True}

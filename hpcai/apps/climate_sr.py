@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import amp, backend, io, nn, ops, optim
 from ..autograd import Tensor, no_grad
+from ..train import TrainStep
 from ..sim import compression as _codec
 from ..sim.shallow_water import INITIAL_CONDITIONS, ShallowWater
 from .progress import as_progress
@@ -207,7 +208,9 @@ class _Learner:
             from ..parallel.data_parallel import DistributedOptimizer, broadcast_parameters
             broadcast_parameters(self.model, 0, comm)
             self.opt = DistributedOptimizer(self.opt, comm=comm)
-        self.scaler = amp.DynamicLossScaler() if self.policy.loss_scaling else None
+        weight = Tensor(self.sqrt_area[None, None])  # the loss is area-weighted: a sphere, not a rectangle
+        self.step = TrainStep(self.model, lambda out, y: ops.mse_loss(out * weight, y), self.opt, self.policy,
+                              where="learner")
         self.rng = np.random.default_rng(config.seed if seed is None else seed)
         self.inputs, self.targets, self.losses, self.norm, self.seconds = [], [], [], None, 0.0
         self.priority = []  # each pair's last loss: half of every minibatch is drawn in proportion to it
@@ -238,7 +241,6 @@ class _Learner:
         if not self.inputs:
             return
         start = time.perf_counter()
-        sqrt_area = Tensor(self.sqrt_area[None, None])
         lr = self.config.lr
         for i in range(iterations):
             if final:
@@ -247,26 +249,18 @@ class _Learner:
             n, priority = len(self.inputs), np.array(self.priority)
             p = 0.5 / n + 0.5 * priority / priority.sum()
             idx = self.rng.choice(n, self.config.batch_size, replace=n < self.config.batch_size, p=p)
-            x, y = Tensor(np.stack([self.inputs[j] for j in idx])), Tensor(np.stack([self.targets[j] for j in idx]))
-            self.opt.zero_grad()
-            with self.policy.autocast():
-                out = self.model(x) * sqrt_area
-                loss = ops.mse_loss(out, y)
-            for j, e in zip(idx, ((backend.to_host(out.data) - y.data) ** 2).mean(axis=(1, 2, 3))):
-                self.priority[j] = float(e)
-            if self.scaler is None:
-                loss.backward()
-                self.opt.step()
-            else:
-                self.scaler.scale_loss(loss).backward()
-                self.scaler.step(self.opt)
-            self.policy.round_parameters(self.model.parameters())
-            self.losses.append(loss.item())
+            x, y = np.stack([self.inputs[j] for j in idx]), np.stack([self.targets[j] for j in idx])
+            result = self.step(x, y, f"iteration {i + 1}")
+            if result.out is not None:  # None: an fp16 loss that overflowed, a step the scaler skipped
+                errors = ((backend.to_host(result.out.data) * self.sqrt_area - y) ** 2).mean(axis=(1, 2, 3))
+                for j, e in zip(idx, errors):
+                    self.priority[j] = float(e)
+                self.losses.append(result.loss)
+                if not final:
+                    self.progress.loss(result.loss)
             if final:
-                self.progress.update(loss=self.losses[-1])
-            else:
-                self.progress.loss(self.losses[-1])
-            if progress is not None and ((i + 1) % 50 == 0 or i + 1 == iterations):
+                self.progress.update(loss=result.loss)
+            if progress is not None and self.losses and ((i + 1) % 50 == 0 or i + 1 == iterations):
                 progress(i + 1, iterations, float(np.mean(self.losses[-10:])))
         self.seconds += time.perf_counter() - start
 
@@ -606,10 +600,10 @@ def simulate(ctx) -> Result:
         fields.send({"kind": "end"}, rank)
     for p in pending:
         p.wait()
-    while (message := fields.recv(rank=0).value).get("kind") == "progress":
+    while (message := fields.recv(rank=0)).meta.get("kind") == "progress":
         if verbose:
-            _progress(message["done"], message["total"], message["loss"])
-    evaluation = _recv_arrays(fields, message)
+            _progress(message.value["done"], message.value["total"], message.value["loss"])
+    evaluation = fields.recv_tree(header=message)
     producer.timers["training"] = evaluation.pop("seconds_training")
     result = _finish(config, producer, evaluation, start, ranks=1 + fields.peer_size, verbose=verbose)
     ctx.progress.finish()
@@ -658,39 +652,10 @@ def learn(ctx) -> dict:
     root = comm.rank == 0
 
     def tell(done, total, loss):
-        fields.send({"kind": "progress", "done": done, "total": total, "loss": loss}, rank=0)
+        fields.send({"done": done, "total": total, "loss": loss}, rank=0, meta={"kind": "progress"})
     learner.train_final(progress=tell if root and verbose else None)
     if root:
         evaluation = learner.evaluate(held_out, np.cos(np.radians(lat))[:, None])
-        _send_arrays(fields, {**evaluation, "seconds_training": learner.seconds})
+        fields.send_tree({**evaluation, "seconds_training": learner.seconds}, rank=0)
     ctx.progress.finish()
     return {"iterations": len(learner.losses)}
-
-
-def _send_arrays(channel, tree: dict) -> None:
-    """A dict of JSON values and numpy arrays (nested dicts too) as one JSON message, then its arrays."""
-    arrays = []
-
-    def skeleton(value):
-        if isinstance(value, dict):
-            return {k: skeleton(v) for k, v in value.items()}
-        if isinstance(value, np.ndarray):
-            arrays.append(value)
-            return {"__array__": len(arrays) - 1}
-        return value.tolist() if isinstance(value, np.generic) else value
-    channel.send({"kind": "arrays", "tree": skeleton(tree), "count": len(arrays)}, rank=0)
-    for a in arrays:
-        channel.send(a, rank=0)
-
-
-def _recv_arrays(channel, header: dict) -> dict:
-    """What :func:`_send_arrays` sent, from its JSON ``header`` on."""
-    if header.get("kind") != "arrays":
-        raise ValueError(f"fields: expected the learners' evaluation, got a {header.get('kind')!r} message")
-    arrays = [channel.recv(rank=0).value for _ in range(header["count"])]
-
-    def fill(value):
-        if isinstance(value, dict):
-            return arrays[value["__array__"]] if set(value) == {"__array__"} else {k: fill(v) for k, v in value.items()}
-        return value
-    return fill(header["tree"])

@@ -22,9 +22,7 @@ import time
 
 import numpy as np
 
-from .. import amp, datasets, io, nn, optim
-from ..optim.optimizer import check_number
-from ..optim.schedule import check_int
+from .. import amp, checks, datasets, io, nn, optim
 from ..parallel.asynchronous import ASYNC_PRECISIONS, METHODS, train_async
 from ..parallel.comm import default_comm
 from ..train import Callback, evaluate, fit, predict
@@ -57,10 +55,10 @@ class Config:
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}: expected one of {list(choices)}, got {getattr(self, name)!r}")
         for name, low in (("hidden", 1), ("epochs", 1), ("batch_size", 1), ("seed", 0)):
-            check_int(name, getattr(self, name), low)
-        if self.lr is not None and check_number("lr", self.lr) == 0:
+            checks.integer(name, getattr(self, name), low)
+        if self.lr is not None and checks.number("lr", self.lr, 0.0) == 0:
             raise ValueError("lr: expected None or a positive number, got 0")
-        check_number("straggler", self.straggler, low=1.0)
+        checks.number("straggler", self.straggler, 1.0)
         amp.get_policy(self.precision)
         if self.strategy != "sync":
             if self.optimizer != "sgd":

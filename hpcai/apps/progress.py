@@ -13,10 +13,11 @@ Stopping is cooperative in-process: when the ``stop`` event is set, the next ``u
 from __future__ import annotations
 
 import math
-import numbers
 import threading
 import time
 from typing import Callable, Iterable
+
+from .. import checks
 
 MAX_POINTS = 400  # loss points kept in a snapshot (older ones thinned), so snapshots stay small
 
@@ -53,10 +54,9 @@ class Progress:
     def phase(self, name: str, total: int, message: str = "") -> None:
         """Begin stage ``name`` of ``total`` steps (a simulation's output steps, training iterations, ...)."""
         self._check_stop()
-        if isinstance(total, bool) or not isinstance(total, numbers.Integral) or total < 0:
-            raise ValueError(f"total: expected a number of steps >= 0 (0: unknown), got {total!r}")
+        total = checks.integer("total (steps; 0: unknown)", total, 0)
         with self._lock:
-            self.name, self.done, self.total, self.message = name, 0, int(total), message
+            self.name, self.done, self.total, self.message = name, 0, total, message
         self._send(force=True)
 
     def update(self, done: int | None = None, loss: float | None = None, message: str | None = None) -> None:

@@ -18,6 +18,7 @@ import numbers
 
 import numpy as np
 
+from .. import checks
 from ..autograd.function import Function
 from .common import expect_float, expect_ndim
 from .registry import Sample, register
@@ -231,9 +232,7 @@ def _check_operands(op, x, weight, bias, groups, x_channels_axis_of_w):
     expect_float(weight, "weight", op)
     if x.dtype != weight.dtype:
         raise TypeError(f"{op}: x and weight must have the same dtype, got {x.dtype} and {weight.dtype}")
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
-        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
-    groups = int(groups)
+    groups = checks.integer(f"{op}: groups", groups, 1)
     c = x.shape[1]
     if c % groups:
         raise ValueError(f"{op}: x's {c} channels are not divisible by groups={groups}")

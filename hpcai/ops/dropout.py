@@ -6,10 +6,10 @@ and then moved to the input's device.
 """
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 
+from .. import checks
 from ..autograd.function import Function
 from ..autograd.tensor import as_tensor
 from .common import expect_float
@@ -35,8 +35,7 @@ def dropout(x, p=0.5, training=True, generator=None, seed=None):
     generator seeded with ``seed`` (the same mask on every call: what gradient checks need); with
     neither, from fresh OS entropy. Not training, or p == 0, returns ``x`` unchanged.
     """
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
-        raise ValueError(f"dropout: p must lie in [0, 1), got {p!r}")
+    p = checks.number("dropout: p", p, 0.0, 1.0, high_open=True)
     if generator is not None and seed is not None:
         raise ValueError("dropout: pass generator or seed, not both")
     if generator is not None and not isinstance(generator, np.random.Generator):

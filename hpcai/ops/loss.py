@@ -6,11 +6,10 @@ silently give an (N, N) loss), and a non-finite loss raises FloatingPointError u
 """
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 
-from .. import backend
+from .. import backend, checks
 from ..autograd.function import Function
 from ..autograd.tensor import Tensor
 from .common import expect_float
@@ -269,16 +268,14 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, label_smoot
     else:
         raise TypeError(f"{op}: target must hold integer class indices or float class probabilities, "
                         f"got dtype {t.dtype}")
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
-            or not 0 <= label_smoothing <= 1:
-        raise ValueError(f"{op}: label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
+    label_smoothing = checks.number(f"{op}: label_smoothing", label_smoothing, 0.0, 1.0)
     if weight is not None:
         w = _data(weight, "weight", op)
         if w.shape != (k,):
             raise ValueError(f"{op}: weight must have shape ({k},), one per class, got {tuple(w.shape)}")
         weight = w.astype(z.dtype, copy=False)
     out = CrossEntropy.apply(logits, target, weight=weight, ignore_index=ignore_index,
-                             label_smoothing=float(label_smoothing), reduction=reduction)
+                             label_smoothing=label_smoothing, reduction=reduction)
     return _finite(op, out, (z, t), check_finite)
 
 
@@ -297,6 +294,5 @@ def l1_loss(pred, target, *, reduction="mean", check_finite=True):
 @register("huber_loss", _huber_samples, torch=_torch_f("huber_loss"))
 def huber_loss(pred, target, delta=1.0, *, reduction="mean", check_finite=True):
     """Huber loss: 0.5 d**2 for |d| <= delta, else delta (|d| - delta / 2), d = pred - target; shapes must match."""
-    if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not delta > 0:
-        raise ValueError(f"huber_loss: delta must be a positive number, got {delta!r}")
-    return _regression(HuberLoss, "huber_loss", pred, target, reduction, check_finite, delta=float(delta))
+    delta = checks.number("huber_loss: delta", delta, 0.0, low_open=True)
+    return _regression(HuberLoss, "huber_loss", pred, target, reduction, check_finite, delta=delta)

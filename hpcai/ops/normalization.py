@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numbers
 
-from .. import backend
+from .. import backend, checks
 from ..autograd.function import Function
 from ..autograd.tensor import Tensor
 from .common import expect_float
@@ -130,8 +130,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, t
                                                                           (running_var, "running_var")))
     if (rmean is None) != (rvar is None):
         raise ValueError(f"{op}: pass both running_mean and running_var, or neither")
-    if not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
-        raise ValueError(f"{op}: momentum must be a number in [0, 1], got {momentum!r}")
+    checks.number(f"{op}: momentum", momentum, 0.0, 1.0)
     stats = running = None
     if not training:
         if rmean is None:

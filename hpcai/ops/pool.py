@@ -9,10 +9,10 @@ padding (PyTorch again); a window holding a NaN outputs NaN and passes no gradie
 """
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 
+from .. import checks
 from ..autograd.function import Function
 from .common import expect_float, expect_ndim
 from .conv import _pair
@@ -199,8 +199,7 @@ def pixel_shuffle(x, upscale_factor):
     op = "pixel_shuffle"
     expect_ndim(x, 4, "x", op, "N, C·r², H, W")
     r = upscale_factor
-    if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1:
-        raise ValueError(f"{op}: upscale_factor must be a positive int, got {r!r}")
+    r = checks.integer(f"{op}: upscale_factor", r, 1)
     if x.shape[1] % (r * r):
         raise ValueError(f"{op}: x's {x.shape[1]} channels are not divisible by upscale_factor² = {r * r}")
-    return PixelShuffle.apply(x, r=int(r))
+    return PixelShuffle.apply(x, r=r)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from .. import backend
-from .optimizer import Optimizer, buffer, check_number
+from .. import checks
+from .optimizer import Optimizer, buffer
 
 
 class Adagrad(Optimizer):
@@ -19,7 +20,7 @@ class Adagrad(Optimizer):
 
     def _validate(self, group):
         for name in ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"):
-            group[name] = check_number(name, group[name])
+            group[name] = checks.number(name, group[name], 0.0)
 
     def _update(self, w, g, state, group):
         xp = backend.get_array_module(w)

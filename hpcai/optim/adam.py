@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from .. import backend
-from .optimizer import Optimizer, buffer, check_betas, check_number
+from .. import checks
+from .optimizer import Optimizer, buffer, check_betas
 
 
 class Adam(Optimizer):
@@ -21,7 +22,7 @@ class Adam(Optimizer):
 
     def _validate(self, group):
         for name in ("lr", "eps", "weight_decay"):
-            group[name] = check_number(name, group[name])
+            group[name] = checks.number(name, group[name], 0.0)
         group["betas"] = check_betas(group["betas"])
         group["amsgrad"] = bool(group["amsgrad"])
 

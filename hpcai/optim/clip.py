@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import backend
 from ..autograd.tensor import Tensor
-from .optimizer import check_number
+from .. import checks
 
 
 def _grads(params) -> list:
@@ -37,8 +37,8 @@ def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0, error_if_no
     total raises RuntimeError with ``error_if_nonfinite``; otherwise the gradients are scaled by it
     anyway (becoming NaN or zero), as in PyTorch, so that a loss-scaling step can detect it.
     """
-    max_norm = check_number("max_norm", max_norm)
-    norm_type = float(norm_type) if norm_type == math.inf else check_number("norm_type", norm_type)
+    max_norm = checks.number("max_norm", max_norm, 0.0)
+    norm_type = float(norm_type) if norm_type == math.inf else checks.number("norm_type", norm_type, 0.0)
     if norm_type == 0:
         raise ValueError("norm_type: expected a number > 0 or math.inf, got 0")
     grads = _grads(params)
@@ -59,6 +59,6 @@ def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0, error_if_no
 
 def clip_grad_value_(params, clip_value: float) -> None:
     """Clamp every gradient entry of ``params`` into ``[-clip_value, clip_value]``, in place."""
-    clip_value = check_number("clip_value", clip_value)
+    clip_value = checks.number("clip_value", clip_value, 0.0)
     for g in _grads(params):
         backend.get_array_module(g).clip(g, -clip_value, clip_value, out=g)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from .. import backend
-from .optimizer import Optimizer, buffer, check_number, l2norm
+from .. import checks
+from .optimizer import Optimizer, buffer, l2norm
 
 
 class LARS(Optimizer):
@@ -22,7 +23,7 @@ class LARS(Optimizer):
 
     def _validate(self, group):
         for name in ("lr", "momentum", "weight_decay", "trust_coefficient"):
-            group[name] = check_number(name, group[name])
+            group[name] = checks.number(name, group[name], 0.0)
         group["exclude_1d"] = bool(group["exclude_1d"])
 
     def _update(self, w, g, state, group):

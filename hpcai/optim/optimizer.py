@@ -11,31 +11,18 @@ JSON-able ``meta`` dict (hyperparameters, step counts, parameter shapes), exactl
 """
 from __future__ import annotations
 
-import math
-import numbers
 
 import numpy as np
 
-from .. import backend, io
+from .. import backend, checks, io
 from ..autograd.tensor import Tensor
-
-
-def check_number(name: str, value, low: float = 0.0, high: float = math.inf, high_open: bool = False) -> float:
-    """``value`` as a float if it is a finite real in ``[low, high]`` (``[low, high)`` if ``high_open``)."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and low <= value and (value < high if high_open else value <= high)
-    if not ok:
-        expected = (f"a finite number >= {low:g}" if high == math.inf else
-                    f"a number in [{low:g}, {high:g}{')' if high_open else ']'}")
-        raise ValueError(f"{name}: expected {expected}, got {value!r}")
-    return float(value)
 
 
 def check_betas(betas) -> tuple:
     """``betas`` as a pair of floats, each in [0, 1) (the decay rates of Adam-style moment averages)."""
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
-    return tuple(check_number(f"betas[{i}]", b, high=1.0, high_open=True) for i, b in enumerate(betas))
+    return tuple(checks.number(f"betas[{i}]", b, 0.0, 1.0, high_open=True) for i, b in enumerate(betas))
 
 
 def buffer(state: dict, name: str, like, fill: float = 0.0):

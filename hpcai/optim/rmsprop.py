@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from .. import backend
-from .optimizer import Optimizer, buffer, check_number
+from .. import checks
+from .optimizer import Optimizer, buffer
 
 
 class RMSprop(Optimizer):
@@ -20,8 +21,8 @@ class RMSprop(Optimizer):
 
     def _validate(self, group):
         for name in ("lr", "eps", "weight_decay", "momentum"):
-            group[name] = check_number(name, group[name])
-        group["alpha"] = check_number("alpha", group["alpha"], high=1.0)
+            group[name] = checks.number(name, group[name], 0.0)
+        group["alpha"] = checks.number("alpha", group["alpha"], 0.0, 1.0)
         group["centered"] = bool(group["centered"])
 
     def _update(self, w, g, state, group):

@@ -7,16 +7,9 @@ plain JSON-able dict. Formulas follow ``torch.optim.lr_scheduler`` (closed forms
 from __future__ import annotations
 
 import math
-import numbers
 
-from .optimizer import Optimizer, check_number
-
-
-def check_int(name: str, value, low: int = 1) -> int:
-    """``value`` if it is an integer >= ``low``."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    return int(value)
+from .. import checks
+from .optimizer import Optimizer
 
 
 class LRScheduler:
@@ -77,7 +70,7 @@ class StepLR(LRScheduler):
     _settings = ("step_size", "gamma")
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
-        self.step_size, self.gamma = check_int("step_size", step_size), check_number("gamma", gamma)
+        self.step_size, self.gamma = checks.integer("step_size", step_size, 1), checks.number("gamma", gamma, 0.0)
         super().__init__(optimizer)
 
     def lr_at(self, epoch):
@@ -90,7 +83,7 @@ class ExponentialLR(LRScheduler):
     _settings = ("gamma",)
 
     def __init__(self, optimizer: Optimizer, gamma: float):
-        self.gamma = check_number("gamma", gamma)
+        self.gamma = checks.number("gamma", gamma, 0.0)
         super().__init__(optimizer)
 
     def lr_at(self, epoch):
@@ -106,7 +99,7 @@ class CosineAnnealingLR(LRScheduler):
     _settings = ("T_max", "eta_min")
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0):
-        self.T_max, self.eta_min = check_int("T_max", T_max), check_number("eta_min", eta_min)
+        self.T_max, self.eta_min = checks.integer("T_max", T_max, 1), checks.number("eta_min", eta_min, 0.0)
         super().__init__(optimizer)
 
     def lr_at(self, epoch):
@@ -127,8 +120,8 @@ class LinearWarmup(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int, after: LRScheduler | None = None,
                  start_factor: float = 0.1):
-        self.warmup_steps = check_int("warmup_steps", warmup_steps)
-        self.start_factor = check_number("start_factor", start_factor, high=1.0)
+        self.warmup_steps = checks.integer("warmup_steps", warmup_steps, 1)
+        self.start_factor = checks.number("start_factor", start_factor, 0.0, 1.0)
         if after is not None and (not isinstance(after, LRScheduler) or after.optimizer is not optimizer):
             got = "one on another optimizer" if isinstance(after, LRScheduler) else type(after).__name__
             raise ValueError(f"after: expected a schedule built on the same optimizer, got {got}")

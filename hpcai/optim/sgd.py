@@ -1,7 +1,8 @@
 """Stochastic gradient descent with optional momentum (heavy ball or Nesterov) and L2 weight decay."""
 from __future__ import annotations
 
-from .optimizer import Optimizer, check_number
+from .. import checks
+from .optimizer import Optimizer
 
 
 class SGD(Optimizer):
@@ -18,8 +19,8 @@ class SGD(Optimizer):
 
     def _validate(self, group):
         for name in ("lr", "momentum", "weight_decay"):
-            group[name] = check_number(name, group[name])
-        group["dampening"] = check_number("dampening", group["dampening"], high=1.0)
+            group[name] = checks.number(name, group[name], 0.0)
+        group["dampening"] = checks.number("dampening", group["dampening"], 0.0, 1.0)
         group["nesterov"] = bool(group["nesterov"])
         if group["nesterov"] and (group["momentum"] == 0 or group["dampening"] != 0):
             raise ValueError(f"nesterov: needs momentum > 0 and dampening = 0, got momentum="

@@ -20,20 +20,18 @@ from __future__ import annotations
 
 import importlib
 import math
-import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Protocol
 
 import numpy as np
 
-from .. import backend
+from .. import backend, checks
 from ..amp.policy import POLICIES, get_policy
 from ..nn.module import Module
-from ..optim.schedule import check_int
 from ..autograd import no_grad
 from ..autograd.tensor import Tensor
-from ..train import get_loss
+from ..train import TrainStep, get_loss
 from ..train.data import DataLoader
 from .comm import SerialCommunicator, world
 
@@ -80,6 +78,7 @@ class FlatModel:
         self.policy = get_policy(policy)
         self.policy.prepare(module)
         self.module, self.loss_fn, self.params = module, loss_fn, module.parameters()
+        self.step = TrainStep(module, loss_fn, policy=self.policy, scaler=False, where="loss")
         if not self.params or any(backend.get_array_module(p.data) is not np for p in self.params):
             raise ValueError("model_fn: expected a Module with parameters in host (numpy) memory")
         dtypes = {p.dtype for p in self.params}
@@ -98,15 +97,7 @@ class FlatModel:
 
         A non-finite loss raises FloatingPointError: its gradient would poison the weights every worker shares.
         """
-        for p in self.params:
-            p.grad = None
-        with self.policy.autocast():
-            loss = self.loss_fn(self.module(Tensor(x)), Tensor(y))
-        value = float(loss.item())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss: the minibatch loss is {value}; the weights diverged (lower lr) "
-                                     f"or the data hold NaN or inf")
-        loss.backward()
+        value, _ = self.step.gradient(x, y)
         g = np.concatenate([(p.grad if p.grad is not None else np.zeros(p.shape, p.dtype)).ravel()
                             for p in self.params])
         return value, g
@@ -284,9 +275,8 @@ class AsyncResult:
 def _lr_schedule(lr) -> Callable:
     if callable(lr):
         return lr
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr: expected a finite number > 0 or a schedule lr(t), got {lr!r}")
-    return lambda t, lr=float(lr): lr
+    lr = checks.number("lr (a number, or a schedule lr(t))", lr, 0.0, low_open=True)
+    return lambda t, lr=lr: lr
 
 
 def _finish(job, logs, weights, wall) -> AsyncResult:
@@ -347,14 +337,14 @@ def train_async(method: str, model_fn: Callable, data, loss="cross_entropy", lr=
                          f"scaling; expected one of {ASYNC_PRECISIONS}, got {policy.name!r}")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress: expected a function progress(worker, updates, loss), got {progress!r}")
-    steps, threads = check_int("steps", steps, 1), check_int("threads", threads, 1)
+    steps, threads = checks.integer("steps", steps, 1), checks.integer("threads", threads, 1)
     if max_staleness is not None:
-        max_staleness = check_int("max_staleness", max_staleness, 0)
+        max_staleness = checks.integer("max_staleness", max_staleness, 0)
     spec = METHODS[method]
     comm = SerialCommunicator() if not spec.mpi else comm if comm is not None else world()
     job = Job(method, model_fn, np.asarray(data[0]), np.asarray(data[1]), loss_fn, _lr_schedule(lr), steps,
-              check_int("batch_size", batch_size, 1), comm, threads, max_staleness, {}, check_int("seed", seed, 0),
-              check_int("record_every", record_every, 1) if record_every is not None else max(1, steps // 40),
+              checks.integer("batch_size", batch_size, 1), comm, threads, max_staleness, {}, checks.integer("seed", seed, 0),
+              checks.integer("record_every", record_every, 1) if record_every is not None else max(1, steps // 40),
               policy, progress)
     ids = list(spec.workers(job))
     if delay is not None and not isinstance(delay, dict):
@@ -362,8 +352,7 @@ def train_async(method: str, model_fn: Callable, data, loss="cross_entropy", lr=
     for worker, factor in (delay or {}).items():
         if worker not in ids:
             raise ValueError(f"delay: worker {worker!r} does not exist; {method} here has workers {ids}")
-        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not factor >= 1:
-            raise ValueError(f"delay[{worker}]: expected a slow-down factor >= 1, got {factor!r}")
+        checks.number(f"delay[{worker}] (a slow-down factor)", factor, 1.0)
     job.delay = {int(k): float(v) for k, v in (delay or {}).items()}
     if len(job.x) < len(ids):
         raise ValueError(f"data: {len(job.x)} samples cannot be shared by {len(ids)} workers")

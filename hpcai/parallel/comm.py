@@ -23,7 +23,7 @@ import traceback
 import ml_dtypes
 import numpy as np
 
-from .. import backend
+from .. import backend, checks
 
 _OPS = ("sum", "max", "min", "prod")
 ABORT_GRACE = 0.2  # seconds between a rank's last words and MPI_Abort, for the launcher to forward them
@@ -267,16 +267,12 @@ class Communicator(SerialCommunicator):
     def _peer(self, rank, name):
         if rank is None:
             return self.MPI.ANY_SOURCE
-        if not isinstance(rank, (int, np.integer)) or not 0 <= rank < self.size:
-            raise ValueError(f"{name}: expected a rank in [0, {self.size}), got {rank!r}")
-        return int(rank)
+        return checks.rank(name, rank, self.size)
 
     def _tag(self, tag):
         if tag is None:
             return self.MPI.ANY_TAG
-        if not isinstance(tag, (int, np.integer)) or not 0 <= tag <= 32767:
-            raise ValueError(f"tag: expected an integer in [0, 32767] (MPI's guaranteed range), got {tag!r}")
-        return int(tag)
+        return checks.integer("tag (MPI's guaranteed range)", tag, 0, 32767)
 
     def send_(self, buf, dest: int, tag: int = 0) -> None:
         """Send a C-contiguous numpy/cupy array to rank ``dest`` (blocking; bytes as they are, never pickled)."""
@@ -311,6 +307,37 @@ class Communicator(SerialCommunicator):
             return None
         return status.Get_source(), status.Get_tag(), status.Get_count(self.MPI.BYTE)
 
+    # -- one-sided ----------------------------------------------------------------------------------
+    def _rma_info(self):
+        info = self.MPI.Info.Create()
+        info.Set("accumulate_ops", "same_op_no_op")  # MPI-3 hint: only one op (or NO_OP) per location
+        info.Set("alloc_shm", "true")                # MPICH: window in shared memory where ranks share a node
+        return info
+
+    def window(self, count: int, dtype, home: int = 0) -> "Window":
+        """Collective: an RMA window of ``count`` elements of ``dtype`` held by rank ``home``."""
+        return Window(self, checks.integer("count", count, 0), np.dtype(dtype), self._peer(home, "home"))
+
+    def counter(self, home: int = 0):
+        """Collective: an atomic int64 counter held by rank ``home`` (``mpi4py.util.sync.Counter``):
+        ``next(incr=1)`` adds and returns the value before, ``free()`` releases it."""
+        from mpi4py.util import sync
+        info = self._rma_info()
+        try:
+            return sync.Counter(0, typecode="q", comm=self.comm, info=info, root=self._peer(home, "home"))
+        finally:
+            info.Free()
+
+    def mutex(self):
+        """Collective: a mutex over this communicator's ranks (``mpi4py.util.sync.Mutex``, an MCS queue
+        lock): ``acquire()``, ``release()``, ``free()``, or use it as a context manager."""
+        from mpi4py.util import sync
+        info = self._rma_info()
+        try:
+            return sync.Mutex(comm=self.comm, info=info)
+        finally:
+            info.Free()
+
     def abort(self, code: int = 1) -> None:
         """End every rank of the job now (MPI_Abort), after a moment for the launcher to forward what this
         rank just wrote (the reason for the abort) before it kills the job."""
@@ -325,6 +352,78 @@ class Communicator(SerialCommunicator):
 
 
 _WORLD = None
+
+
+class Window:
+    """An MPI-3 window of ``count`` elements on rank ``home`` (none elsewhere), made by
+    :meth:`Communicator.window`, for one passive-target epoch: every rank calls :meth:`lock_all`, then
+    reads and accumulates one-sidedly (each operation complete when it returns), then :meth:`unlock_all`.
+    Accumulates to one location are atomic per element (MPI-3.1 sec. 11.7.1): concurrent sums are never lost.
+    """
+
+    def __init__(self, comm: Communicator, count: int, dtype: np.dtype, home: int):
+        from mpi4py.util.dtlib import from_numpy_dtype
+        self.comm, self.MPI, self.count, self.dtype, self.home = comm, comm.MPI, count, dtype, home
+        try:  # a predefined type where MPI has one (atomic fetch-and-op and compare-and-swap need it)
+            self.type = comm.MPI.Datatype.fromcode(dtype.char)
+        except (ValueError, KeyError):
+            self.type = from_numpy_dtype(dtype)
+        info = comm._rma_info()
+        mine = comm.rank == home
+        self.win = comm.MPI.Win.Allocate(count * dtype.itemsize if mine else 0, dtype.itemsize, info, comm.comm)
+        info.Free()
+        self._nothing, self._arg, self._out = np.zeros(1, dtype), np.zeros(1, dtype), np.zeros(1, dtype)
+
+    def put(self, values: np.ndarray) -> None:
+        """Before the epoch, on ``home`` only: store ``values`` (``count`` elements) in the window."""
+        values = np.ascontiguousarray(values, self.dtype)
+        if values.size != self.count:
+            raise ValueError(f"values: expected {self.count} elements, got {values.size}")
+        self.win.Lock(self.home, self.MPI.LOCK_EXCLUSIVE)
+        self.win.Put([values, self.type], self.home)
+        self.win.Unlock(self.home)
+
+    def lock_all(self) -> None:
+        self.win.Lock_all()
+
+    def unlock_all(self) -> None:
+        self.win.Unlock_all()
+
+    def read(self, out: np.ndarray) -> np.ndarray:
+        """The whole window into ``out``, element-wise atomically with concurrent accumulates."""
+        self.win.Get_accumulate([self._nothing, 1, self.type], [out, self.type], self.home,
+                                [0, self.count, self.type], op=self.MPI.NO_OP)
+        self.win.Flush(self.home)
+        return out
+
+    def accumulate(self, values: np.ndarray, offset: int = 0) -> None:
+        """Add ``values`` to the elements from ``offset`` on, atomically per element."""
+        self.win.Accumulate([values, self.type], self.home, [offset, values.size, self.type], op=self.MPI.SUM)
+        self.win.Flush(self.home)
+
+    def fetch_add(self, slot: int, value=1):
+        """Add ``value`` to element ``slot`` and return the value before (atomic: ``Fetch_and_op``)."""
+        self._arg[0] = value
+        self.win.Fetch_and_op([self._arg, self.type], [self._out, self.type], self.home, slot, op=self.MPI.SUM)
+        self.win.Flush(self.home)
+        return self._out[0].item()
+
+    def fetch(self, slot: int):
+        """Element ``slot`` (atomic with concurrent ``fetch_add`` and ``compare_and_swap``)."""
+        self.win.Fetch_and_op([self._arg, self.type], [self._out, self.type], self.home, slot, op=self.MPI.NO_OP)
+        self.win.Flush(self.home)
+        return self._out[0].item()
+
+    def compare_and_swap(self, slot: int, expected, new):
+        """Set element ``slot`` to ``new`` if it equals ``expected``; returns the value before (atomic)."""
+        self._arg[0] = new
+        self.win.Compare_and_swap([self._arg, self.type], [np.array([expected], self.dtype), self.type],
+                                  [self._out, self.type], self.home, slot)
+        self.win.Flush(self.home)
+        return self._out[0].item()
+
+    def free(self) -> None:
+        self.win.Free()
 
 
 def world():

@@ -11,11 +11,11 @@ Protocol (tags)::
     worker -> server  PUSH     [version read, gradient...]
     server -> worker  APPLIED  [new version, weights...]   applied
                       STALE    [version, weights...]       older than max_staleness: dropped, recompute
-                      STOP     []                          the step budget is spent
-    worker -> server  DONE     []                          the worker leaves; the server ends after all
+                      STOP     [...]                       the step budget is spent (content unused)
+    worker -> server  DONE     [...]                       the worker leaves; the server ends after all
 
-The server receives from ANY_SOURCE with a polled ``Irecv``/``Test``, so it never occupies a core while
-idle. Staleness = server version at apply time - the version the worker computed on. With a single rank
+Every message has the same size, so each side receives into one buffer of its own. The server receives
+from any source through :meth:`Communicator.recv_`, which polls, so it never occupies a core while idle. Staleness = server version at apply time - the version the worker computed on. With a single rank
 there is no worker: the run is plain SGD (identical to ``"sync"`` at one rank).
 """
 from __future__ import annotations
@@ -35,18 +35,17 @@ def _workers(job):
 
 def serve(job, w, t0) -> WorkerLog:
     """Rank 0: apply pushed gradients to ``w`` in arrival order until every worker has said DONE."""
-    comm, raw, MPI = job.comm, job.comm.comm, job.comm.MPI
+    comm = job.comm
     inbox, outbox = np.empty(w.size + 1), np.empty(w.size + 1)
     log = job.log(None, initial=w.copy())
-    version, active, status = 0, comm.size - 1, MPI.Status()
+    version, active = 0, comm.size - 1
     while active:
-        comm.wait(raw.Irecv([inbox, MPI.DOUBLE], MPI.ANY_SOURCE, MPI.ANY_TAG), status)
-        source, tag = status.Get_source(), status.Get_tag()
+        source, tag = comm.recv_(inbox)  # any worker, any tag; polled, so an idle server yields its core
         if tag == DONE:
             active -= 1
             continue
         if version >= job.steps:
-            comm.wait(raw.Isend([outbox, 0, MPI.DOUBLE], source, STOP))
+            comm.wait(comm.isend_(outbox, source, STOP))
             continue
         seen, reply = int(inbox[0]), STALE
         if job.max_staleness is None or version - seen <= job.max_staleness:
@@ -55,22 +54,21 @@ def serve(job, w, t0) -> WorkerLog:
             if version % job.record_every == 0:
                 log.snapshots.append((time.perf_counter() - t0, version, w.copy()))
         outbox[0], outbox[1:] = version, w
-        comm.wait(raw.Isend([outbox, MPI.DOUBLE], source, reply))
+        comm.wait(comm.isend_(outbox, source, reply))
     return log
 
 
 def work(job, fm, t0) -> WorkerLog:
     """Rank >= 1: compute a gradient, push it, take the weights that come back, until told to STOP."""
-    comm, raw, MPI, rank = job.comm, job.comm.comm, job.comm.MPI, job.comm.rank
+    comm, rank = job.comm, job.comm.rank
     outbox, inbox = np.empty(fm.flat.size + 1), np.empty(fm.flat.size + 1)
-    log, seen, status = job.log(rank), 0, MPI.Status()
+    log, seen = job.log(rank), 0
     batches = job.batches(rank - 1, comm.size - 1)
     while True:
         loss, g = job.gradient(fm, batches, rank)
         outbox[0], outbox[1:] = seen, g
-        reply = raw.Irecv([inbox, MPI.DOUBLE], 0, MPI.ANY_TAG)
-        comm.wait(raw.Isend([outbox, MPI.DOUBLE], 0, PUSH))
-        tag = comm.wait(reply, status).Get_tag()
+        comm.wait(comm.isend_(outbox, 0, PUSH))
+        _, tag = comm.recv_(inbox, 0)
         if tag == STOP:
             break
         version = int(inbox[0])
@@ -80,7 +78,7 @@ def work(job, fm, t0) -> WorkerLog:
         else:
             log.dropped += 1
         seen = version
-    comm.wait(raw.Isend([outbox, 0, MPI.DOUBLE], 0, DONE))
+    comm.wait(comm.isend_(outbox, 0, DONE))
     return log
 
 

@@ -44,9 +44,8 @@ import threading
 import time
 from collections import OrderedDict, deque
 
-import numpy as np
 
-from .. import backend
+from .. import backend, checks
 from . import messages
 
 REQUEST, REPLY = 31000, 31002  # header tags; payloads on the next ones. Far from user tags (0..99) and others'
@@ -88,21 +87,6 @@ def _check_pattern(pattern) -> str:
     if not pattern or len(pattern) > MAX_KEY:
         raise ValueError(f"pattern: expected 1 to {MAX_KEY} characters, got {pattern!r}")
     return pattern
-
-
-def _check_timeout(timeout):
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer, np.floating)) \
-            or not timeout >= 0:
-        raise ValueError(f"timeout: expected None or a number of seconds >= 0, got {timeout!r}")
-    return float(timeout)
-
-
-def _check_max_bytes(max_bytes) -> int:
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes <= 0:
-        raise ValueError(f"max_bytes: expected a positive integer, got {max_bytes!r}")
-    return int(max_bytes)
 
 
 def _value_bytes(value):
@@ -270,7 +254,7 @@ class _Client:
     def put(self, key: str, value, timeout: float | None = None) -> None:
         """Add the tuple (``key``, ``value``); waits while the space is full, TimeoutError after ``timeout`` s
         (the tuple is then not in the space). ValueError if it alone exceeds ``max_bytes``."""
-        key, timeout = _check_key(key), _check_timeout(timeout)
+        key, timeout = _check_key(key), checks.timeout("timeout", timeout)
         value, nbytes = _value_bytes(value)
         self._check_open("put")
         size = nbytes + len(key.encode())
@@ -308,7 +292,7 @@ class _Client:
         self.close()
 
     def _take(self, op, pattern, block, timeout):
-        pattern, timeout = _check_pattern(pattern), _check_timeout(timeout)
+        pattern, timeout = _check_pattern(pattern), checks.timeout("timeout", timeout)
         self._check_open(op)
         status, key, value = self._call(op, pattern, None, 0, block, timeout)
         if status == OK:
@@ -331,12 +315,6 @@ def _check_comm(comm):
                          "on one rank use LocalTupleSpace")
 
 
-def _check_rank(comm, rank, name):
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < comm.size:
-        raise ValueError(f"{name}: expected a rank in [0, {comm.size}), got {rank!r}")
-    return int(rank)
-
-
 class TupleSpace(_Client):
     """A client of the tuple space served by rank ``server`` of ``comm`` (see :func:`serve`).
 
@@ -348,7 +326,7 @@ class TupleSpace(_Client):
 
     def __init__(self, comm, server: int):
         _check_comm(comm)
-        server = _check_rank(comm, server, "server")
+        server = checks.rank("server", server, comm.size)
         if server == comm.rank:
             raise ValueError(f"server: rank {server} is this rank; the server rank runs serve(), not a client")
         self.comm, self.server = comm, server
@@ -401,13 +379,13 @@ def serve(comm, server: int | None = None, clients=None, max_bytes: int = DEFAUL
     Waits by polling, yielding the core; every client must close for it to return.
     """
     _check_comm(comm)
-    server = comm.rank if server is None else _check_rank(comm, server, "server")
-    max_bytes = _check_max_bytes(max_bytes)
+    server = comm.rank if server is None else checks.rank("server", server, comm.size)
+    max_bytes = checks.integer("max_bytes", max_bytes, 1)
     if comm.rank != server:
         TupleSpace(comm, server).close()
         return None
     members = [r for r in range(comm.size) if r != server] if clients is None else \
-        sorted({_check_rank(comm, r, "clients") for r in clients} - {server})
+        sorted({checks.rank("clients", r, comm.size) for r in clients} - {server})
     if not members:
         raise ValueError(f"clients: expected ranks of comm other than the server {server}, got {clients!r}")
     space, open_, pending = _Space(max_bytes), set(members), {}
@@ -462,7 +440,7 @@ class LocalTupleSpace(_Client):
     """
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
-        self.max_bytes = _check_max_bytes(max_bytes)
+        self.max_bytes = checks.integer("max_bytes", max_bytes, 1)
         self._space, self._lock = _Space(self.max_bytes), threading.Lock()
 
     @property

@@ -10,7 +10,9 @@ from .data import DataLoader, Dataset
 from .fit import LOSSES, Loop, evaluate, fit, get_loss, predict
 from .metrics import METRICS, get_metric
 from .plot import LivePlot
+from .step import StepResult, TrainStep
 
 __all__ = ["CSVLogger", "Callback", "DataLoader", "Dataset", "EarlyStopping", "History", "LOSSES", "LRScheduler",
            "LivePlot", "Loop", "METRICS", "ModelCheckpoint", "ProgressBar", "evaluate", "fit", "get_loss",
-           "get_metric", "load_checkpoint", "predict", "read_checkpoint", "save_checkpoint"]
+           "get_metric", "load_checkpoint", "predict", "read_checkpoint", "save_checkpoint", "StepResult",
+           "TrainStep"]

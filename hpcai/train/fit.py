@@ -1,32 +1,30 @@
 """fit, evaluate, predict: the Keras-like training loop over hpcai models, optimizers and precision policies.
 
-One step: zero the gradients, forward and loss under ``policy.autocast()``, backward (of the scaled loss
-with a loss scaler), the optimizer step (unscaled, and skipped on overflow, with a scaler), and rounding
-of the parameters for pure low-precision policies. Callbacks do everything else (progress, logs,
-schedules, checkpoints, early stopping, plots). ``comm`` (anything with ``rank``, ``size`` and
+Each minibatch is one :class:`~hpcai.train.step.TrainStep` (forward and loss under the precision
+policy, backward of the scaled loss, exchange, unscale, clip, update skipped on overflow, rounding).
+Callbacks do everything else (progress, logs, schedules, checkpoints, early stopping, plots). ``comm`` (anything with ``rank``, ``size`` and
 ``average(value)``) is the hook for data parallelism: fit shards the data it batches itself, averages
 the epoch's metrics over ranks before reporting, and lets only rank 0 print, write and plot. Gradient
 averaging belongs to the (data-parallel) optimizer, not here.
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 
 from .. import backend
-from ..amp import DynamicLossScaler, get_policy
+from ..amp import get_policy
 from ..autograd import Tensor, no_grad
 from ..ops import loss as _losses
 from .callbacks import Callback, History, ProgressBar
 from .checkpoint import load_checkpoint
 from .data import DataLoader, as_loader
 from .metrics import get_metric
+from .step import TrainStep
 
 LOSSES = {"cross_entropy": _losses.cross_entropy, "mse": _losses.mse_loss, "l1": _losses.l1_loss,
           "huber": _losses.huber_loss}
-MAX_CONSECUTIVE_SKIPS = 30  # a loss scaler that skips this many steps in a row is not fixing an overflow
 
 
 def get_loss(loss):
@@ -100,9 +98,10 @@ class Loop:
     skipped. ``stop_training`` is true once any callback asked to stop.
     """
 
-    def __init__(self, model, loss_fn, optimizer, policy, scaler, loader, validation, metrics, callbacks,
-                 epochs, rank, comm):
-        self.model, self.loss_fn, self.optimizer, self.policy, self.scaler = model, loss_fn, optimizer, policy, scaler
+    def __init__(self, train_step, loader, validation, metrics, callbacks, epochs, rank, comm):
+        self.train_step = train_step
+        self.model, self.loss_fn, self.optimizer = train_step.model, train_step.loss_fn, train_step.optimizer
+        self.policy, self.scaler = train_step.policy, train_step.scaler
         self.loader, self.validation, self.metrics = loader, validation, metrics
         self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
         self.epochs, self.rank, self.comm = epochs, rank, comm
@@ -128,62 +127,19 @@ class Loop:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def train_epoch(self, epoch: int) -> dict:
-        model, opt, policy, scaler = self.model, self.optimizer, self.policy, self.scaler
-        params, like = model.parameters(), _model_array(model)
-        sync = getattr(opt, "synchronize", None)  # a data-parallel optimizer's gradient exchange
-        model.train()
-        avg, consecutive_skips = _Averager(), 0
+        like = _model_array(self.model)
+        self.model.train()
+        avg = _Averager()
         self.epoch_steps = 0
         for i, batch in enumerate(self.loader):
             x, y = (_to_model(a, like) for a in _split(batch))
-            opt.zero_grad()
-            where = f"epoch {epoch + 1}, step {i + 1} (global step {self.step + 1})"
-            try:
-                with policy.autocast():
-                    out = model(Tensor(x))
-                    loss = self.loss_fn(out, Tensor(y))
-                loss_value = float(loss.item())
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"the loss is {loss_value}")
-            except FloatingPointError as e:
-                if scaler is None:
-                    raise FloatingPointError(f"fit: non-finite loss at {where}: {e}") from None
-                out = None
+            result = self.train_step(x, y, f"epoch {epoch + 1}, step {i + 1} (global step {self.step + 1})")
             self.step += 1
             self.epoch_steps += 1
-            if scaler is not None and sync is not None:
-                # data parallel: exchange first, so every rank checks the same gradients and all skip or step
-                # together; a rank whose loss is not finite still joins the exchange, with NaN gradients
-                if out is None:
-                    for p in params:
-                        p.grad = p.xp.full_like(p.data, np.nan)
-                else:
-                    with np.errstate(over="ignore", invalid="ignore"):
-                        scaler.scale_loss(loss).backward()
-                stepped = scaler.step(opt)  # None: still accumulating passes
-            elif out is not None and scaler is not None:
-                with np.errstate(over="ignore", invalid="ignore"):  # overflow is the scaler's to handle
-                    scaler.scale_loss(loss).backward()
-                stepped = scaler.step(opt)
-            elif out is not None:
-                loss.backward()
-                opt.step()
-                stepped = True
-            else:
-                scaler.update(False)
-                stepped = False
-            if stepped:
-                policy.round_parameters(params)
-                consecutive_skips = 0
-            elif stepped is False:
+            if result.stepped is False:
                 self.skipped_steps += 1
-                consecutive_skips += 1
-                if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
-                    raise FloatingPointError(f"fit: the loss scaler skipped {consecutive_skips} steps in a row up "
-                                             f"to {where} (scale now {scaler.scale:g}): the loss or its gradients "
-                                             "are not finite even at a small scale")
-            if out is not None:
-                avg.add(len(y), _batch_values(loss_value, out, y, self.metrics))
+            if result.out is not None:
+                avg.add(len(y), _batch_values(result.loss, result.out, y, self.metrics))
             self.call("on_batch_end", i, avg.means())
             if self.stop_training:
                 break
@@ -195,7 +151,8 @@ class Loop:
 
 def fit(model, train_data, loss, optimizer, epochs: int = 1, batch_size: int = 32, validation=None, metrics=(),
         callbacks=(), verbose: int = 1, seed: int = 0, precision="fp32", loss_scaler=None, shuffle: bool = True,
-        lr: float | None = None, drop_last: bool = False, resume_from=None, rank: int = 0, comm=None) -> History:
+        lr: float | None = None, drop_last: bool = False, resume_from=None, rank: int = 0, comm=None,
+        clip_norm: float | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs (the total: a resumed run continues up to it); return the History.
 
     Args:
@@ -209,6 +166,8 @@ def fit(model, train_data, loss, optimizer, epochs: int = 1, batch_size: int = 3
         precision: a policy name ("fp64", "fp32", "bf16", "fp16", "mixed-bf16", "mixed-fp16") or Policy; the
             model is cast to it first.
         loss_scaler: a DynamicLossScaler, None (the policy's default: dynamic scaling for mixed-fp16) or False.
+        clip_norm: clip the gradients' joint 2-norm to this before each update (after the data-parallel
+            exchange and unscaling), as Keras' ``clipnorm``; None: no clipping.
         resume_from: a checkpoint written by ModelCheckpoint to continue from.
         rank, comm: see the module docstring; ``comm.rank`` overrides ``rank``.
     """
@@ -217,15 +176,10 @@ def fit(model, train_data, loss, optimizer, epochs: int = 1, batch_size: int = 3
         raise ValueError(f"epochs: expected a non-negative integer, got {epochs!r}")
     metric_fns = [get_metric(m) for m in metrics]
     loss_fn = get_loss(loss)
-    if loss_scaler is None:
-        loss_scaler = DynamicLossScaler() if policy.loss_scaling else None
-    elif loss_scaler is False:
-        loss_scaler = None
-    elif not isinstance(loss_scaler, DynamicLossScaler):
-        raise TypeError(f"loss_scaler: expected a DynamicLossScaler, None or False, got {type(loss_scaler).__name__}")
     rank = comm.rank if comm is not None else rank
     policy.prepare(model)
     opt = _get_optimizer(optimizer, model, lr)
+    train_step = TrainStep(model, loss_fn, opt, policy, loss_scaler, clip_norm, where="fit")
     loader = as_loader(train_data, batch_size, shuffle, drop_last, seed)
     if comm is not None and not isinstance(train_data, DataLoader) and comm.size > 1:
         loader.shard(comm.rank, comm.size)
@@ -236,8 +190,7 @@ def fit(model, train_data, loss, optimizer, epochs: int = 1, batch_size: int = 3
         raise TypeError(f"callbacks: expected Callback instances, got {bad}")
     if verbose and not any(isinstance(cb, ProgressBar) for cb in callbacks):
         callbacks.insert(0, ProgressBar(verbose))
-    loop = Loop(model, loss_fn, opt, policy, loss_scaler, loader, val_loader, metric_fns, callbacks, int(epochs),
-                rank, comm)
+    loop = Loop(train_step, loader, val_loader, metric_fns, callbacks, int(epochs), rank, comm)
     for cb in loop.callbacks:
         cb.set_loop(loop)
     loop.call("on_train_begin", {})

@@ -9,9 +9,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import numpy as np
+
+from .. import backend
 from ..apps.progress import Progress
 from ..parallel import messages
 
+_ARRAY = "__array__"  # in a tree's JSON message: {"__array__": i} stands for the tree's i-th array
 CHANNEL_TAG0 = 1000  # channel k, direction d: header on CHANNEL_TAG0 + 4k + 2d, payload on the next tag
 
 
@@ -49,6 +53,37 @@ class Channel:
         """Start sending; returns a handle whose ``wait()`` completes it (``value`` unchanged until then)."""
         requests = messages.isend(self._links, value, self._dest(rank), self._tag[0], meta)
         return _Pending(self._links, requests)
+
+    def send_tree(self, tree: dict, rank: int = 0) -> None:
+        """Send a dict of JSON values and numpy/cupy arrays (nested dicts too): one JSON message holding the
+        dict with each array replaced by its index, then the arrays, each as its own bytes."""
+        arrays = []
+
+        def skeleton(value):
+            if isinstance(value, dict):
+                return {str(k): skeleton(v) for k, v in value.items()}
+            if backend.is_array(value):
+                arrays.append(value)
+                return {_ARRAY: len(arrays) - 1}
+            return value.tolist() if isinstance(value, np.generic) else value
+        self.send({"tree": skeleton(tree), "arrays": len(arrays)}, rank, meta={"kind": "tree"})
+        for a in arrays:
+            self.send(a, rank)
+
+    def recv_tree(self, rank: int | None = None, header: Received | None = None) -> dict:
+        """What :meth:`send_tree` sent; ``header``: its first message, when already received (a loop that
+        reads other messages first)."""
+        header = header if header is not None else self.recv(rank)
+        if header.meta.get("kind") != "tree" or not isinstance(header.value, dict):
+            raise messages.MessageError(f"channel {self.name!r}: expected a tree of arrays (send_tree) from "
+                                        f"module {self.peer!r}, got a {header.meta.get('kind', 'plain')!r} message")
+        arrays = [self.recv(header.rank).value for _ in range(header.value["arrays"])]
+
+        def fill(value):
+            if isinstance(value, dict):
+                return arrays[value[_ARRAY]] if set(value) == {_ARRAY} else {k: fill(v) for k, v in value.items()}
+            return value
+        return fill(header.value["tree"])
 
     @property
     def peer_size(self) -> int:

@@ -65,6 +65,8 @@ import reprlib
 from pathlib import Path
 from typing import Callable
 
+from .. import checks
+
 MIB = 2 ** 20
 DEFAULT_MAX_MB = 256
 TOP_KEYS = ("workflow", "tuple_space", "modules", "channels", "loop")
@@ -256,9 +258,7 @@ def _read_toml(path: Path, src: str) -> dict:
 
 
 def _world_size(world_size) -> int:
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size: expected a positive integer, got {world_size!r}")
-    return world_size
+    return checks.integer("world_size", world_size, 1)
 
 
 class _Reader:

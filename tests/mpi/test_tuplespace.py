@@ -300,7 +300,7 @@ def test_bad_arguments_name_the_argument(comm):
             TupleSpace(comm, comm.rank)
         with pytest.raises(ValueError, match=r"server: expected a rank in \[0, "):
             TupleSpace(comm, comm.size)
-        with pytest.raises(ValueError, match="max_bytes: expected a positive integer"):
+        with pytest.raises(ValueError, match="max_bytes: expected an integer >= 1"):
             serve(comm, max_bytes=0)
         with pytest.raises(ValueError, match="clients: expected ranks"):
             serve(comm, clients=[comm.rank])
