@@ -58,7 +58,7 @@ def run_app(name: str, config=None, *, engines=0, verbose: int = 1, progress=Non
         install_abort_hook(comm)  # an error on one rank ends the job instead of leaving the others waiting
         return _on_ranks(app, config, comm, verbose, here)
     if engines == 0:
-        return app.run(config, verbose=verbose, progress=here)
+        return _on_ranks(app, config, SerialCommunicator(), verbose, here)
     return _on_engines(engines, _run_on_engine, (name, dataclasses.asdict(config), verbose), verbose, progress, stop)
 
 
@@ -189,8 +189,9 @@ def _run_on_engine(name, config, verbose):
 
 
 def _on_ranks(app, config, comm, verbose, progress):
-    """``app`` on the ranks of ``comm``: as its workflow where its ranks play different parts, else its run."""
-    if comm.size > 1 and app.workflow is not None:
+    """``app`` on the ranks of ``comm``: as its workflow where its ranks play different parts (or where the
+    application is its workflow, ``run=None``, on any number of ranks), else its run."""
+    if app.workflow is not None and (comm.size > 1 or app.run is None):
         from . import workflow
         control, module = app.workflow(config, comm.size, verbose)
         value = workflow.run_workflow(control, comm, verbose, progress).values[module]

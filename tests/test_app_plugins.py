@@ -85,7 +85,7 @@ def test_a_broken_plugin_is_reported_and_left_out(site):
         "[hpcai.apps]\nlabapp = labapp:APP\nghost = no_such_package:APP\ndigits = labapp:APP\n")
     done = python(site, "from hpcai.apps import APPS; print(sorted(APPS))")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "['climate_sr', 'digits', 'labapp']"
+    assert done.stdout.strip() == "['alloy_surrogate', 'cbed', 'climate_sr', 'digits', 'labapp']"
     assert "application 'ghost' from entry point 'no_such_package:APP' (hpcai.apps) left out: " \
            "ModuleNotFoundError" in done.stderr
     assert "'digits' is taken by hpcai.apps.digits" in done.stderr

@@ -34,6 +34,9 @@ EXPECTED = {
     "05": (["rounds of the loop in", "learned stencil", "Exercise 1 solved", "in this kernel:",
             "the same values under mpiexec as on the engines: True", "module 'simulate' (rank 0 of 1",
             "Exercise 2 solved"], 1),
+    "06": (["exact T_c = 737 K", "held-out error", "from the surrogate", "reference energies",
+            "Exercise 1 solved"], 2),
+    "07": (["space group 225 (cubic)", "absent", "held-out materials: crystal-system top-1", "Exercise 1 solved"], 3),
 }
 
 

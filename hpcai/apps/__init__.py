@@ -1,4 +1,5 @@
-"""Applications: each a Config dataclass and ``run(config, verbose, comm, progress) -> Result``, listed in :data:`APPS`.
+"""Applications: each a Config dataclass and ``run(config, verbose, comm, progress) -> Result`` or a workflow,
+listed in :data:`APPS`.
 
 The control panel, the CLI, ``run_app``, workflows and the tests read :data:`APPS`, so a new application
 appears everywhere by registering here -- or, from another package, through the ``hpcai.apps`` entry-point
@@ -11,7 +12,7 @@ import importlib.metadata
 import sys
 from typing import Callable
 
-from . import climate_sr, digits
+from . import alloy_surrogate, cbed, climate_sr, digits
 from .fields import FieldSpec, config_fields
 from .progress import Progress, Stopped
 from .result import Result
@@ -24,12 +25,13 @@ class App:
     ``build_model(config)`` returns that network and ``example_batch(config, n, rng)`` ``n`` inputs it takes,
     so the tests gradient-check every application's model end to end. ``workflow(config, ranks, verbose)``,
     for an application whose ranks play different parts, returns (a workflow control dict, the name of the
-    module whose value is the run's Result): on several ranks the application runs as that workflow.
+    module whose value is the run's Result): on several ranks the application runs as that workflow. An
+    application that *is* its workflow, on one rank too, has ``run=None``; ``hpcai.runner.run_app`` runs it.
     """
 
     name: str
     config: type
-    run: Callable
+    run: Callable | None
     description: str
     build_model: Callable
     example_batch: Callable
@@ -43,6 +45,12 @@ APPS = {
     "climate_sr": App("climate_sr", climate_sr.Config, climate_sr.run,
                       "Shallow-water jet on the sphere, DCT-compressed in situ, restored by a CNN",
                       climate_sr.build_model, climate_sr.example_batch, climate_sr.workflow),
+    "alloy_surrogate": App("alloy_surrogate", alloy_surrogate.Config, None,
+                           "Alloy order-disorder: a neural surrogate learned actively inside Monte Carlo, and T_c",
+                           alloy_surrogate.build_model, alloy_surrogate.example_batch, alloy_surrogate.workflow),
+    "cbed": App("cbed", cbed.Config, None,
+                "Electron diffraction (CBED) of random crystals, simulated in parallel; a CNN reads the symmetry",
+                cbed.build_model, cbed.example_batch, cbed.workflow),
 }
 
 
@@ -59,7 +67,7 @@ def load_entry_points(apps: dict) -> dict:
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             if entry.name in apps:
-                raise ValueError(f"{entry.name!r} is taken by {apps[entry.name].run.__module__}")
+                raise ValueError(f"{entry.name!r} is taken by {apps[entry.name].config.__module__}")
             app = entry.load()
             if not isinstance(app, App):
                 raise TypeError(f"expected an hpcai.apps.App, got {type(app).__name__}")

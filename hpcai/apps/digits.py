@@ -27,7 +27,7 @@ from ..parallel.asynchronous import ASYNC_PRECISIONS, METHODS, train_async
 from ..parallel.comm import default_comm
 from ..train import Callback, evaluate, fit, predict
 from ..train.plot import new_figure, save_png
-from .progress import as_progress
+from .progress import FitProgress, as_progress
 from .result import Result
 
 MODELS = ("mlp", "cnn")
@@ -86,19 +86,6 @@ def build_model(config: Config, seed: int | None = None) -> nn.Module:
 def example_batch(config: Config, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` random inputs of the shape :func:`build_model`'s network takes: (n, 1, 8, 8) in [0, 1)."""
     return rng.random((n, 1, 8, 8))
-
-
-class _Report(Callback):
-    """fit's per-step hook into the run's Progress (the running loss of the epoch)."""
-
-    def __init__(self, progress, steps_per_epoch):
-        self.progress, self.steps_per_epoch, self.epoch = progress, steps_per_epoch, 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_batch_end(self, step, logs=None):
-        self.progress.update(self.epoch * self.steps_per_epoch + step + 1, loss=(logs or {}).get("loss"))
 
 
 def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None, **overrides) -> Result:
@@ -169,7 +156,7 @@ def _train_sync(config, lr, data, comm, delay, progress, verbose):
             callbacks.append(_Straggle(delay[comm.rank]))
     steps_per_epoch = math.ceil(len(data[0]) / (config.batch_size * (comm.size if comm is not None else 1)))
     progress.phase("training (sync)", config.epochs * steps_per_epoch)
-    callbacks.append(_Report(progress, steps_per_epoch))
+    callbacks.append(FitProgress(progress, steps_per_epoch))
     history = fit(model, data, "cross_entropy", opt, epochs=config.epochs, batch_size=config.batch_size,
                   metrics=["accuracy"], callbacks=callbacks, verbose=0, seed=config.seed,
                   precision=config.precision, comm=comm)

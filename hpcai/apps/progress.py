@@ -18,6 +18,7 @@ import time
 from typing import Callable, Iterable
 
 from .. import checks
+from ..train.callbacks import Callback
 
 MAX_POINTS = 400  # loss points kept in a snapshot (older ones thinned), so snapshots stay small
 
@@ -130,3 +131,16 @@ def publish_to_client(snapshot: dict) -> None:
     """A sink for MPI engines: the snapshot becomes ``AsyncResult.data["progress"]`` on the client."""
     from ipyparallel.datapub import publish_data
     publish_data({"progress": snapshot})
+
+
+class FitProgress(Callback):
+    """fit's per-step hook into a run's :class:`Progress` (steps done in the phase, the running loss)."""
+
+    def __init__(self, progress, steps_per_epoch):
+        self.progress, self.steps_per_epoch, self.epoch = progress, steps_per_epoch, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_end(self, step, logs=None):
+        self.progress.update(self.epoch * self.steps_per_epoch + step + 1, loss=(logs or {}).get("loss"))

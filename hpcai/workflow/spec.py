@@ -337,6 +337,9 @@ class _Reader:
 
         if app not in apps.APPS:
             raise self.fail(f"{path}.app", f"expected one of {', '.join(sorted(apps.APPS))}, got {app!r}")
+        if apps.APPS[app].run is None:
+            raise self.fail(f"{path}.app", f"{app!r} is itself a workflow (its modules on their own ranks); "
+                                           "run it with run_app or `hpcai run`, or add its modules to this file")
         fields = [f.name for f in dataclasses.fields(apps.APPS[app].config)]
         for key in params:
             if key not in fields:

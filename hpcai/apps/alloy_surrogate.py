@@ -1,0 +1,420 @@
+"""Alloy surrogate: a neural energy model learned by active learning inside lattice Monte Carlo, and T_c.
+
+The temperature dependence of an alloy's order needs Monte Carlo over very many configurations, each
+energy from an expensive reference (first principles; here ASE's EMT or an exact pair model). A neural
+surrogate (:mod:`.alloy_model`) trained on a few hundred reference energies replaces it inside the Monte
+Carlo, and active learning chooses those few hundred: the Monte Carlo explores with the surrogate, the
+configurations its ensemble is least sure about (plus random ones, which measure its error honestly) go
+to the reference, and the surrogate retrains -- until its error on freshly sampled configurations is
+below ``tolerance``. The final surrogate runs temperature scans at several sizes; T_c is where the
+Binder cumulants of the order parameter cross.
+
+It runs as a workflow (:func:`workflow`), on one rank in this process or on many: ``seed`` (random
+starting configurations), then a loop of ``label`` (the reference, rows spread over the module's ranks)
+-> ``learn`` (one rank) -> ``explore`` (Monte Carlo chains spread over ranks), then ``scan``. Data move
+through the tuple space. ``selection="random"`` replaces the uncertain picks by random ones: the
+baseline active learning must beat (fewer reference calls for the same error).
+
+References: Liu et al. (2019), Comput. Mater. Sci. 166, 245 (pair models with active learning from Monte
+Carlo samples); Lakshminarayanan et al. (2017) (deep ensembles); Landau & Binder, "A Guide to Monte Carlo
+Simulations in Statistical Physics" (Binder cumulant crossings).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+
+from .. import amp, checks, io, optim
+from ..sim import alloy
+from .alloy_model import Surrogate
+from .result import Result
+
+REFERENCES = ("pair", "emt")
+SELECTIONS = ("active", "random")
+STRUCTURE = {"sc": "B2", "bcc": "B2"}  # fcc: L1_2 off 50/50, L1_0 at it
+
+
+@dataclasses.dataclass
+class Config:
+    """The alloy, its reference energy, the active-learning loop and the temperature scan."""
+
+    lattice: str = dataclasses.field(default="bcc", metadata={"choices": tuple(alloy.LATTICES)})
+    size: int = 4                   # L of the training cells and of the exploring Monte Carlo (L^3 cells)
+    elements: str = "Cu,Zn"         # species 0 and 1 (EMT knows Al, Cu, Ag, Au, Ni, Pd, Pt)
+    composition: float = 0.5        # fraction of the first element
+    reference: str = dataclasses.field(default="pair", metadata={"choices": REFERENCES})
+    pair_v: float = 0.04            # eV: the pair model's V = e_AA + e_BB - 2 e_AB (> 0 orders; bcc T_c ~ 737 K)
+    t_min: float = 450.0            # K: the temperature grid of the exploration and of the scan
+    t_max: float = 1050.0
+    temperatures: int = 8
+    initial: int = 40               # random configurations labelled before the first training
+    per_round: int = 24             # configurations labelled per round
+    random_fraction: float = 0.33   # of them, the share picked at random (they also measure the error)
+    rounds: int = 6                 # at most this many rounds of label -> learn -> explore
+    tolerance: float = 1.0          # meV/atom: stop once the error on fresh Monte Carlo samples is below
+    selection: str = dataclasses.field(default="active", metadata={"choices": SELECTIONS})
+    ensemble: int = 4
+    hidden: int = 16
+    epochs: int = 150
+    lr: float = 0.01
+    optimizer: str = dataclasses.field(default="adam", metadata={"choices": tuple(optim.OPTIMIZERS)})
+    precision: str = dataclasses.field(default="fp32", metadata={"choices": tuple(amp.POLICIES)})
+    explore_sweeps: int = 30        # Monte Carlo sweeps per round of exploration
+    tc_sizes: str = "4,6"           # the L of the scans whose Binder cumulants cross at T_c
+    scan_sweeps: int = 300
+    replicas: int = 2               # chains per temperature (replica exchange along temperature)
+    seed: int = 0
+    output_dir: str | None = None
+
+    def validate(self) -> "Config":
+        """Check every field, raising a ValueError that names it."""
+        checks.choice("lattice", self.lattice, alloy.LATTICES)
+        checks.choice("reference", self.reference, REFERENCES)
+        checks.choice("selection", self.selection, SELECTIONS)
+        checks.choice("optimizer", self.optimizer, optim.OPTIMIZERS)
+        amp.get_policy(self.precision)
+        for name, low in (("size", 2), ("temperatures", 2), ("initial", 2), ("per_round", 1), ("rounds", 1),
+                          ("ensemble", 1), ("hidden", 1), ("epochs", 1), ("explore_sweeps", 1), ("scan_sweeps", 8),
+                          ("replicas", 1), ("seed", 0)):
+            checks.integer(name, getattr(self, name), low)
+        checks.number("composition", self.composition, 0.0, 1.0, low_open=True, high_open=True)
+        checks.number("pair_v", self.pair_v, 0.0, low_open=True)
+        checks.number("t_min", self.t_min, 0.0, low_open=True)
+        if checks.number("t_max", self.t_max, 0.0, low_open=True) <= self.t_min:
+            raise ValueError(f"t_max: expected a temperature above t_min = {self.t_min:g} K, got {self.t_max!r}")
+        checks.number("random_fraction", self.random_fraction, 0.0, 1.0)
+        checks.number("tolerance", self.tolerance, 0.0, low_open=True)
+        checks.number("lr", self.lr, 0.0, low_open=True)
+        self.element_list()
+        sizes = self.sizes()
+        for L in (self.size, *sizes):
+            alloy.species_counts(len(alloy.LATTICES[self.lattice]) * L ** 3, self.fractions())
+        if self.reference == "emt":
+            alloy.AseReference(self.cell(), self.element_list())  # unknown elements and a missing ASE fail now
+        return self
+
+    def element_list(self) -> tuple:
+        names = tuple(e.strip() for e in self.elements.split(","))
+        if len(names) != 2 or not all(names) or names[0] == names[1]:
+            raise ValueError(f"elements: expected two different chemical symbols separated by a comma, "
+                             f"got {self.elements!r}")
+        return names
+
+    def sizes(self) -> tuple:
+        try:
+            sizes = tuple(int(s) for s in self.tc_sizes.split(","))
+        except ValueError:
+            sizes = ()
+        if len(sizes) < 2 or len(set(sizes)) != len(sizes) or min(sizes) < 2:
+            raise ValueError(f"tc_sizes: expected two or more different sizes L >= 2, e.g. '4,6', "
+                             f"got {self.tc_sizes!r}")
+        return tuple(sorted(sizes))
+
+    def fractions(self) -> tuple:
+        return (self.composition, 1.0 - self.composition)
+
+    def structure(self) -> str:
+        if self.lattice == "fcc":
+            return "L1_0" if abs(self.composition - 0.5) < 1e-9 else "L1_2"
+        return STRUCTURE[self.lattice]
+
+    def kT(self) -> np.ndarray:
+        """The temperature grid as k_B T in eV."""
+        return alloy.KB_EV * np.linspace(self.t_min, self.t_max, self.temperatures)
+
+    def cell(self, size: int | None = None) -> alloy.Lattice:
+        return alloy.Lattice(self.lattice, self.size if size is None else size)
+
+    def reference_model(self, size: int | None = None):
+        """The reference energy on cells of ``size``: the exact pair model, or EMT through ASE."""
+        lattice = self.cell(size)
+        if self.reference == "pair":
+            return alloy.PairModel.from_bonds(lattice, 0.0, 0.0, -self.pair_v / 2)
+        return alloy.AseReference(lattice, self.element_list())
+
+    def surrogate(self, size: int | None = None) -> Surrogate:
+        return Surrogate(self.cell(size), 2, self.hidden, self.ensemble, self.seed, self.precision)
+
+
+def build_model(config: Config):
+    """One network of the ensemble (what the tests gradient-check end to end)."""
+    return config.surrogate().nets[0]
+
+
+def example_batch(config: Config, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` configurations as the network's inputs: (n, sites, inputs)."""
+    surrogate = config.surrogate()
+    occupation = alloy.random_occupation(surrogate.lattice, config.fractions(), (n,), seed=rng)
+    return surrogate.inputs(occupation)
+
+
+# -- the workflow --------------------------------------------------------------------------------------------
+def workflow(config: Config, ranks: int, verbose: int = 1) -> tuple[dict, str]:
+    """The run on ``ranks`` ranks (one serves the tuple space): (control, the module whose value is the Result)."""
+    config.validate()
+    ranks = checks.integer("ranks", ranks, 1)
+    workers = max(1, ranks - 1)
+    params = {"config": dataclasses.asdict(config), "verbose": int(verbose)}
+    entry = f"{__name__}:"
+    module = lambda name, n=1, after=(): {"entry": entry + name, "ranks": n, "params": params,  # noqa: E731
+                                          **({"after": list(after)} if after else {})}
+    return ({"workflow": {"name": "alloy_surrogate"}, "tuple_space": {},
+             "modules": {"seed": module("seed"), "label": module("label", workers, ["seed"]),
+                         "learn": module("learn", 1, ["label"]), "explore": module("explore", workers, ["learn"]),
+                         "scan": module("scan", workers, ["explore"])},
+             "loop": {"modules": ["label", "learn", "explore"], "until": "learn", "max_iterations": config.rounds}},
+            "scan")
+
+
+def _config(ctx) -> Config:
+    return Config(**ctx.params["config"])
+
+
+def _rows(occupation: np.ndarray, energies: np.ndarray) -> np.ndarray:
+    """Configurations and their energies as one float64 array [energy, species...] (exact for small ints)."""
+    return np.concatenate([energies[:, None], occupation.astype(np.float64)], axis=1)
+
+
+def _split(rows: np.ndarray) -> tuple:
+    return rows[:, 1:].astype(alloy.lattice.SPECIES_DTYPE), rows[:, 0].copy()
+
+
+def seed(ctx) -> dict:
+    """Before the loop: ``initial`` random configurations at the composition, to be labelled first."""
+    config = _config(ctx)
+    lattice = config.cell()
+    occupation = alloy.random_occupation(lattice, config.fractions(), (config.initial,), seed=config.seed)
+    ctx.space.put("pending/random", occupation.astype(np.float64))
+    ctx.space.put("pending/uncertain", np.zeros((0, lattice.n_sites)))
+    ctx.space.put("curve", {"calls": [], "mae": [], "rmse": []})
+    return {"initial": config.initial}
+
+
+def label(ctx) -> dict:
+    """The reference energies of the pending configurations, rows spread over this module's ranks."""
+    config = _config(ctx)
+    reference = config.reference_model()
+    labelled = {}
+    for kind in ("random", "uncertain"):
+        pending = ctx.space.read(f"pending/{kind}", timeout=600)[1].astype(alloy.lattice.SPECIES_DTYPE)
+        energies = np.zeros(len(pending))
+        mine = slice(ctx.rank, None, ctx.size)
+        ctx.progress.phase(f"round {ctx.iteration}: reference energies ({kind})", len(pending[mine]))
+        for k in range(ctx.rank, len(pending), ctx.size):
+            energies[k] = reference.energies(pending[k:k + 1])[0]
+            ctx.progress.update()
+        ctx.comm.allreduce_(energies, "sum")  # every row was computed by exactly one rank
+        labelled[kind] = _rows(pending, energies)
+    ctx.comm.barrier(poll=True)              # every rank has read the pending rows
+    if ctx.rank == 0:
+        for kind, rows in labelled.items():
+            ctx.space.get(f"pending/{kind}")
+            ctx.space.put(f"labelled/{kind}", rows)
+    return {"labelled": sum(len(r) for r in labelled.values())}
+
+
+def learn(ctx) -> dict:
+    """Measure the current surrogate on the fresh random picks, add the labelled rows, retrain, publish it."""
+    config = _config(ctx)
+    surrogate = config.surrogate()
+    fresh, uncertain = ctx.space.get("labelled/random")[1], ctx.space.get("labelled/uncertain")[1]
+    old = ctx.space.try_get("data")
+    data = np.concatenate([old[1], fresh, uncertain]) if old is not None else np.concatenate([fresh, uncertain])
+    curve = ctx.space.get("curve")[1]
+    error = None
+    state = ctx.space.try_get("surrogate")
+    if state is not None:                   # the previous round's surrogate on configurations it never saw
+        surrogate.load_vector(state[1])
+        occupation, energies = _split(fresh)
+        diff = (surrogate.energies(occupation) - energies) / surrogate.lattice.n_sites * 1000
+        error = float(np.abs(diff).mean())
+        curve["calls"].append(len(data) - len(fresh) - len(uncertain))
+        curve["mae"].append(error)
+        curve["rmse"].append(float(np.sqrt((diff ** 2).mean())))
+    ctx.progress.phase(f"round {ctx.iteration}: training {config.ensemble} networks on {len(data)} energies", 1)
+    surrogate.fit(*_split(data), epochs=config.epochs, lr=config.lr, optimizer=config.optimizer)
+    ctx.progress.update()
+    done = error is not None and error < config.tolerance
+    ctx.space.try_get("status")
+    for key, value in (("data", data), ("curve", curve), ("surrogate", surrogate.vector()),
+                       ("status", {"done": done, "round": ctx.iteration})):
+        ctx.space.put(key, value)
+    if ctx.params["verbose"]:
+        said = f"; error on fresh samples {error:.3f} meV/atom" if error is not None else ""
+        print(f"round {ctx.iteration}: {len(data)} reference energies{said}", flush=True)
+    return {"done": done, "reference_calls": len(data), "error": error}
+
+
+def explore(ctx) -> dict:
+    """Monte Carlo with the surrogate over the temperature grid; picks the next configurations to label."""
+    config = _config(ctx)
+    if ctx.space.read("status")[1]["done"]:
+        return {"picked": 0}
+    surrogate = config.surrogate()
+    surrogate.load_vector(ctx.space.read("surrogate")[1])
+    rng = np.random.default_rng([config.seed, ctx.iteration, ctx.rank])
+    kT = config.kT()
+    start = alloy.random_occupation(surrogate.lattice, config.fractions(), (config.replicas, len(kT)), seed=rng)
+    mc = alloy.MonteCarlo(surrogate.features, start, np.broadcast_to(kT, (config.replicas, len(kT))), seed=rng)
+    ctx.progress.phase(f"round {ctx.iteration}: Monte Carlo with the surrogate", config.explore_sweeps)
+    visited = []
+    for sweep in range(config.explore_sweeps):
+        mc.sweep(1)
+        if sweep >= config.explore_sweeps // 3:  # after a first relaxation from the random start
+            visited.append(mc.occupation.reshape(-1, surrogate.lattice.n_sites).copy())
+        ctx.progress.update()
+    visited = np.unique(np.concatenate(visited), axis=0)
+    n_random = int(round(config.per_round * config.random_fraction)) if config.selection == "active" \
+        else config.per_round
+    n_uncertain = config.per_round - n_random
+    order = rng.permutation(len(visited))
+    random_pick = visited[order[:n_random]]
+    spread = surrogate.spread(visited[order[n_random:]]) if n_uncertain else np.zeros(0)
+    most = np.argsort(-spread)[:n_uncertain]
+    candidates = np.concatenate([visited[order[n_random:][most]], random_pick]).astype(np.float64)
+    scores = np.concatenate([spread[most], np.full(len(random_pick), -1.0)])  # -1 marks a random pick
+    # every rank offers the same number of rows; rank 0 keeps the globally most uncertain and random ones
+    offer = np.zeros((config.per_round, 1 + surrogate.lattice.n_sites))
+    offer[:len(candidates)] = np.concatenate([scores[:, None], candidates], axis=1)
+    offer[len(candidates):, 0] = np.nan
+    everyone = ctx.comm.allgather(offer).reshape(-1, offer.shape[1])
+    everyone = everyone[~np.isnan(everyone[:, 0])]
+    if ctx.rank == 0:
+        uncertain = everyone[everyone[:, 0] >= 0]
+        uncertain = uncertain[np.argsort(-uncertain[:, 0])][:n_uncertain, 1:]
+        pool = everyone[everyone[:, 0] < 0, 1:]
+        chosen = pool[rng.permutation(len(pool))[:n_random]]
+        ctx.space.put("pending/uncertain", uncertain)
+        ctx.space.put("pending/random", chosen)
+    return {"picked": config.per_round, "visited": int(len(visited))}
+
+
+def scan(ctx) -> Result:
+    """The final surrogate's temperature scans at every size of ``tc_sizes`` (spread over the ranks), T_c from
+    their Binder-cumulant crossing; with the pair reference, the same scans on it and the exact Ising T_c."""
+    config, start = _config(ctx), time.perf_counter()
+    state, data = ctx.space.read("surrogate")[1], ctx.space.read("data")[1]
+    curve = ctx.space.read("curve")[1]
+    sizes, kT = config.sizes(), config.kT()
+    jobs = [(L, model) for L in sizes for model in (("surrogate", "reference") if config.reference == "pair"
+                                                     else ("surrogate",))]
+    ctx.progress.phase("temperature scans", len(jobs[ctx.rank::ctx.size]))
+    mine = {}
+    for k, (L, which) in enumerate(jobs):
+        if k % ctx.size != ctx.rank:
+            continue
+        model = config.surrogate(L).load_vector(state).features if which == "surrogate" else \
+            config.reference_model(L)
+        found = alloy.temperature_scan(model, kT, composition=config.fractions(), structure=config.structure(),
+                                       replicas=config.replicas, sweeps=config.scan_sweeps,
+                                       seed=[config.seed, L, which == "reference"])
+        mine[k] = np.stack([found.energy.value, found.energy.error, found.heat_capacity.value,
+                            found.heat_capacity.error, found.order.value, found.order.error, found.binder.value,
+                            found.binder.error, found.sro.value[:, 0, 0, 1]])
+        ctx.progress.update()
+    table = np.zeros((len(jobs), 9, len(kT)))
+    for k, rows in mine.items():
+        table[k] = rows
+    ctx.comm.allreduce_(table, "sum")        # each job was run by exactly one rank
+    result = _result(config, kT, sizes, jobs, table, data, state, curve)
+    result.metrics["seconds_scan"] = time.perf_counter() - start
+    if ctx.rank == 0 and config.output_dir:
+        _write(config, result, data)
+    if ctx.params["verbose"] and ctx.rank == 0:
+        m = result.metrics
+        exact = f" (exact Ising {m['tc_exact']:.0f} K)" if "tc_exact" in m else ""
+        print(f"T_c = {m['tc']:.0f} +- {m['tc_error']:.0f} K from the surrogate{exact}, after {m['reference_calls']} "
+              f"reference energies; surrogate error {m['final_mae_mev']:.3g} meV/atom", flush=True)
+    return result
+
+
+def _crossing(sizes, kT, table) -> tuple:
+    """T_c (K) and its error from the Binder cumulants of ``table`` (one row block per size)."""
+    try:
+        found = alloy.binder_crossing(sizes, [kT] * len(sizes), table[:, 6], table[:, 7])
+    except ValueError:                      # the curves do not cross on this grid
+        return float("nan"), float("nan")
+    return found.tc / alloy.KB_EV, found.error / alloy.KB_EV
+
+
+def _result(config, kT, sizes, jobs, table, data, state, curve) -> Result:
+    surrogate_rows = np.stack([table[k] for k, (_, which) in enumerate(jobs) if which == "surrogate"])
+    tc, tc_error = _crossing(sizes, kT, surrogate_rows)
+    occupation, energies = _split(data)
+    fitted = config.surrogate().load_vector(state)
+    predicted = fitted.energies(occupation)
+    n = fitted.lattice.n_sites
+    metrics = {"tc": tc, "tc_error": tc_error, "reference_calls": int(len(data)),
+               "rounds": len(curve["mae"]) + 1, "final_mae_mev": curve["mae"][-1] if curve["mae"] else float("nan"),
+               "train_mae_mev": float(np.abs(predicted - energies).mean() / n * 1000),
+               "structure": config.structure(), "sizes": list(sizes)}
+    arrays = {"temperature_k": kT / alloy.KB_EV, "learning_calls": np.array(curve["calls"], float),
+              "learning_mae_mev": np.array(curve["mae"]), "learning_rmse_mev": np.array(curve["rmse"]),
+              "parity_reference_ev_per_atom": energies / n, "parity_surrogate_ev_per_atom": predicted / n}
+    names = ("energy", "energy_error", "heat_capacity", "heat_capacity_error", "order", "order_error", "binder",
+             "binder_error", "sro1")
+    for k, (L, which) in enumerate(jobs):
+        for name, row in zip(names, table[k]):
+            arrays[f"{which}_L{L}_{name}"] = row
+    if config.reference == "pair":
+        reference_rows = np.stack([table[k] for k, (_, which) in enumerate(jobs) if which == "reference"])
+        metrics["tc_reference"], metrics["tc_reference_error"] = _crossing(sizes, kT, reference_rows)
+        exact = alloy.ising_critical_temperature(config.reference_model(sizes[0]))
+        metrics["tc_exact"] = exact / alloy.KB_EV
+    return Result(metrics, arrays)
+
+
+def _write(config: Config, result: Result, data: np.ndarray) -> None:
+    """Scans and learning curve as HDF5 (xarray reads it), sampled configurations as extended XYZ, figures."""
+    out = config.output_dir
+    os.makedirs(out, exist_ok=True)
+    result.files["data"] = _write_h5(os.path.join(out, "alloy.h5"), config, result)
+    occupation, energies = _split(data)
+    result.files["configurations"] = _write_xyz(os.path.join(out, "configurations.xyz"), config, occupation, energies)
+    from . import alloy_plots
+    result.figures.update(alloy_plots.save_figures(result, out))
+    result.files["metrics"] = os.path.join(out, "metrics.json")
+    io.write_json(result.files["metrics"], {"config": dataclasses.asdict(config), "metrics": result.metrics})
+
+
+def _write_h5(path, config, result) -> str:
+    import h5py
+
+    def write(tmp):
+        with h5py.File(tmp, "w") as f:
+            t = f.create_dataset("temperature", data=result.arrays["temperature_k"])
+            t.attrs["units"] = "K"
+            t.make_scale("temperature")
+            for name, values in result.arrays.items():
+                if name.startswith(("surrogate_L", "reference_L")):
+                    d = f.create_dataset(name, data=values)
+                    d.dims[0].attach_scale(t)
+            r = f.create_dataset("round_reference_calls", data=result.arrays["learning_calls"])
+            r.make_scale("round_reference_calls")
+            for name in ("learning_mae_mev", "learning_rmse_mev"):
+                d = f.create_dataset(name, data=result.arrays[name])
+                d.attrs["units"] = "meV/atom"
+                d.dims[0].attach_scale(r)
+            f.attrs.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))})
+            f.attrs["elements"] = config.elements
+    io.atomic_write(path, write)
+    return path
+
+
+def _write_xyz(path, config, occupation, energies) -> str:
+    """The labelled configurations with their reference energies, as extended XYZ (``ase.io.read`` reads it)."""
+    import ase.io
+    lattice = config.cell()
+    constant = alloy.vegard_lattice_constant(config.lattice, config.element_list(), config.fractions()) \
+        if config.reference == "emt" else 1.0
+    frames = alloy.to_atoms(lattice, occupation, config.element_list(), constant)
+    for atoms, energy in zip(frames, energies):
+        atoms.info["energy_ev"] = float(energy)
+
+    def write(tmp):
+        ase.io.write(tmp, frames, format="extxyz", parallel=False)  # ASE would broadcast over MPI's world
+    io.atomic_write(path, write)
+    return path

@@ -1,0 +1,173 @@
+"""The alloy surrogate application: the surrogate against exact energies, active learning as a workflow (in
+this process and under mpiexec), its files, and bad input."""
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from hpcai.apps import alloy_surrogate as app
+from hpcai.apps.alloy_model import Surrogate
+from hpcai.runner import run_app
+from hpcai.sim import alloy
+
+from mpijob import MPIEXEC, mpirun
+
+TINY = dict(rounds=3, initial=16, per_round=10, epochs=40, explore_sweeps=6, scan_sweeps=24, temperatures=5,
+            tc_sizes="2,4", ensemble=2, hidden=8)
+
+
+def three_body(lattice):
+    """A many-body energy no pair model has: each site's energy is nonlinear in its neighbours' species."""
+    def site(features):
+        own_a, unlike = features[:, 0], np.where(features[:, 0] == 1, features[:, 3], features[:, 2])
+        return -0.01 * np.tanh(unlike - 4.0) * (1 + 0.5 * own_a) + 0.002 * (unlike - 4.0) ** 2
+    return alloy.SiteEnergyModel(lattice, 2, site)
+
+
+def labelled(model, n, seed):
+    lattice = model.lattice
+    occupation = alloy.random_occupation(lattice, (0.5, 0.5), (n // 2,), seed=seed)
+    mc = alloy.MonteCarlo(model, alloy.random_occupation(lattice, (0.5, 0.5), (n - n // 2,), seed=seed + 1),
+                          np.linspace(0.01, 0.1, n - n // 2), seed=seed + 2)
+    mc.sweep(15)  # partly ordered configurations too, as the Monte Carlo visits them
+    occupation = np.concatenate([occupation, mc.occupation])
+    return occupation, model.energies(occupation)
+
+
+def test_surrogate_learns_a_pair_model_exactly_and_its_swaps_are_local():
+    lattice = alloy.Lattice("bcc", 3)
+    reference = alloy.PairModel.from_bonds(lattice, 0.0, 0.0, -0.02)
+    x, e = labelled(reference, 60, 0)
+    surrogate = Surrogate(lattice, 2, hidden=8, ensemble=2, seed=1)
+    surrogate.fit(x[:40], e[:40], epochs=30)
+    held = (surrogate.energies(x[40:]) - e[40:]) / lattice.n_sites
+    assert np.abs(held).max() < 1e-6  # eV/atom: the least-squares part is a pair cluster expansion
+    assert alloy.swap_delta_mismatch(surrogate.features, x[40:44], seed=0) < 1e-10
+    assert surrogate.predict(x[:3]).shape == (2, 3)
+
+
+def test_surrogate_learns_what_pairs_cannot():
+    """On a many-body energy the networks reduce the held-out error of the least-squares (pair) part."""
+    lattice = alloy.Lattice("bcc", 3)
+    reference = three_body(lattice)
+    x, e = labelled(reference, 160, 3)
+    surrogate = Surrogate(lattice, 2, hidden=16, ensemble=2, seed=0)
+    surrogate.fit(x[:120], e[:120], epochs=300, lr=0.01)
+    test_x, test_e = x[120:], e[120:]
+    inputs = surrogate.inputs(test_x).mean(axis=1, dtype=np.float64)
+    pair_error = np.abs(inputs @ surrogate.w * lattice.n_sites - test_e).mean()
+    full_error = np.abs(surrogate.energies(test_x) - test_e).mean()
+    assert full_error < 0.6 * pair_error, (full_error, pair_error)
+    assert surrogate.spread(test_x).shape == (40,) and np.all(surrogate.spread(test_x) >= 0)
+
+
+def test_weights_round_trip_through_one_vector_for_any_cell_size():
+    lattice = alloy.Lattice("bcc", 3)
+    x, e = labelled(alloy.PairModel.from_bonds(lattice, 0.0, 0.0, -0.02), 20, 5)
+    a = Surrogate(lattice, 2, hidden=8, ensemble=2, seed=0)
+    a.fit(x, e, epochs=5)
+    b = Surrogate(alloy.Lattice("bcc", 4), 2, hidden=8, ensemble=2, seed=9).load_vector(a.vector())
+    big = alloy.random_occupation(b.lattice, (0.5, 0.5), (3,), seed=0)
+    per_site = lambda s, occ: s.energies(occ) / s.lattice.n_sites  # noqa: E731
+    # the same local model on a bigger cell: the energy of a random 4^3 cell per site is close to the 3^3 one's
+    assert np.allclose(per_site(b, big).mean(), per_site(a, alloy.random_occupation(lattice, (0.5, 0.5), (50,),
+                                                                                   seed=1)).mean(), atol=3e-3)
+    with pytest.raises(ValueError, match="vector: expected"):
+        Surrogate(lattice, 2, hidden=9, ensemble=2).load_vector(a.vector())
+
+
+def test_scans_on_the_surrogate_follow_the_reference():
+    """A surrogate of a pair model, fitted exactly, runs the same Monte Carlo as the pair model itself."""
+    lattice = alloy.Lattice("bcc", 2)
+    reference = alloy.PairModel.from_bonds(lattice, 0.0, 0.0, -0.02)
+    x, e = labelled(reference, 40, 7)
+    surrogate = Surrogate(lattice, 2, hidden=4, ensemble=1)
+    surrogate.fit(x, e, epochs=5)
+    kT = alloy.KB_EV * np.array([500.0, 800.0, 1100.0])
+    scans = [alloy.temperature_scan(model, kT, composition=(0.5, 0.5), structure="B2", replicas=2, sweeps=40, seed=3)
+             for model in (reference, surrogate.features)]
+    np.testing.assert_allclose(scans[0].energy.value, scans[1].energy.value, atol=1e-6)
+    np.testing.assert_array_equal(scans[0].order.value, scans[1].order.value)
+
+
+def test_active_learning_runs_as_a_workflow_and_writes_what_users_open(tmp_path):
+    result = run_app("alloy_surrogate", app.Config(**TINY, output_dir=str(tmp_path)), verbose=0)
+    m = result.metrics
+    assert m["reference_calls"] == TINY["initial"] + TINY["per_round"] * (m["rounds"] - 1)
+    assert m["final_mae_mev"] < 0.01 and m["train_mae_mev"] < 0.01  # a pair reference is learned exactly
+    assert m["tc_exact"] == pytest.approx(6.35435 * 0.04 / 4 / alloy.KB_EV, rel=1e-5)
+    for key in ("tc", "tc_reference"):
+        assert 0.5 * m["tc_exact"] < m[key] < 1.5 * m["tc_exact"] or np.isnan(m[key]), (key, m[key])
+    assert len(result.arrays["learning_mae_mev"]) == m["rounds"] - 1
+    order = result.arrays["surrogate_L4_order"]
+    assert order[0] > order[-1] + 0.2  # ordered at 450 K, disordered at 1050 K
+    xarray = pytest.importorskip("xarray")
+    with xarray.open_dataset(result.files["data"], engine="h5netcdf") as ds:
+        assert ds["surrogate_L4_energy"].dims == ("temperature",)
+        assert ds["temperature"].attrs["units"] == "K"
+    ase_io = pytest.importorskip("ase.io")
+    frames = ase_io.read(result.files["configurations"], index=":", parallel=False)
+    assert len(frames) == m["reference_calls"] and set(frames[0].get_chemical_symbols()) == {"Cu", "Zn"}
+    assert all(os.path.exists(p) for p in result.figures.values()) and len(result.figures) == 3
+    assert json.loads(open(result.files["metrics"]).read())["metrics"]["reference_calls"] == m["reference_calls"]
+
+
+def test_random_selection_is_the_baseline_it_claims():
+    config = app.Config(**{**TINY, "rounds": 2, "tc_sizes": "2,3"}, selection="random")
+    result = run_app("alloy_surrogate", config, verbose=0)
+    assert result.metrics["reference_calls"] == TINY["initial"] + TINY["per_round"]
+
+
+@pytest.mark.skipif(not os.access(MPIEXEC, os.X_OK) or os.environ.get("PMI_SIZE", "1") != "1",
+                    reason=f"needs an mpiexec next to {sys.executable}")
+def test_the_same_application_under_mpiexec_on_three_ranks(tmp_path):
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()] + [f"--output-dir={tmp_path}",
+                                                                         "--tolerance=1e-9"]  # every round runs
+    code, out, err, _ = mpirun(3, ["-m", "hpcai", "run", "alloy_surrogate", *options], timeout=300)
+    assert code == 0, err[-3000:]
+    assert out.count("T_c = ") == 1 and "after 36 reference energies" in out, out[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    assert metrics["reference_calls"] == 36 and metrics["final_mae_mev"] < 0.01
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"composition": 0.3, "size": 2}, "composition: .* does not fit a cell of 16 sites"),
+    ({"t_min": -5.0}, "t_min: expected a finite number > 0"),
+    ({"t_max": 400.0}, "t_max: expected a temperature above t_min"),
+    ({"lattice": "hcp"}, "lattice: expected one of"),
+    ({"elements": "Cu"}, "elements: expected two different chemical symbols"),
+    ({"tc_sizes": "4"}, "tc_sizes: expected two or more different sizes"),
+    ({"reference": "emt", "elements": "Cu,Zn"}, r"elements: EMT has no parameters for \['Zn'\]"),
+    ({"rounds": 0}, "rounds: expected an integer >= 1"),
+])
+def test_bad_input_names_the_field(bad, match):
+    if bad.get("reference") == "emt":
+        pytest.importorskip("ase")
+    with pytest.raises(ValueError, match=match):
+        app.Config(**bad).validate()
+
+
+def test_a_failing_reference_is_reported_with_its_module(monkeypatch):
+    from hpcai.workflow import ModuleFailed
+
+    class Broken(alloy.PairModel):
+        def energies(self, occupation):
+            raise RuntimeError("the reference calculation did not converge")
+    monkeypatch.setattr(app.Config, "reference_model",
+                        lambda self, size=None: Broken.from_bonds(self.cell(size), 0.0, 0.0, -0.02))
+    with pytest.raises(ModuleFailed, match="module 'label' .*did not converge"):
+        run_app("alloy_surrogate", app.Config(**TINY), verbose=0)
+
+
+def test_config_is_a_plain_dataclass_the_panel_and_cli_read():
+    fields = {f.name for f in dataclasses.fields(app.Config)}
+    assert {"lattice", "reference", "selection", "precision", "optimizer", "tc_sizes"} <= fields
+
+
+def test_a_workflow_application_is_not_a_module_of_another_workflow():
+    from hpcai.workflow import SpecError, load
+    with pytest.raises(SpecError, match="modules.al.app: 'alloy_surrogate' is itself a workflow"):
+        load({"modules": {"al": {"app": "alloy_surrogate"}}})

@@ -1,0 +1,85 @@
+"""The CBED application: generation and training as a workflow, in this process and under mpiexec; the files
+in the ORNL layout; training again on existing files; the baselines; bad input."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("spglib")
+pytest.importorskip("h5py")
+
+from hpcai.apps import cbed as app  # noqa: E402
+from hpcai.runner import run_app  # noqa: E402
+from hpcai.sim import cbed  # noqa: E402
+
+from mpijob import MPIEXEC, mpirun  # noqa: E402
+
+TINY = dict(materials_per_group=2, pixels=64, input_size=32, epochs=2, width=4, batch_size=16)
+
+
+def test_system_index_matches_the_international_tables():
+    groups = np.array([1, 2, 3, 15, 16, 74, 75, 142, 143, 167, 168, 194, 195, 230])
+    assert list(app.system_index(groups)) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+    assert {app.SYSTEMS[i] for i in app.system_index(app.PER_SYSTEM)} == set(app.SYSTEMS)  # all 7 systems
+
+
+def test_generate_and_train_in_this_process(tmp_path):
+    result = run_app("cbed", app.Config(**TINY, output_dir=str(tmp_path)), verbose=0)
+    m = result.metrics
+    assert m["train_materials"] + m["test_materials"] <= 2 * len(app.PER_SYSTEM) and m["test_materials"] > 0
+    for key in ("system_accuracy", "majority_system_accuracy", "nearest_neighbour_system_accuracy", "test_top5"):
+        assert 0.0 <= m[key] <= 1.0
+    assert result.arrays["confusion"].sum() == m["test_materials"]
+    assert result.arrays["examples"].shape == (7, 3, 32, 32)
+    assert np.isfinite(m["final_train_loss"]) and len(result.arrays["loss"]) == TINY["epochs"]
+    assert {"examples", "confusion", "per_class"} <= set(result.figures)
+    # the files are in the ORNL layout and open with plain h5py
+    h5py = pytest.importorskip("h5py")
+    files = cbed.dataset_files(tmp_path / "data")
+    assert {os.path.basename(f).split("_")[1] for f in files} >= {"train", "test"}
+    with h5py.File(files[0], "r") as f:
+        name = next(iter(f))
+        assert f[name]["cbed_stack"].shape == (3, 64, 64) and f[name]["cbed_stack"].dtype == np.float32
+        assert 1 <= int(f[name].attrs["space_group"]) <= 230 and f[name].attrs["energy_keV"] == 100.0
+    assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["ranks"] == 1
+
+    # the same files again, as a user points the application at existing (e.g. ORNL's) files
+    again = run_app("cbed", app.Config(**TINY, data_dir=str(tmp_path / "data"), target="space_group"),
+                    verbose=0)
+    assert again.metrics["train_materials"] == m["train_materials"] and again.metrics["target"] == "space_group"
+
+
+def test_training_learns_the_training_set():
+    """A network that cannot fit a few dozen materials would say nothing about held-out ones."""
+    result = run_app("cbed", app.Config(materials_per_group=1, pixels=64, input_size=32, epochs=40, width=8,
+                                batch_size=8, lr=3e-3), verbose=0)
+    assert result.metrics["final_train_loss"] < 0.5 * np.log(7)
+
+
+@pytest.mark.skipif(not os.access(MPIEXEC, os.X_OK) or os.environ.get("PMI_SIZE", "1") != "1",
+                    reason=f"needs an mpiexec next to {sys.executable}")
+def test_generation_and_data_parallel_training_on_two_ranks(tmp_path):
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()] + [f"--output-dir={tmp_path}"]
+    code, out, err, _ = mpirun(2, ["-m", "hpcai", "run", "cbed", *options], timeout=300)
+    assert code == 0, err[-3000:]
+    assert out.count("held-out materials: crystal system top-1") == 1, out[-2000:]
+    files = cbed.dataset_files(tmp_path / "data")
+    ranks = {os.path.basename(f).split("_")[2] for f in files}
+    assert ranks == {"0", "1"}  # each rank wrote its own files
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    assert metrics["ranks"] == 2 and metrics["train_materials"] + metrics["test_materials"] <= 56
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"groups": "some"}, "groups: expected one of"),
+    ({"target": "point_group"}, "target: expected one of"),
+    ({"pixels": 4}, "pixels: expected an integer >= 16"),
+    ({"input_size": 256, "pixels": 128}, "input_size: expected at most pixels = 128"),
+    ({"lr": 0.0}, "lr: expected a finite number > 0"),
+    ({"data_dir": "/nonexistent/cbed"}, "data_dir: no batch_train_.*h5 files"),
+])
+def test_bad_input_names_the_field(bad, match):
+    with pytest.raises(ValueError, match=match):
+        app.Config(**bad).validate()
