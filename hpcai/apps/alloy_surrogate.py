@@ -56,6 +56,7 @@ class Config:
     rounds: int = 6                 # at most this many rounds of label -> learn -> explore
     tolerance: float = 1.0          # meV/atom: stop once the error on fresh Monte Carlo samples is below
     selection: str = dataclasses.field(default="active", metadata={"choices": SELECTIONS})
+    shells: int = 1                 # neighbour shells the surrogate sees (a cluster expansion's pair range)
     ensemble: int = 4
     hidden: int = 16
     epochs: int = 150
@@ -77,7 +78,7 @@ class Config:
         checks.choice("optimizer", self.optimizer, optim.OPTIMIZERS)
         amp.get_policy(self.precision)
         for name, low in (("size", 2), ("temperatures", 2), ("initial", 2), ("per_round", 1), ("rounds", 1),
-                          ("ensemble", 1), ("hidden", 1), ("epochs", 1), ("explore_sweeps", 1), ("scan_sweeps", 8),
+                          ("shells", 1), ("ensemble", 1), ("hidden", 1), ("epochs", 1), ("explore_sweeps", 1), ("scan_sweeps", 8),
                           ("replicas", 1), ("seed", 0)):
             checks.integer(name, getattr(self, name), low)
         checks.number("composition", self.composition, 0.0, 1.0, low_open=True, high_open=True)
@@ -92,6 +93,7 @@ class Config:
         sizes = self.sizes()
         for L in (self.size, *sizes):
             alloy.species_counts(len(alloy.LATTICES[self.lattice]) * L ** 3, self.fractions())
+            self.cell(L, self.shells)  # a cell too small for the shells is refused, naming size
         if self.reference == "emt":
             alloy.AseReference(self.cell(), self.element_list())  # unknown elements and a missing ASE fail now
         return self
@@ -125,8 +127,8 @@ class Config:
         """The temperature grid as k_B T in eV."""
         return alloy.KB_EV * np.linspace(self.t_min, self.t_max, self.temperatures)
 
-    def cell(self, size: int | None = None) -> alloy.Lattice:
-        return alloy.Lattice(self.lattice, self.size if size is None else size)
+    def cell(self, size: int | None = None, shells: int = 1) -> alloy.Lattice:
+        return alloy.Lattice(self.lattice, self.size if size is None else size, shells)
 
     def reference_model(self, size: int | None = None):
         """The reference energy on cells of ``size``: the exact pair model, or EMT through ASE."""
@@ -136,7 +138,7 @@ class Config:
         return alloy.AseReference(lattice, self.element_list())
 
     def surrogate(self, size: int | None = None) -> Surrogate:
-        return Surrogate(self.cell(size), 2, self.hidden, self.ensemble, self.seed, self.precision)
+        return Surrogate(self.cell(size, self.shells), 2, self.hidden, self.ensemble, self.seed, self.precision)
 
 
 def build_model(config: Config):
