@@ -172,3 +172,12 @@ def test_a_workflow_application_is_not_a_module_of_another_workflow():
     from hpcai.workflow import SpecError, load
     with pytest.raises(SpecError, match="modules.al.app: 'alloy_surrogate' is itself a workflow"):
         load({"modules": {"al": {"app": "alloy_surrogate"}}})
+
+
+def test_every_round_measures_its_error_on_random_picks():
+    """A round always labels at least one random pick, so the error on fresh samples is always measured."""
+    config = app.Config(**{**TINY, "rounds": 2, "per_round": 2}, random_fraction=0.1, tolerance=1e-9)
+    result = run_app("alloy_surrogate", config, verbose=0)
+    assert len(result.arrays["learning_mae_mev"]) == 1 and np.isfinite(result.arrays["learning_mae_mev"]).all()
+    with pytest.raises(ValueError, match="random_fraction: expected a number in \\(0, 1\\]"):
+        app.Config(random_fraction=0.0).validate()

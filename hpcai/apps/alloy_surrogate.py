@@ -78,15 +78,15 @@ class Config:
         checks.choice("optimizer", self.optimizer, optim.OPTIMIZERS)
         amp.get_policy(self.precision)
         for name, low in (("size", 2), ("temperatures", 2), ("initial", 2), ("per_round", 1), ("rounds", 1),
-                          ("shells", 1), ("ensemble", 1), ("hidden", 1), ("epochs", 1), ("explore_sweeps", 1), ("scan_sweeps", 8),
-                          ("replicas", 1), ("seed", 0)):
+                          ("shells", 1), ("ensemble", 1), ("hidden", 1), ("epochs", 1), ("explore_sweeps", 1),
+                          ("scan_sweeps", 8), ("replicas", 1), ("seed", 0)):
             checks.integer(name, getattr(self, name), low)
         checks.number("composition", self.composition, 0.0, 1.0, low_open=True, high_open=True)
         checks.number("pair_v", self.pair_v, 0.0, low_open=True)
         checks.number("t_min", self.t_min, 0.0, low_open=True)
         if checks.number("t_max", self.t_max, 0.0, low_open=True) <= self.t_min:
             raise ValueError(f"t_max: expected a temperature above t_min = {self.t_min:g} K, got {self.t_max!r}")
-        checks.number("random_fraction", self.random_fraction, 0.0, 1.0)
+        checks.number("random_fraction", self.random_fraction, 0.0, 1.0, low_open=True)  # they measure the error
         checks.number("tolerance", self.tolerance, 0.0, low_open=True)
         checks.number("lr", self.lr, 0.0, low_open=True)
         self.element_list()
@@ -228,8 +228,9 @@ def learn(ctx) -> dict:
     curve = ctx.space.get("curve")[1]
     error = None
     state = ctx.space.try_get("surrogate")
-    if state is not None:                   # the previous round's surrogate on configurations it never saw
-        surrogate.load_vector(state[1])
+    if state is not None:
+        surrogate.load_vector(state[1])     # training continues from the previous round's weights
+    if state is not None and len(fresh):    # the previous round's surrogate on configurations it never saw
         occupation, energies = _split(fresh)
         diff = (surrogate.energies(occupation) - energies) / surrogate.lattice.n_sites * 1000
         error = float(np.abs(diff).mean())
@@ -269,7 +270,7 @@ def explore(ctx) -> dict:
             visited.append(mc.occupation.reshape(-1, surrogate.lattice.n_sites).copy())
         ctx.progress.update()
     visited = np.unique(np.concatenate(visited), axis=0)
-    n_random = int(round(config.per_round * config.random_fraction)) if config.selection == "active" \
+    n_random = max(1, round(config.per_round * config.random_fraction)) if config.selection == "active" \
         else config.per_round
     n_uncertain = config.per_round - n_random
     order = rng.permutation(len(visited))
