@@ -83,3 +83,10 @@ def test_generation_and_data_parallel_training_on_two_ranks(tmp_path):
 def test_bad_input_names_the_field(bad, match):
     with pytest.raises(ValueError, match=match):
         app.Config(**bad).validate()
+
+
+def test_every_space_group_gives_a_material():
+    """groups="all": a material of each of the 230 groups builds with the application's crystal options."""
+    for item in cbed.plan_materials(range(1, 231), 1, seed=0):
+        crystal = cbed.make_crystal(item, **app.CRYSTALS)
+        assert crystal.space_group == item.space_group
