@@ -5,6 +5,7 @@ does) puts ``benchmarks/`` first on ``sys.path``. The leading underscore keeps i
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -59,3 +60,19 @@ def mpi_run(ranks: int, args, needed_by: str, timeout: float = 600, cwd=None):
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return json.loads(lines[-1][len(RESULT):])
+
+
+def section_parser(doc: str, sections) -> argparse.ArgumentParser:
+    """A parser for a script made of named sections (positional, default all); the script adds its own
+    options and calls :func:`chosen_sections` on what it parsed."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("sections", nargs="*", help=f"any of {list(sections)} (default: all)")
+    return parser
+
+
+def chosen_sections(parser, args, sections) -> list:
+    """The sections named on the command line (all when none), or a parser error naming the unknown ones."""
+    unknown = sorted(set(args.sections) - set(sections))
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}; choose from {list(sections)}")
+    return [s for s in sections if s in (args.sections or sections)]

@@ -33,7 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from _common import mpi_run, print_result, report, under_mpiexec  # noqa: E402
+from _common import (chosen_sections, mpi_run, print_result, report, section_parser,  # noqa: E402
+                     under_mpiexec)
 
 from hpcai import Tensor, nn, optim  # noqa: E402
 from hpcai.ops.loss import cross_entropy  # noqa: E402
@@ -152,19 +153,16 @@ def child(section: str, compression: str) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("sections", nargs="*", help=f"any of {SECTIONS} (default: all)")
+    parser = section_parser(__doc__, SECTIONS)
     parser.add_argument("--child", choices=["allreduce", "scaling"], help=argparse.SUPPRESS)
     parser.add_argument("--compression", default="none", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(args.child, args.compression)
-    unknown = sorted(set(args.sections) - set(SECTIONS))
-    if unknown:
-        parser.error(f"unknown section(s) {unknown}; choose from {SECTIONS}")
+    chosen = chosen_sections(parser, args, SECTIONS)
     inside = under_mpiexec()  # under your own mpiexec: every rank measures, rank 0 prints
     for name, fn in (("allreduce", allreduce), ("scaling", scaling), ("async", run_async)):
-        if name not in (args.sections or SECTIONS) or (name == "async" and inside):
+        if name not in chosen or (name == "async" and inside):
             continue
         if inside and world().rank != 0:
             _quiet(fn)

@@ -42,7 +42,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from _common import mpi_run, print_result, report, under_mpiexec  # noqa: E402
+from _common import (chosen_sections, mpi_run, print_result, report, section_parser,  # noqa: E402
+                     under_mpiexec)
 
 from hpcai.parallel import messages  # noqa: E402
 from hpcai.parallel.comm import world  # noqa: E402
@@ -276,19 +277,16 @@ def child(section: str, quick: bool) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("sections", nargs="*", help=f"any of {SECTIONS} (default: all)")
+    parser = section_parser(__doc__, SECTIONS)
     parser.add_argument("--quick", action="store_true", help="fewer sizes and shorter runs (a few seconds)")
     parser.add_argument("--child", choices=SECTIONS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(args.child, args.quick)
-    unknown = sorted(set(args.sections) - set(SECTIONS))
-    if unknown:
-        parser.error(f"unknown section(s) {unknown}; choose from {SECTIONS}")
+    chosen = chosen_sections(parser, args, SECTIONS)
     inside = under_mpiexec()  # under your own mpiexec: every rank measures, rank 0 prints
     for name, fn in (("p2p", p2p), ("space", space)):
-        if name not in (args.sections or SECTIONS):
+        if name not in chosen:
             continue
         if inside and world().rank != 0 and name == "p2p":
             _quiet(fn, args.quick)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -52,12 +53,53 @@ def integer(name: str, value, low: int | None = None, high: int | None = None) -
     return int(value)
 
 
+def pair(name: str, value, low: int = 1) -> tuple[int, int]:
+    """``value`` -- an int or a pair of ints, each >= ``low`` (kernel sizes, strides, paddings) -- as a pair."""
+    both = (value, value) if isinstance(value, numbers.Integral) else \
+        tuple(value) if isinstance(value, (tuple, list)) else None
+    if both is None or len(both) != 2 or any(isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral)
+                                             or k < low for k in both):
+        what = "positive" if low == 1 else "non-negative" if low == 0 else f">= {low}"
+        raise ValueError(f"{name}: expected a {what} int or a pair of them, got {_shown(value)}")
+    return int(both[0]), int(both[1])
+
+
 def choice(name: str, value, choices):
     """``value`` if it is one of ``choices`` (compared with ``==``; strings case-sensitively)."""
     choices = tuple(choices)
-    if isinstance(value, (list, dict, set)) or value not in choices:
+    try:
+        ok = not isinstance(value, (list, dict, set, np.ndarray)) and value in choices
+    except (TypeError, ValueError):  # a value that cannot even be compared
+        ok = False
+    if not ok:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {_shown(value)}")
     return value
+
+
+def folders(name: str, value) -> list:
+    """``value`` (None, a folder or a list of folders) as absolute folder names, each checked to exist."""
+    items = [] if value is None else [value] if isinstance(value, (str, os.PathLike)) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(p, (str, os.PathLike)) for p in items):
+        raise TypeError(f"{name}: expected a folder or a list of folders, got {_shown(value)}")
+    found = [os.path.abspath(os.fspath(p)) for p in items]
+    missing = [f for f in found if not os.path.isdir(f)]
+    if missing:
+        raise ValueError(f"{name}: expected existing folders, got {missing[0]!r}")
+    return found
+
+
+def flag(name: str, value) -> bool:
+    """``value`` if it is a bool (or numpy bool): a switch given 0, "no" or None is refused, not guessed."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}: expected True or False, got {_shown(value)}")
+    return bool(value)
+
+
+def path(name: str, value) -> str:
+    """``value`` as a str if it is a non-empty file or folder name (a str or an ``os.PathLike``)."""
+    if not isinstance(value, (str, os.PathLike)) or not isinstance(os.fspath(value), str) or not os.fspath(value):
+        raise ValueError(f"{name}: expected a file or folder name (str or path), got {_shown(value)}")
+    return os.fspath(value)
 
 
 def timeout(name: str, value) -> float | None:

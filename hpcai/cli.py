@@ -8,7 +8,10 @@
   hpcai bench                              # the quick benchmarks (core, parallel); --list shows them all
   hpcai bench climate -- --quick           # one benchmark, with arguments for its script
   hpcai workflow check control.toml        # a workflow's plan and the ranks it needs
+  hpcai site kernel --partition debug      # HPC centres: a kernel whose engines are Slurm jobs (also: hub, engines)
   mpiexec -n 4 python -m hpcai workflow run control.toml   # modules on their own ranks, one MPI job
+  hpcai tune digits --trials 20 --engines 4 --group 2 --metric test_accuracy --param lr=1e-4:1e-1:log
+                                           # an Optuna study, each trial on a 2-engine sub-communicator
 
 Every field of an application's Config is an option (``--days``, ``--precision``, ...), read from the
 dataclass, so a new field or application needs no change here.
@@ -16,19 +19,22 @@ dataclass, so a new field or application needs no change here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import ipaddress
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from . import amp, datasets, nn, optim
-from .io import json_default
+from .io import DiskFullError, json_default
 from .train import evaluate, fit
 
 
@@ -63,9 +69,9 @@ def _config_options(parser, config_cls) -> None:
             except ValueError as e:
                 raise argparse.ArgumentTypeError(str(e)) from None
         parse.__name__ = spec.kind.__name__
-        auto = "; '' or auto means None" if spec.optional else ""
+        auto = " ('' or auto means None)" if spec.optional else ""
         parser.add_argument("--" + spec.name.replace("_", "-"), type=parse, default=argparse.SUPPRESS,
-                            choices=spec.choices, help=f"(default: {spec.default}{auto})")
+                            choices=spec.choices, help=spec.help + auto)
 
 
 def main(argv=None) -> int:
@@ -106,6 +112,10 @@ def main(argv=None) -> int:
     lb.add_argument("--token", default=None, help="access token (default: a new random one, printed in the URL)")
     lb.add_argument("--no-browser", action="store_true", help="do not open a web browser")
     lb.add_argument("--allow-root", action="store_true", help="let root run it (containers; not recommended)")
+    from .tune import command as tune_command
+    tune_command.add_parser(sub, APPS)
+    from . import site
+    site.add_parser(sub)
     b = sub.add_parser("bench", help="run the source tree's benchmark scripts (hpcai bench NAME -- ARGS)")
     b.add_argument("names", nargs="*", metavar="NAME",
                    help=f"benchmarks to run (default: {' '.join(BENCH_DEFAULT)}, the quick ones)")
@@ -128,6 +138,10 @@ def main(argv=None) -> int:
             return bench(args.names, args.dir, script_args)
         except ValueError as e:
             parser.exit(2, f"hpcai bench: {e}\n")
+    if args.command == "tune":
+        return tune_command.run(parser, args)
+    if args.command == "site":
+        return site.run(parser, args)
     if args.command == "workflow":
         return workflow(parser, args.action, args.control, verbose=0 if args.quiet else 1)
     if args.command == "demo":
@@ -144,10 +158,42 @@ def main(argv=None) -> int:
         parser.exit(2, f"hpcai run {args.app}: {e}\n")
     if args.engines < 0:
         parser.exit(2, f"hpcai run {args.app}: --engines: expected a number of engines >= 0, got {args.engines}\n")
-    result = run_app(args.app, config, engines=args.engines, verbose=0 if args.quiet else 1)
+    try:
+        with _terminate_as_exception():
+            result = run_app(args.app, config, engines=args.engines, verbose=0 if args.quiet else 1)
+    except KeyboardInterrupt:  # Ctrl-C: the engines are stopped on the way out; a line, not a traceback
+        print(f"hpcai run {args.app}: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        return 130
+    except Terminated:
+        print(f"hpcai run {args.app}: terminated (SIGTERM)", file=sys.stderr, flush=True)
+        return 128 + signal.SIGTERM
+    except DiskFullError as e:  # one line naming the file and the space it needed; earlier files are kept
+        print(f"hpcai run {args.app}: {e}", file=sys.stderr, flush=True)
+        return 1
     print(json.dumps({"metrics": result.metrics, "figures": result.figures, "files": result.files}, indent=2,
                      default=json_default))
     return 0
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (``timeout``, Slurm, ``docker stop``): raised where the process is, so that ``with``
+    blocks stop what they started -- engines included -- before it exits."""
+
+
+@contextlib.contextmanager
+def _terminate_as_exception():
+    """SIGTERM raises :class:`Terminated` meanwhile (in the main thread only, where signals are handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # -- hpcai workflow ------------------------------------------------------------------------------------------
@@ -200,12 +246,19 @@ def _lab_address(ip: str) -> str:
     return ip
 
 
+# JupyterLab's main, with the token moved from the environment into the server's own configuration
+LAB_MAIN = ("import os, sys; from jupyterlab.labapp import main; token = os.environ.pop('JUPYTER_TOKEN'); "
+            "sys.exit(main([*sys.argv[1:], '--IdentityProvider.token=' + token]))")
+
+
 def lab_command(notebook_dir=None, ip: str = "127.0.0.1", port: int = 8888, token=None, browser: bool = True,
                 allow_root: bool = False):
     """The JupyterLab command line, its environment and the URL to open, checked (ValueError when wrong).
 
     The token travels in the environment (``JUPYTER_TOKEN``), not on the command line, where other users of a
-    shared login node could read it with ``ps``.
+    shared login node could read it with ``ps``; the server takes it out of its environment as it starts
+    (:data:`LAB_MAIN`), so the kernels it starts -- and the engines and batch jobs started from them --
+    never carry it.
     """
     if importlib.util.find_spec("jupyterlab") is None:
         raise ValueError("JupyterLab is not installed: pip install 'hpcai[notebook]'")
@@ -218,7 +271,7 @@ def lab_command(notebook_dir=None, ip: str = "127.0.0.1", port: int = 8888, toke
     if not root.is_dir():
         raise ValueError(f"--notebook-dir: no such directory: {root}")
     token = token or secrets.token_urlsafe(24)
-    command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={root.resolve()}", f"--ServerApp.ip={ip}",
+    command = [sys.executable, "-c", LAB_MAIN, f"--ServerApp.root_dir={root.resolve()}", f"--ServerApp.ip={ip}",
                f"--ServerApp.port={port}", "--ServerApp.port_retries=0",  # the printed URL must be the real one
                "--ServerApp.answer_yes=True"]  # one Ctrl-C stops the server (kernels shut down), no prompt
     if not browser:

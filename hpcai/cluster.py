@@ -7,7 +7,9 @@ when some rank raised and the others are still busy ``abort_after`` seconds late
 it in a collective), it ends the job with ``MPI_Abort`` from the failed rank, so ``run`` -- and a ``%%px``
 cell on :attr:`Engines.view` -- reports the failing rank within seconds instead of hanging; a lost engine
 ends the job the same way. ``run_resilient`` restarts the engines and resumes from the last checkpoint.
-``stop()`` leaves no process behind: it checks every local process of the job by PID.
+``stop()`` leaves no process behind: it checks every local process of the job by PID. And when this process
+dies without stopping them (SIGKILL, a kernel restart), a guard beside the cluster ends every process of it
+within seconds (:class:`hpcai.cluster_engine.Guard`).
 
 Every coroutine method has a blocking ``*_sync`` twin (``await engines.start()`` in a notebook,
 ``engines.start_sync()`` in a script), as in ipyparallel.
@@ -34,6 +36,7 @@ import weakref
 from typing import NamedTuple
 
 from . import checks, cluster_engine
+from .cluster_batch import BatchJob
 from .cluster_config import LAUNCHERS, cluster_config, find_mpiexec
 
 __all__ = ["EngineError", "EngineInfo", "EngineStartError", "Engines", "LAUNCHERS", "cluster_config", "find_mpiexec"]
@@ -50,6 +53,10 @@ def _ipyparallel():
     except ImportError:
         raise ImportError("hpcai.cluster needs ipyparallel: pip install 'hpcai[notebook,mpi]'") from None
     return ipyparallel, psutil
+
+
+# what srun or MPI write when a rank of a batch job died while starting
+_RANK_FAILED = re.compile(r"srun: error: .*(Exited with exit code|Killed)|Fatal error in (PMPI_|MPI_|internal_)Init")
 
 
 class EngineError(RuntimeError):
@@ -140,6 +147,7 @@ class Engines:
         self.ranks: list[EngineInfo] = []
         self.ended: str | None = None
         self._procs, self._tracked, self._lock, self._stop_watch = [], [], threading.Lock(), threading.Event()
+        self._guard, self._died = None, []
 
     @property
     def running(self) -> bool:
@@ -200,9 +208,13 @@ class Engines:
         try:
             await self.cluster.start_controller()
             self._procs = [psutil.Process(self.cluster.controller.pid)]
+            self._start_guard()
             await self.cluster.start_engines(self.n)
             if self._local():
                 self._procs.append(psutil.Process(self.cluster.engine_set.pid))
+                self._tell_guard()
+            elif self._guard is not None and self._batch_job() is not None:
+                self._guard.cancel_with(self._batch_job().cancel_command())
             self.client = await self.cluster.connect_client()
             await self._wait_for_engines()
             await self._map_ranks()
@@ -222,13 +234,27 @@ class Engines:
         return self
 
     async def _wait_for_engines(self):
-        deadline = time.monotonic() + self.timeout
+        deadline, job, asked = time.monotonic() + self.timeout, self._batch_job(), 0.0
         while len(self.client.ids) < self.n:
             if self._local() and not self._alive(self._procs[1]):
                 raise EngineStartError(f"mpiexec exited before {self.n - len(self.client.ids)} of them registered")
+            if job is not None and time.monotonic() - asked > 1.0:  # the scheduler, once a second
+                asked = time.monotonic()
+                if not await asyncio.to_thread(job.active):
+                    raise EngineStartError(f"{await asyncio.to_thread(job.describe)} before "
+                                           f"{self.n - len(self.client.ids)} of them registered")
+                if _RANK_FAILED.search(self._launcher_output()):  # the job lives on, but a rank is gone
+                    raise EngineStartError(f"a rank of the batch job failed to start (its output is below); "
+                                           f"{self.n - len(self.client.ids)} engine(s) never registered")
             if time.monotonic() > deadline:
-                raise EngineStartError(f"{len(self.client.ids)} registered within timeout={self.timeout:g} s")
+                where = f"; {await asyncio.to_thread(job.describe)}, so it was cancelled" if job else ""
+                raise EngineStartError(f"{len(self.client.ids)} registered within timeout={self.timeout:g} s{where}")
             await asyncio.sleep(POLL)
+
+    def _batch_job(self):
+        """The batch job of batch engines (None for local ones, or before it was submitted)."""
+        job_id = getattr(getattr(self.cluster, "engine_set", None), "job_id", "")
+        return None if self._local() or not job_id else BatchJob(self.config["engines"], job_id)
 
     async def _map_ranks(self):
         ids = sorted(self.client.ids)
@@ -259,6 +285,7 @@ class Engines:
 
     async def stop(self) -> None:
         """Stop engines and controller, then check by PID that every local process is gone (killing stragglers)."""
+        busy = any(not ar.done() for ar, _ in self._tracked)  # stopped mid-run (Ctrl-C): engines to kill, no news
         self._stop_watch.set()
         if self._watcher is not None:
             await asyncio.to_thread(self._watcher.join, 30)
@@ -266,18 +293,53 @@ class Engines:
             with contextlib.suppress(Exception):
                 client.close()
         self._remember_children()  # including any spawned since start
+        job = self._batch_job() if self.cluster is not None else None
+        script = getattr(getattr(self.cluster, "engine_set", None), "batch_file", None) if not self._local() else None
         if self.cluster is not None:
             for step in (self.cluster.stop_engines, self.cluster.stop_controller):
                 try:
                     await asyncio.wait_for(step(), 30)
                 except Exception as e:  # an engine set that died may refuse to stop: the PID sweep follows
                     log.debug("stopping %s: %r", step.__name__, e)
+        # a batch job, cancelled above: wait (up to 60 s) until the scheduler has ended it
+        if job is not None and not await asyncio.to_thread(self._wait, lambda: not job.active(), 60.0):
+            log.warning("hpcai.cluster: %s 60 s after it was cancelled", job.describe())
+        if script:
+            with contextlib.suppress(OSError):
+                os.remove(script)
         killed = await asyncio.to_thread(self._reap)
         if killed:
-            log.warning("hpcai.cluster: killed %d process(es) left after stopping: pids %s", len(killed), killed)
+            (log.debug if busy else log.warning)("hpcai.cluster: killed %d process(es) left after stopping: pids %s",
+                                                 len(killed), killed)
+        self._stop_guard()
         self.cluster = self.client = self._watch_client = self._watcher = None
-        self.ranks, self._procs, self._tracked = [], [], []
+        self.ranks, self._procs, self._tracked, self._died = [], [], [], []
         _LIVE.discard(self)
+
+    # -- the guard: a process beside the cluster that ends it when this one dies ------------------------------
+    def _start_guard(self):
+        """Start the guard (:class:`hpcai.cluster_engine.Guard`): whatever ends this process -- SIGKILL, a kernel
+        restart or shutdown, an exit that skips ``stop()`` -- it ends the cluster's processes within seconds,
+        so none keeps computing, or holding an allocation, after its client is gone."""
+        self._stop_guard()
+        cluster_id, security = self.cluster.cluster_id, os.path.join(self.cluster.profile_dir, "security")
+        files = [getattr(self.cluster, "cluster_file", "")] + [
+            os.path.join(security, f"ipcontroller-{cluster_id}-{kind}.json") for kind in ("client", "engine")]
+        try:
+            self._guard = cluster_engine.Guard(cluster_id, [f for f in files if f])
+        except OSError as e:
+            log.warning("hpcai.cluster: no guard for the cluster (%r): if this process dies, stop it by hand", e)
+        self._tell_guard()
+
+    def _tell_guard(self):
+        if self._guard is not None:
+            self._guard.add(p.pid for p in self._procs)
+
+    def _stop_guard(self):
+        """The cluster is stopped: the guard exits without ending anything."""
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            guard.dismiss()
 
     def _reap(self, grace: float = 2.0) -> list[int]:
         """Wait ``grace`` s for our processes to exit, then SIGKILL what is left of the cluster; returns those pids.
@@ -315,6 +377,7 @@ class Engines:
             with contextlib.suppress(Exception):
                 known = set(self.pids)
                 self._procs += [c for c in proc.children(recursive=True) if c.pid not in known]
+        self._tell_guard()
 
     @staticmethod
     def _alive(proc) -> bool:
@@ -352,21 +415,22 @@ class Engines:
         return f"Engines(n={self.n}, launcher={self.config['engines']!r}, {state})"
 
     # -- run --------------------------------------------------------------------------------------------
-    async def run(self, fn, *args, timeout: float | None = None, stream: bool = True, on_data=None, **kwargs) -> list:
+    async def run(self, fn, *args, timeout: float | None = None, stream: bool = True, on_data=None, label=None,
+                  **kwargs) -> list:
         """``fn(*args, **kwargs)`` on every engine; the results as a list ordered by MPI rank.
 
         Raises EngineError naming the ranks that raised (with their tracebacks) or were lost; if the job
         ended, the engines are gone (``restart()``). ``timeout`` (seconds) ends the job when exceeded.
         ``stream`` prints the engines' output here as it arrives. ``on_data(datas)`` is called, while ``fn``
         runs, whenever what the engines published (``ipyparallel.datapub.publish_data``) changed: one dict
-        per rank.
+        per rank. ``label`` names the call in errors (default: ``run(fn's name)``), e.g. ``"run_app('digits')"``.
         """
         self._require_running()
         if on_data is not None and not callable(on_data):
             raise TypeError(f"on_data: expected a function on_data(datas) or None, got {on_data!r}")
         if timeout is not None:
             checks.number("timeout (seconds, or None)", timeout, 0.0, low_open=True)
-        name = getattr(fn, "__name__", repr(fn))
+        name = checks.text("label", label) if label is not None else f"run({getattr(fn, '__name__', repr(fn))})"
         view = self.client[[info.engine_id for info in self.ranks]]
         ar = self._track(view.apply_async(cluster_engine.call, fn, args, kwargs))
         start = time.monotonic()
@@ -374,7 +438,7 @@ class Engines:
             seen = None
             while not ar.done() and self.ended is None:
                 if timeout is not None and time.monotonic() - start > timeout:
-                    await asyncio.to_thread(self._end, f"run({name}) exceeded timeout={timeout:g} s")
+                    await asyncio.to_thread(self._end, f"{name} exceeded timeout={timeout:g} s")
                 if on_data is not None:
                     datas = [dict(md["data"]) for md in _metadata(ar)]
                     if datas != seen and any(datas):
@@ -393,12 +457,16 @@ class Engines:
             ename = getattr(out, "ename", None)
             if md["status"] is None or ename == "EngineError":  # no reply, or ipyparallel's "engine died"
                 lost.append(rank)
+            elif ename == "KeyboardInterrupt" and self.ended is not None:  # interrupted as the job was ended
+                lost.append(rank)
             elif md["status"] == "error":
                 failures[rank] = out.evalue if ename == "RankFailure" else _ANSI.sub("", str(
                     getattr(out, "traceback", None) or f"{ename}: {getattr(out, 'evalue', '')}"))
         if not failures and not lost and self.ended is None:
             return list(outcomes)
-        lines = [f"run({name}) failed on {len(failures) + len(lost)} of {self.n} MPI ranks"]
+        died = [r for r in self._died if r in lost]
+        lines = [f"{name} failed: the engine of rank(s) {died} died" if died else
+                 f"{name} failed on {len(failures) + len(lost)} of {self.n} MPI ranks"]
         lines += [f"--- rank {r} raised:\n{_indent(tb)}" for r, tb in sorted(failures.items())]
         lines += [f"--- no result from rank(s) {lost}"] if lost else []
         if self.ended is None:
@@ -435,12 +503,22 @@ class Engines:
                 log.warning("hpcai.cluster: engine %s refused SIGINT: %s", engine_id, reply["content"].get("evalue"))
 
     def _output_tail(self) -> str:
-        """The last lines of the engines' output, without ipyparallel's own log lines."""
+        """The last lines of the engines' output, without colours and without ipyparallel's own log lines (nor
+        the MPI set-up code that one of them echoes, up to a blank line)."""
         try:
             with open(self.cluster.engine_set.output_file, errors="replace") as f:
-                return _tail("\n".join(line for line in f.read().splitlines() if not _IPP_LOG.match(line)), 15)
+                text = f.read()
         except (OSError, AttributeError):
             return ""
+        lines, echo = [], False
+        for line in text.splitlines():
+            if echo:
+                echo = bool(line.strip())
+            elif _IPP_LOG.match(line):
+                echo = line.rstrip().endswith("Running code in user namespace:")
+            else:
+                lines.append(_ANSI.sub("", line))
+        return _tail("\n".join(lines), 15)
 
     async def run_resilient(self, fn, *args, checkpoint, retries: int = 1, **kwargs) -> list:
         """:meth:`run` that survives lost engines: ``fn(*args, checkpoint=..., resume_from=..., **kwargs)``.
@@ -474,10 +552,18 @@ class Engines:
 
     def _watch(self):
         """Every POLL s: end the job when an engine is lost, or when a rank raised and others stay busy."""
+        job, asked = self._batch_job(), time.monotonic()
         while not self._stop_watch.wait(POLL) and self.ended is None:
-            if self._lost_ranks():
-                self._wait(lambda: not self._job_alive(), 1.0)  # let a dying job die: name every lost rank
-                self._end(f"the engine(s) of rank(s) {self._lost_ranks()} died")
+            if job is not None and time.monotonic() - asked > 2.0:  # the scheduler knows first: ask it every 2 s
+                asked = time.monotonic()
+                if not job.active():
+                    self._end(f"the batch job of the engines ended: {job.describe()}")
+                    continue
+            died = self._lost_ranks()
+            if died:
+                self._wait(lambda: not self._job_alive(), 1.0)  # let a dying job die, then say who died first
+                self._died = died
+                self._end(self._deaths(died) + (f" ({job.describe()})" if job is not None else ""))
                 continue
             now = time.monotonic()
             with self._lock:
@@ -492,6 +578,14 @@ class Engines:
                               "(probably waiting for it in a collective), so hpcai ended the job",
                               abort_engine=failed[0])
                     break
+
+    def _deaths(self, died) -> str:
+        """Why the job ended: the rank(s) whose engine died first (as the watchdog saw them), with PID and host;
+        the launcher then ends the other ranks, which are named apart."""
+        where = ", ".join(f"rank {i.rank}: pid {i.pid} on {i.host}" for i in self.ranks if i.rank in died)
+        others = [r for r in self._lost_ranks() if r not in died]
+        return (f"the engine of rank(s) {died} died ({where}: killed, or crashed)"
+                + (f"; the other rank(s) {others} were ended with the MPI job" if others else ""))
 
     def _lost_ranks(self) -> list[int]:
         """Ranks whose engine unregistered from the hub, or whose process (when it runs here) is gone."""

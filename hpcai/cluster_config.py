@@ -6,13 +6,23 @@ JupyterHub kernel spec can preset a site's batch system -- into keyword argument
 ``ipyparallel.Cluster``, using ipyparallel's own launchers: ``MPIEngineSetLauncher`` here, or the Slurm and
 PBS ones with the batch scripts below (all ranks of one MPI job, under srun or mpiexec). The ``mpiexec`` is
 the active environment's: ipyparallel would run the first one on ``PATH``.
+
+A local run listens on loopback only: ipyparallel's controller binds 127.0.0.1, MPICH's ``mpiexec.gforker``
+(beside ``mpiexec``) starts the ranks without opening a port, and the ranks' transports are held to the
+loopback interface. Given ``mpi_args`` (Hydra's options), Hydra's ``mpiexec`` runs instead, and it listens on
+every interface for its proxies. Batch engines span nodes: there the controller listens where the compute
+nodes reach it, and MPI uses the site's network.
 """
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import shutil
 import sys
+import tempfile
+
+from .cluster_batch import controller_ip
 
 LAUNCHERS = {"local": "mpi", "mpi": "mpi", "slurm": "slurm", "pbs": "pbs"}
 
@@ -22,7 +32,7 @@ SLURM_TEMPLATE = """#!/bin/sh
 #SBATCH --output={output_file}
 #SBATCH --export=ALL
 {directives}
-srun {mpi_args} {program_and_args}
+srun --export=ALL {mpi_args} {program_and_args}
 """
 PBS_TEMPLATE = """#!/bin/sh
 #PBS -N ipengine-{cluster_id}
@@ -54,6 +64,41 @@ def _thread_limits(n: int) -> dict:
     return {k: per_rank for k in names if k not in os.environ}
 
 
+def _local_mpiexec(mpiexec: str, mpi_args: list) -> str:
+    """MPICH's fork-only ``mpiexec.gforker`` where it sits beside ``mpiexec`` and no ``mpi_args`` (Hydra's
+    options) are given, else ``mpiexec``. Hydra's mpiexec listens on every interface (0.0.0.0) for its
+    proxies, whatever ``-iface``/``-localhost`` say, and its ranks inherit that socket; gforker talks to
+    the ranks it forks over socket pairs and opens no port: a local run stays on this machine."""
+    gforker = os.path.join(os.path.dirname(mpiexec), "mpiexec.gforker")
+    if mpi_args or os.path.basename(mpiexec) not in ("mpiexec", "mpirun") or not os.access(gforker, os.X_OK):
+        return mpiexec
+    return gforker
+
+
+def _loopback_only() -> dict:
+    """Variables that keep the ranks' own transports of a local run on the loopback interface (UCX, the
+    default of the mpich wheel, and libfabric's tcp/sockets providers would listen on the external address
+    too); variables the user has set win."""
+    names = ("UCX_NET_DEVICES", "FI_TCP_IFACE", "FI_SOCKETS_IFACE")
+    return {k: _loopback_interface() for k in names if k not in os.environ}
+
+
+def _names_hosts(mpi_args: list) -> bool:
+    """Whether ``mpi_args`` put ranks on other hosts (Hydra's and Open MPI's host options)."""
+    options = {"-f", "-hosts", "-host", "-hostfile", "-machinefile", "--host", "--hostfile", "--machinefile"}
+    return any(a.split("=")[0] in options for a in mpi_args)
+
+
+def _loopback_interface() -> str:
+    """The name of the interface holding 127.0.0.1 ("lo" on Linux, "lo0" on macOS)."""
+    try:
+        import psutil
+        found = [name for name, addrs in psutil.net_if_addrs().items() if any(a.address == "127.0.0.1" for a in addrs)]
+    except (ImportError, OSError):
+        found = []
+    return found[0] if found else "lo"
+
+
 def cluster_config(n: int, launcher=None, mpi_args=None, mpiexec=None, env=None, queue=None, account=None,
                    walltime=None, batch_options=()) -> dict:
     """Keyword arguments for ``ipyparallel.Cluster``: the one place engines are configured.
@@ -61,13 +106,17 @@ def cluster_config(n: int, launcher=None, mpi_args=None, mpiexec=None, env=None,
     Args:
         launcher: "local" (mpiexec here; also "mpi"), "slurm" (sbatch + srun) or "pbs" (qsub + mpiexec).
         mpi_args: extra arguments for mpiexec (local, PBS) or srun (Slurm), e.g. ``["-bind-to", "core"]``.
+            Under Slurm, srun starts the ranks with ``--mpi=pmi2`` (MPICH, Intel MPI, MVAPICH and Open MPI 4
+            speak PMI2; without a PMI plugin -- many sites' default -- each rank is a 1-rank MPI world) unless
+            ``mpi_args`` names one, e.g. ``["--mpi=pmix"]`` for Open MPI 5.
         env: environment variables for the engines.
         queue, account, walltime: the batch job's partition/queue, account and time limit ("HH:MM:SS").
         batch_options: further batch directives, verbatim: ``["--gpus-per-task=1"]`` for Slurm; for PBS the
             node request, e.g. ``["-l select=2:ncpus=64:mpiprocs=64"]`` (Slurm's comes from ``--ntasks=n``).
 
     Batch engines run ``ipengine --mpi`` under srun/mpiexec in one job (the script is ipyparallel's
-    ``batch_template``); the controller stays here, listening on all interfaces for the compute nodes.
+    ``batch_template``); the controller stays here, listening on the one address the compute nodes reach it
+    at (:func:`~hpcai.cluster_batch.controller_ip`; ``HPCAI_CONTROLLER_IP`` chooses another).
     """
     try:
         from traitlets.config import Config
@@ -80,9 +129,10 @@ def cluster_config(n: int, launcher=None, mpi_args=None, mpiexec=None, env=None,
     mpi_args = list(mpi_args) if mpi_args is not None else shlex.split(os.environ.get("HPCAI_MPI_ARGS", ""))
     mpiexec = mpiexec or find_mpiexec()
     if kind == "mpi":
-        c.MPIEngineSetLauncher.mpi_cmd = [mpiexec]
+        c.MPIEngineSetLauncher.mpi_cmd = [_local_mpiexec(mpiexec, mpi_args)]
         c.MPIEngineSetLauncher.mpi_args = mpi_args
-        c.MPIEngineSetLauncher.environment = {**_thread_limits(n), **dict(env or {})}
+        here = {} if _names_hosts(mpi_args) else _loopback_only()  # ranks on other hosts need the network
+        c.MPIEngineSetLauncher.environment = {**_thread_limits(n), **here, **dict(env or {})}
         return {"engines": "mpi", "n": n, "config": c}
     queue, account, walltime = (v or os.environ.get(f"HPCAI_{k}", "") for k, v in
                                 (("QUEUE", queue), ("ACCOUNT", account), ("WALLTIME", walltime)))
@@ -95,7 +145,13 @@ def cluster_config(n: int, launcher=None, mpi_args=None, mpiexec=None, env=None,
         options = [queue and f"-q {queue}", account and f"-A {account}", walltime and f"-l walltime={walltime}"]
     directives = "\n".join(f"{prefix} {o}" for o in [*options, *batch_options] if o)
     c[cls].batch_template = template
+    # srun's --export=ALL: from inside another job (a hub's JupyterLab) SLURM_EXPORT_ENV would otherwise keep
+    # all but that job's few variables -- the engines' connection info among them -- from the ranks
+    if kind == "slurm" and not any(a.startswith("--mpi") for a in mpi_args):
+        mpi_args = ["--mpi=pmi2", *mpi_args]
     c[cls].namespace = {"directives": directives, "mpi_args": shlex.join(mpi_args), "mpiexec": shlex.quote(mpiexec)}
     c[cls].engine_args = ["--mpi"]
+    # ipyparallel writes the script to the working directory (a notebook's folder); a private file instead
+    c[cls].batch_file_name = os.path.join(tempfile.gettempdir(), f"hpcai-{kind}-engines-{secrets.token_hex(8)}.sh")
     c[cls].environment = dict(env or {})
-    return {"engines": kind, "n": n, "config": c, "controller_ip": "*"}
+    return {"engines": kind, "n": n, "config": c, "controller_ip": controller_ip()}

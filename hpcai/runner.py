@@ -28,6 +28,7 @@ import threading
 
 import numpy as np
 
+from . import checks
 from .apps import APPS, Result, make_config
 from .apps.progress import Progress, Stopped, publish_to_client
 from .parallel.comm import SerialCommunicator, launched_by_mpi
@@ -59,7 +60,8 @@ def run_app(name: str, config=None, *, engines=0, verbose: int = 1, progress=Non
         return _on_ranks(app, config, comm, verbose, here)
     if engines == 0:
         return _on_ranks(app, config, SerialCommunicator(), verbose, here)
-    return _on_engines(engines, _run_on_engine, (name, dataclasses.asdict(config), verbose), verbose, progress, stop)
+    return _on_engines(engines, _run_on_engine, (name, dataclasses.asdict(config), verbose), verbose, progress, stop,
+                       label=f"run_app({name!r})")
 
 
 def run_workflow(control, *, engines=0, path=None, verbose: int = 1, progress=None,
@@ -96,7 +98,7 @@ def run_workflow(control, *, engines=0, path=None, verbose: int = 1, progress=No
     from . import workflow
     _check_options(engines, progress, stop)
     spec = workflow.load(control)
-    folders = _folders(path)
+    folders = checks.folders("path", path)
     if stop is not None and stop.is_set():
         raise Stopped("stopped before the workflow began")
     here = Progress([lambda snap: progress([snap])] if progress is not None else (), stop=stop)
@@ -116,7 +118,7 @@ def run_workflow(control, *, engines=0, path=None, verbose: int = 1, progress=No
     from .cluster import EngineError
     try:
         state = _on_engines(engines, _workflow_on_engine, (text, spec.source, verbose, folders), verbose, progress,
-                            stop)
+                            stop, label=f"run_workflow({spec.name!r})")
     except EngineError as e:
         found = _MODULE_FAILED.findall("\n".join([*e.failures.values(), e.output]))
         if not found:
@@ -145,13 +147,14 @@ def _check_options(engines, progress, stop):
         raise ValueError(f"engines: expected a number of engines >= 0 or an Engines, got {engines!r}")
 
 
-def _on_engines(engines, fn, args, verbose, progress, stop):
+def _on_engines(engines, fn, args, verbose, progress, stop, label):
     """``fn(*args)`` on every engine -- N local ones started for the call, or an Engines -- relaying their
-    progress and interrupting them when ``stop`` is set; rank 0's result."""
+    progress and interrupting them when ``stop`` is set; rank 0's result. ``label`` names the call in errors
+    (the application or workflow, not the engine-side function)."""
     from .cluster import EngineError, Engines
     if isinstance(engines, int):
         with Engines(n=engines) as cluster:
-            return _on_engines(cluster, fn, args, verbose, progress, stop)
+            return _on_engines(cluster, fn, args, verbose, progress, stop, label)
     engines = ensure_running(engines)
     done = threading.Event()
 
@@ -168,7 +171,8 @@ def _on_engines(engines, fn, args, verbose, progress, stop):
     def relay(datas):  # one snapshot per rank, in rank order ({} for a rank that has not reported yet)
         progress([d.get("progress", {}) for d in datas])
     try:
-        results = engines.run_sync(fn, *args, stream=verbose > 0, on_data=relay if progress is not None else None)
+        results = engines.run_sync(fn, *args, stream=verbose > 0, on_data=relay if progress is not None else None,
+                                   label=label)
     except EngineError:
         if stop is not None and stop.is_set():
             raise Stopped("stopped by request: the engines were interrupted") from None
@@ -207,20 +211,6 @@ def _workflow_on_engine(text, source, verbose, folders):
     with _search_path(folders):
         return dataclasses.asdict(workflow.run_workflow(spec, world(), verbose, Progress([publish_to_client],
                                                                                         every=0.3)))
-
-
-def _folders(path) -> list:
-    """``path`` (None, a folder or a list of them) as absolute folder names, checked to exist here."""
-    if path is None:
-        return []
-    items = [path] if isinstance(path, (str, os.PathLike)) else path
-    if not isinstance(items, (list, tuple)) or not all(isinstance(p, (str, os.PathLike)) for p in items):
-        raise TypeError(f"path: expected a folder or a list of folders, got {path!r}")
-    folders = [os.path.abspath(os.fspath(p)) for p in items]
-    missing = [f for f in folders if not os.path.isdir(f)]
-    if missing:
-        raise ValueError(f"path: no such folder: {missing[0]}")
-    return folders
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -198,3 +199,87 @@ class Lab:
 def copy_notebooks(source, target) -> Path:
     """A copy of the notebooks folder, so the repository's files are never touched by a test."""
     return Path(shutil.copytree(source, target, ignore=shutil.ignore_patterns(".ipynb_checkpoints")))
+
+
+# -- driving JupyterLab's page -----------------------------------------------------------------------------
+def run_all_cells(page) -> None:
+    """Run > Run All Cells from the menu bar."""
+    page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-item", has_text=re.compile(r"^Run All Cells")).click()
+
+
+def shut_down_kernel(page) -> None:
+    """Kernel > Shut Down Kernel from the menu bar (what a user does when done: the kernel exits cleanly)."""
+    page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Kernel$")).click()
+    page.locator(".lm-Menu-item", has_text=re.compile(r"^Shut Down Kernel")).click()
+    accept_kernel_dialog(page)
+
+
+def accept_kernel_dialog(page) -> None:
+    """If JupyterLab asks which kernel to use, take the one it proposes."""
+    dialog = page.locator(".jp-Dialog")
+    try:
+        dialog.wait_for(state="visible", timeout=3000)
+    except Exception:  # no dialog: the notebook's kernel started by itself
+        return
+    dialog.locator(".jp-mod-accept").click()
+
+
+def wait_kernel_idle(page, timeout: float, lab=None) -> None:
+    """The notebook's kernel is connected and idle (the toolbar indicator, and ``lab``'s server agrees)."""
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=timeout * 1000)
+    deadline = time.monotonic() + timeout
+    while lab is not None and time.monotonic() < deadline:
+        kernels = lab.api("kernels")
+        if kernels and all(k["execution_state"] == "idle" for k in kernels):
+            return
+        time.sleep(0.5)
+    if lab is not None:
+        raise TimeoutError(f"kernel not idle after {timeout} s: {lab.api('kernels')}")
+
+
+def wait_all_cells_ran(page, timeout: float) -> None:
+    """Every code cell has an execution count (none queued ``[*]`` or never run ``[ ]``)."""
+    page.wait_for_function("""() => {
+        const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
+        return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
+    }""", timeout=timeout * 1000)
+
+
+def errors_in_outputs(page) -> list:
+    outputs = (".jp-Notebook .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'], "
+               ".jp-Notebook .jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")
+    return page.locator(outputs).all_inner_texts()
+
+
+def run_panel(page, choices: dict, engines: int, timeout: float, shot=None) -> str:
+    """In the quickstart's control panel: choose ``choices`` and ``engines``, press Run, wait (``timeout`` s)
+    until the results view shows a figure or the status says error/stopped; the status line.
+    ``shot(name, locator)`` takes screenshots along the way."""
+    panel = page.locator(".hpcai-panel")
+    panel.wait_for(state="visible")
+    for name, value in choices.items():
+        page.select_option(f".hpcai-{name} select", value)
+        chosen = page.eval_on_selector(f".hpcai-{name} select", "s => s.selectedOptions[0].textContent")
+        assert chosen == value, (name, chosen)
+    box = page.locator(".hpcai-engines input")
+    box.fill(str(engines))
+    box.press("Enter")
+    page.wait_for_function("() => !document.querySelector('.hpcai-run').disabled")
+    shot and shot("panel", panel)
+    page.click(".hpcai-run")
+    page.wait_for_function("() => !/idle/.test(document.querySelector('.hpcai-status').textContent)",
+                           timeout=30_000)
+    figure = page.locator(".hpcai-results img.hpcai-figure").first
+    try:
+        page.wait_for_function(
+            """() => {
+                const status = document.querySelector('.hpcai-status').textContent;
+                if (/error|stopped/.test(status)) return true;
+                const img = document.querySelector('.hpcai-results img.hpcai-figure');
+                return img && img.complete && img.naturalWidth > 0 && img.offsetParent !== null;
+            }""", timeout=timeout * 1000)
+    finally:
+        figure.scroll_into_view_if_needed(timeout=5000) if figure.count() else None
+        shot and shot("results", page)
+    return page.inner_text(".hpcai-status")

@@ -85,3 +85,21 @@ def collect(find, grace: float = 15.0) -> list[str]:
     described = [describe(p) for p in left]
     kill(left)
     return described
+
+
+def engine_cluster(tmp_path_factory, n: int, label: str):
+    """A module fixture's body (``yield from``): ``n`` engines with a profile of their own; afterwards no
+    process of theirs -- restarted ones included -- may be left (what is, is killed and the test fails)."""
+    from hpcai.cluster import Engines
+    profile = tmp_path_factory.mktemp(label)
+    cluster = Engines(n, profile_dir=str(profile), timeout=120)
+    seen = []
+    try:
+        cluster.start_sync()
+        seen += living(cluster.pids)
+        yield cluster
+        seen += living(cluster.pids)  # a test may have restarted them
+    finally:
+        cluster.stop_sync()
+        left = collect(lambda: living(seen) + with_env("IPP_PROFILE_DIR", str(profile)), grace=5)
+    assert not left, f"processes left after stop() (killed now): {left}"

@@ -34,3 +34,83 @@ def t(*shape):
 def test_error_names_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# -- the probe's findings (issue 16, item 8): each refused with a message naming the field or argument -----
+from hpcai import nn, optim  # noqa: E402
+from hpcai.apps import make_config  # noqa: E402
+
+CHECKED_APPS = ["digits", "cbed", "alloy_surrogate"]  # climate_sr: see test_fuzz (its validate is its owner's)
+
+
+@pytest.mark.parametrize("app", CHECKED_APPS)
+@pytest.mark.parametrize("field, value", [
+    ("seed", None), ("seed", True), ("seed", "abc"), ("seed", 2.5), ("seed", -1), ("seed", 2**40),
+    ("output_dir", 5), ("output_dir", ["a"]), ("optimizer", ["adam"]), ("precision", {"fp32": 1}),
+    ("epochs", 10**20), ("epochs", 1e20), ("lr", 1e308), ("lr", float("nan")),
+])
+def test_app_fields_refuse_nonsense_by_name(app, field, value):
+    with pytest.raises((ValueError, TypeError), match=f"^{field}: expected"):
+        make_config(app, {field: value})
+
+
+@pytest.mark.parametrize("app, field, value", [
+    ("digits", "straggler", 1e308), ("digits", "hidden", 10**9), ("cbed", "pixels", 10**6),
+    ("alloy_surrogate", "size", 10**4), ("alloy_surrogate", "tc_sizes", "4,100000"),
+])
+def test_sizes_have_upper_bounds(app, field, value):
+    with pytest.raises(ValueError, match=f"^{field}: expected"):
+        make_config(app, {field: value})
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: nn.BatchNorm2d(3, eps=-1e-5), r"^eps: expected a number in \(0, 1\]"),
+    (lambda: nn.LayerNorm(3, eps=0.0), r"^eps: expected"),
+    (lambda: nn.LeakyReLU(float("nan")), r"^slope: expected"),
+    (lambda: nn.Softplus(beta=0), r"^beta: expected"),
+    (lambda: nn.Dropout("0.5"), r"^p: expected"),
+    (lambda: nn.GELU(["tanh"]), r"^approximate: expected one of"),
+    (lambda: nn.Linear(True, 3), r"^in_features: expected an integer"),
+    (lambda: nn.Linear(3, 3, bias="no"), r"^bias: expected True or False"),
+    (lambda: nn.Linear(3, 3, dtype=np.complex64), r"^dtype: expected a floating-point dtype"),
+    (lambda: nn.Linear(3, 3, rng=-1), r"^rng: expected"),
+    (lambda: nn.Linear(10**6, 10**6), r"^in_features, out_features: a weight of shape"),
+    (lambda: nn.MaxPool2d(2, padding=5), r"^padding: expected at most half"),
+    (lambda: nn.Conv2d(2, 2, 3, padding=10**5), r"^padding: expected at most dilation"),
+    (lambda: optim.SGD([nn.Parameter(np.ones(2))], nesterov="yes"), r"^nesterov: expected True or False"),
+    (lambda: optim.Adam([nn.Parameter(np.ones(2))], amsgrad=1), r"^amsgrad: expected True or False"),
+    (lambda: optim.LARS([nn.Parameter(np.ones(2))], exclude_1d=None), r"^exclude_1d: expected True or False"),
+    (lambda: optim.SGD([nn.Parameter(np.ones(2))], lr=1e308), r"^lr: expected a number in \[0, 10000\]"),
+    (lambda: optim.RMSprop([nn.Parameter(np.ones(2))], momentum=5), r"^momentum: expected a number in \[0, 1\]"),
+])
+def test_layers_and_optimizers_refuse_nonsense_by_name(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
+
+
+@pytest.mark.parametrize("values", [np.ones(3, np.complex128), np.array(["a", "b"]), np.array([object(), 1])],
+                         ids=["complex", "str", "object"])
+def test_tensors_hold_only_numbers(values):
+    with pytest.raises(TypeError, match="^data: expected bool, integer or floating-point values, got dtype"):
+        nn.Flatten()(Tensor(values.reshape(1, -1)))
+
+
+def test_fit_on_an_empty_data_set_is_refused():
+    from hpcai.train import fit
+    with pytest.raises(ValueError, match=r"^train_data: expected at least one batch, got none \(0 samples"):
+        fit(nn.Linear(4, 2), (np.zeros((0, 4), np.float32), np.zeros(0, np.int64)), "cross_entropy", "sgd",
+            verbose=0)
+    with pytest.raises(ValueError, match=r"got none \(5 samples, batch_size 8, drop_last\)"):
+        fit(nn.Linear(4, 2), (np.zeros((5, 4), np.float32), np.zeros(5, np.int64)), "cross_entropy", "sgd",
+            batch_size=8, drop_last=True, verbose=0)
+
+
+def test_a_nan_sample_under_loss_scaling_is_reported_each_time_it_is_skipped():
+    from hpcai.train import fit
+    x = np.random.default_rng(0).random((64, 4)).astype(np.float32)
+    x[5] = np.nan
+    with pytest.warns(RuntimeWarning, match=r"step skipped at epoch \d, step \d+ .*the loss is nan before any "
+                                            r"loss scaling \(the data may hold NaN"):
+        history = fit(nn.Linear(4, 2), (x, np.zeros(64, np.int64)), "cross_entropy", "sgd", epochs=2, verbose=0,
+                      precision="mixed-fp16")
+    assert history["skipped_steps"] == [1, 2]

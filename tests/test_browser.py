@@ -10,8 +10,6 @@ test failed, if not). About 1-2 minutes on 2 cores. Skips when Playwright or Chr
 ``HPCAI_REQUIRE_BROWSER=1`` (as in CI), where that is a failure.
 """
 import os
-import re
-import time
 from pathlib import Path
 
 import pytest
@@ -37,48 +35,6 @@ def ready():
         pytest.fail(f"notebooks/{NOTEBOOK} is missing")
 
 
-def _run_all_cells(page) -> None:
-    """Run > Run All Cells from the menu bar."""
-    page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
-    page.locator(".lm-Menu-item", has_text=re.compile(r"^Run All Cells")).click()
-
-
-def _accept_kernel_dialog(page) -> None:
-    """If JupyterLab asks which kernel to use, take the one it proposes."""
-    dialog = page.locator(".jp-Dialog")
-    try:
-        dialog.wait_for(state="visible", timeout=3000)
-    except Exception:  # no dialog: the notebook's kernel started by itself
-        return
-    dialog.locator(".jp-mod-accept").click()
-
-
-def _wait_kernel_idle(page, lab, timeout: float) -> None:
-    """The notebook's kernel is connected and idle (the toolbar indicator, and the server's view agrees)."""
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=timeout * 1000)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        kernels = lab.api("kernels")
-        if kernels and all(k["execution_state"] == "idle" for k in kernels):
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"kernel not idle after {timeout} s: {lab.api('kernels')}")
-
-
-def _wait_all_cells_ran(page, timeout: float) -> None:
-    """Every code cell has an execution count (none queued ``[*]`` or never run ``[ ]``)."""
-    page.wait_for_function("""() => {
-        const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
-        return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
-    }""", timeout=timeout * 1000)
-
-
-def _errors_in_outputs(page) -> list:
-    outputs = (".jp-Notebook .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'], "
-               ".jp-Notebook .jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")
-    return page.locator(outputs).all_inner_texts()
-
-
 def test_quickstart_panel_runs_in_a_browser(ready, tmp_path):
     from playwright.sync_api import sync_playwright
     artifacts = browser.ARTIFACTS
@@ -94,44 +50,23 @@ def test_quickstart_panel_runs_in_a_browser(ready, tmp_path):
                 page.set_default_timeout(60_000)
                 page.goto(lab.url(NOTEBOOK), wait_until="domcontentloaded")
                 page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-                _accept_kernel_dialog(page)
-                _wait_kernel_idle(page, lab, timeout=90)
+                browser.accept_kernel_dialog(page)
+                browser.wait_kernel_idle(page, timeout=90, lab=lab)
 
-                _run_all_cells(page)
-                _wait_all_cells_ran(page, timeout=300)
-                _wait_kernel_idle(page, lab, timeout=120)
+                browser.run_all_cells(page)
+                browser.wait_all_cells_ran(page, timeout=300)
+                browser.wait_kernel_idle(page, timeout=120, lab=lab)
                 panel = page.locator(".hpcai-panel")
                 panel.wait_for(state="visible")
                 assert "idle" in page.inner_text(".hpcai-status")
-                assert not [e for e in _errors_in_outputs(page) if "Error" in e or "Traceback" in e]
+                assert not [e for e in browser.errors_in_outputs(page) if "Error" in e or "Traceback" in e]
 
-                for name, value in CHOICES.items():
-                    page.select_option(f".hpcai-{name} select", value)
-                    chosen = page.eval_on_selector(f".hpcai-{name} select", "s => s.selectedOptions[0].textContent")
-                    assert chosen == value, (name, chosen)
-                engines = page.locator(".hpcai-engines input")
-                engines.fill(str(ENGINES))
-                engines.press("Enter")
-                page.wait_for_function("() => !document.querySelector('.hpcai-run').disabled")
-                panel.screenshot(path=str(artifacts / "quickstart-panel.png"))
-
-                page.click(".hpcai-run")
-                page.wait_for_function("() => !/idle/.test(document.querySelector('.hpcai-status').textContent)",
-                                       timeout=30_000)
-                figure = page.locator(".hpcai-results img.hpcai-figure").first
-                try:
-                    page.wait_for_function(
-                        """() => {
-                            const status = document.querySelector('.hpcai-status').textContent;
-                            if (/error|stopped/.test(status)) return true;
-                            const img = document.querySelector('.hpcai-results img.hpcai-figure');
-                            return img && img.complete && img.naturalWidth > 0 && img.offsetParent !== null;
-                        }""", timeout=RUN_TIMEOUT * 1000)
-                finally:
-                    figure.scroll_into_view_if_needed(timeout=5000) if figure.count() else None
-                    page.screenshot(path=str(artifacts / "quickstart-results.png"), full_page=True)
-                status = page.inner_text(".hpcai-status")
+                def shot(name, where):
+                    full = {"full_page": True} if where is page else {}
+                    where.screenshot(path=str(artifacts / f"quickstart-{name}.png"), **full)
+                status = browser.run_panel(page, CHOICES, ENGINES, RUN_TIMEOUT, shot)
                 assert status.startswith("done in"), status
+                figure = page.locator(".hpcai-results img.hpcai-figure").first
                 assert figure.is_visible() and page.locator(".hpcai-results .hpcai-metrics").is_visible()
                 metrics = page.inner_text(".hpcai-results .hpcai-metrics")
                 assert "test_accuracy" in metrics, metrics

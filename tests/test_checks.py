@@ -96,3 +96,24 @@ def test_long_values_are_shortened_in_messages():
     with pytest.raises(ValueError) as e:
         checks.integer("n", "x" * 500)
     assert len(str(e.value)) < 150 and str(e.value).endswith("...")
+
+
+def test_flag_pair_and_path():
+    assert checks.flag("f", True) is True and checks.flag("f", np.bool_(False)) is False
+    for bad in (0, 1, "yes", None, 1.0):
+        with pytest.raises(ValueError, match="^f: expected True or False"):
+            checks.flag("f", bad)
+    assert checks.pair("k", 3) == (3, 3) and checks.pair("p", [0, 2], 0) == (0, 2)
+    for bad in (0, (1, 0), (1, 2, 3), True, (1.5, 2), "3"):
+        with pytest.raises(ValueError, match="^k: expected a positive int or a pair of them"):
+            checks.pair("k", bad)
+    assert checks.path("d", "out") == "out" and checks.path("d", __import__("pathlib").Path("a")) == "a"
+    for bad in ("", 5, b"out", ["a"]):
+        with pytest.raises(ValueError, match="^d: expected a file or folder name"):
+            checks.path("d", bad)
+
+
+def test_choice_refuses_what_cannot_be_compared():
+    for bad in (["adam"], {"adam": 1}, np.array(["adam", "sgd"])):
+        with pytest.raises(ValueError, match="^optimizer: expected one of 'adam', 'sgd'"):
+            checks.choice("optimizer", bad, ("adam", "sgd"))

@@ -149,8 +149,9 @@ def test_data_parallel_training_rank_ordered_then_stop_leaves_no_process(tmp_pat
 @needs_mpiexec
 def test_exception_on_one_rank_while_the_other_waits_ends_quickly(engines):
     with pytest.raises(EngineError) as symmetric:  # every rank raises: nobody waits, the engines live on
-        engines.run_sync(fail_everywhere)
+        engines.run_sync(fail_everywhere, label="run_app('digits')")
     assert sorted(symmetric.value.failures) == [0, 1] and symmetric.value.job_ended is None and engines.running
+    assert str(symmetric.value).startswith("run_app('digits') failed on 2 of 2 MPI ranks")  # named as told
     assert "KeyError: 'every rank fails'" in symmetric.value.failures[1]
 
     with pytest.raises(EngineError) as info:
@@ -213,6 +214,9 @@ def test_killed_rank_is_reported_and_run_resilient_resumes_from_checkpoint(engin
     retried = [r for r in caplog.records if "resuming from" in r.getMessage()]
     assert len(retried) == 1 and retried[0].created - killed_at[0] < 15
     assert "no result from rank(s)" in retried[0].getMessage() and "the MPI job ended" in retried[0].getMessage()
+    assert f"the engine of rank(s) [1] died (rank 1: pid {victim} on" in retried[0].getMessage()  # the killed one
+    assert "the engine of rank(s) [0, 1]" not in retried[0].getMessage()
+    assert "mpi_rank = MPI.COMM_WORLD" not in retried[0].getMessage()  # ipyparallel's set-up, not the engines' output
     assert [(r["rank"], r["size"]) for r in results] == [(0, 2), (1, 2)]
     assert results[0]["start_epoch"] >= 1  # resumed, not restarted from scratch
     assert results[0]["weights"] == results[1]["weights"] == reference[0]["weights"]
@@ -277,19 +281,26 @@ def _batch_script(kwargs, tmp_path):
                                              profile_dir=str(tmp_path), cluster_id="test", engine_set_id="s")
     launcher.write_batch_script(kwargs["n"])
     with open(launcher.batch_file) as f:
-        return launcher, f.read()
+        script = f.read()
+    os.remove(launcher.batch_file)  # a private temporary file (not the working directory)
+    return launcher, script
 
 
-def test_slurm_config(tmp_path):
+def test_slurm_config(tmp_path, monkeypatch):
     kwargs = cluster_config(8, "slurm", mpi_args=["--cpu-bind=cores"], queue="gpu", account="proj42",
                             walltime="00:30:00", batch_options=["--gpus-per-task=1"], env={"OMP_NUM_THREADS": "4"})
-    assert kwargs["engines"] == "slurm" and kwargs["controller_ip"] == "*"
+    assert kwargs["engines"] == "slurm" and kwargs["controller_ip"] not in ("*", "0.0.0.0", "")
     launcher, script = _batch_script(kwargs, tmp_path)
     lines = script.splitlines()
     for directive in ["--ntasks=8", "--partition=gpu", "--account=proj42", "--time=00:30:00", "--gpus-per-task=1"]:
         assert f"#SBATCH {directive}" in lines
     srun = next(line for line in lines if line.startswith("srun "))
-    assert srun.startswith(f"srun --cpu-bind=cores {sys.executable} -m ipyparallel.engine") and "--mpi" in srun
+    assert srun.startswith(f"srun --export=ALL --mpi=pmi2 --cpu-bind=cores {sys.executable} -m ipyparallel.engine")
+    assert "--mpi" in srun.split("ipyparallel.engine")[1]  # ipengine --mpi
+    _, script = _batch_script(cluster_config(2, "slurm", mpi_args=["--mpi=pmix"]), tmp_path)
+    assert next(ln for ln in script.splitlines() if ln.startswith("srun ")).startswith("srun --export=ALL --mpi=pmix ")
+    monkeypatch.setenv("HPCAI_CONTROLLER_IP", "10.1.2.3")
+    assert cluster_config(2, "slurm")["controller_ip"] == "10.1.2.3"
     assert launcher.args[0] == "sbatch" and launcher.get_env()["OMP_NUM_THREADS"] == "4"
 
 
@@ -326,3 +337,18 @@ def test_local_config_uses_the_environments_mpiexec(tmp_path, monkeypatch):
         cluster_config(2, "sge")
     with pytest.raises(ValueError, match="n:"):
         Engines(0)
+
+
+def test_a_local_run_stays_on_loopback_unless_mpi_args_name_other_hosts(monkeypatch):
+    """MPICH's gforker (no listening port) in place of Hydra's mpiexec when it sits beside it, and the ranks'
+    transports on the loopback interface; Hydra's own options keep Hydra, hosts keep the network."""
+    for name in ("HPCAI_MPIEXEC", "HPCAI_MPI_ARGS", "UCX_NET_DEVICES", "FI_TCP_IFACE", "FI_SOCKETS_IFACE"):
+        monkeypatch.delenv(name, raising=False)
+    launcher = cluster_config(2)["config"].MPIEngineSetLauncher
+    gforker = os.path.join(os.path.dirname(find_mpiexec()), "mpiexec.gforker")
+    assert launcher.mpi_cmd == [gforker if os.access(gforker, os.X_OK) else find_mpiexec()]
+    assert launcher.environment["UCX_NET_DEVICES"] == launcher.environment["FI_TCP_IFACE"] != ""
+    assert cluster_config(2, mpi_args=["-bind-to", "core"])["config"].MPIEngineSetLauncher.mpi_cmd == [find_mpiexec()]
+    assert "UCX_NET_DEVICES" not in cluster_config(2, mpi_args=["-hosts", "a,b"])["config"].MPIEngineSetLauncher.environment
+    monkeypatch.setenv("UCX_NET_DEVICES", "mlx5_0:1")  # the user's own choice wins
+    assert "UCX_NET_DEVICES" not in cluster_config(2)["config"].MPIEngineSetLauncher.environment

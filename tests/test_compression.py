@@ -90,3 +90,113 @@ def test_block_refuses_a_step_beyond_int64(xp):
         C.Block(step=1e-300).compress(f)
     with pytest.raises(ValueError, match=r"step: 5e-324 quantises"):  # coefficient / step overflows to inf
         C.Block(step=5e-324).compress(f)
+
+
+# -- every registered codec, and the error-bounded ones (SZ3, ZFP through hdf5plugin) -------------------------
+def _needs(name):
+    if name in ("sz3", "zfp"):
+        pytest.importorskip("hdf5plugin")
+
+
+@pytest.mark.parametrize("name", list(C.CODECS))
+def test_every_codec_counts_the_bytes_it_stores_and_reaches_its_ratio(name):
+    _needs(name)
+    fields = [jet(), 2 * jet() - 0.5]
+    for ratio in (10, 60):
+        codec = C.for_ratio(name, fields, ratio)
+        if name == "zfp":  # fixed rate too: the largest rate that reaches the ratio
+            rate = C.for_ratio(name, fields, ratio, mode="rate")
+            assert sum(f.nbytes for f in fields) / sum(rate.compress(f).nbytes for f in fields) >= ratio
+        stored = [codec.compress(f) for f in fields]
+        for c in stored:
+            assert c.nbytes == sum(a.nbytes for a in c.arrays.values()) + 16
+        assert sum(f.nbytes for f in fields) / sum(c.nbytes for c in stored) >= ratio
+        back = [C.decompress(c) for c in stored]
+        assert all(b.shape == f.shape and b.dtype == f.dtype for b, f in zip(back, fields))
+        assert C.relative_errors(back[0], fields[0])[0] < 0.5
+
+
+def test_for_ratio_counts_the_truncation_header():
+    """8 x 8 float64 (512 bytes) at ratio 8 leaves 64 bytes: 3 x 3 float32 + 16, not 4 x 4 + 16 (ratio 6.4)."""
+    codec = C.Truncate.for_ratio((8, 8), 8)
+    assert codec.k == (3, 3) and codec.compress(jet((8, 8))).ratio >= 8
+
+
+@pytest.mark.parametrize("name, mode, bound, limit", [
+    ("sz3", "absolute", 1e-3, lambda f: 1e-3),
+    ("sz3", "relative", 1e-3, lambda f: 1e-3 * (f.max() - f.min())),
+    ("sz3", "pointwise", 1e-2, lambda f: 1e-2 * abs(f)),
+    ("zfp", "absolute", 1e-3, lambda f: 1e-3),
+    ("zfp", "relative", 1e-4, lambda f: 1e-4 * (f.max() - f.min())),
+])
+def test_error_bounded_codecs_keep_their_bound_at_every_point(name, mode, bound, limit):
+    _needs(name)
+    f = jet((61, 100)) + 0.05 * np.random.default_rng(0).standard_normal((61, 100))
+    c = C.get_codec(name, bound=bound, mode=mode).compress(f)
+    err = np.abs(C.decompress(c) - f)
+    assert np.all(err <= limit(f) * (1 + 1e-9)) and err.max() > 0
+    assert c.ratio > 1.5
+
+
+def test_zfp_fixed_rate_stores_the_rate():
+    _needs("zfp")
+    c = C.Zfp(8, mode="rate").compress(jet((64, 128)))
+    assert c.arrays["stream"].nbytes == pytest.approx(64 * 128, rel=0.05)  # 8 bits a value, plus ZFP's header
+
+
+def test_stored_streams_read_back_with_plain_h5py(tmp_path):
+    """The streams are HDF5 chunks: a reader with h5py + hdf5plugin (xarray too) gets the fields, no hpcai."""
+    _needs("sz3")
+    import h5py
+    fields = np.stack([jet(), jet()[::-1]])
+    for name in ("sz3", "zfp"):
+        stored = [C.get_codec(name, bound=1e-3).compress(f) for f in fields]
+        with h5py.File(tmp_path / f"{name}.h5", "w") as h:
+            d = h.create_dataset("x", fields.shape, "<f8", chunks=(1, 64, 128), **C.filter_options(stored[0]))
+            for i, c in enumerate(stored):
+                d.id.write_direct_chunk((i, 0, 0), c.arrays["stream"].tobytes(), 0)
+        import hdf5plugin  # noqa: F401 (registers the filters for the reader)
+        with h5py.File(tmp_path / f"{name}.h5", "r") as h:
+            back = h["x"][()]
+        np.testing.assert_array_equal(back, np.stack([C.decompress(c) for c in stored]))
+        assert np.abs(back - fields).max() <= 1e-3
+
+
+def test_filter_codecs_name_the_extra_without_hdf5plugin(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "hdf5plugin", None)
+    with pytest.raises(ImportError, match=r"hdf5plugin: pip install 'hpcai\[io\]'"):
+        C.Sz3(1e-3).compress(jet())
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: C.Sz3(0), "bound: expected a finite number > 0, got 0"),
+    (lambda: C.Zfp(1e-3, mode="pointwise"), "mode: expected one of 'absolute', 'relative', 'rate', 'precision'"),
+    (lambda: C.for_ratio("lz4", [jet()], 10), "codec: expected one of"),
+    (lambda: C.for_ratio("block", [jet()], 0.5), r"ratio: expected a finite number > 1"),
+])
+def test_bad_filter_parameters(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_guard_keeps_a_point_wise_bound_after_any_restoration():
+    """Whatever a network adds, clamping to the codec's band and the stored corrections bound every point."""
+    _needs("sz3")
+    f, bound = jet(), 2e-3
+    dec = C.decompress(C.Sz3(bound).compress(f))
+    rng = np.random.default_rng(1)
+    restored = f + rng.normal(0, bound, f.shape)  # a restoration better than the codec at most points ...
+    restored[rng.integers(0, 64, 50), rng.integers(0, 128, 50)] += 1.0  # ... and badly wrong at a few
+    clamped = C.clamp(restored, dec, bound)
+    assert np.abs(clamped - f).max() <= 2 * bound * (1 + 1e-12)
+    for tight in (bound, bound / 10):  # any bound, also one tighter than the codec's
+        corrections = C.guard(clamped, f, tight)
+        out = C.apply_guard(clamped, corrections, tight)
+        assert np.abs(out - f).max() <= tight
+        assert np.abs(out - f)[np.abs(clamped - f) > tight].max() <= tight / 2 * (1 + 1e-9)  # corrected points
+        wrong = np.abs(clamped - f) > tight
+        np.testing.assert_array_equal(out[~wrong], clamped[~wrong])  # only the points beyond the bound change
+        assert 0 < wrong.sum() and corrections.nbytes < 8 * wrong.sum()
+    assert C.guard(f, f, bound).nbytes < 16  # nothing to correct: an empty zlib stream
+    with pytest.raises(ValueError, match="bound: expected a finite number > 0"):
+        C.guard(clamped, f, -1.0)

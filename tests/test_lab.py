@@ -1,7 +1,7 @@
 """``hpcai lab`` serves JupyterLab on 127.0.0.1 behind a token and stops cleanly; ``hpcai bench`` runs scripts.
 
 The lab test starts a real server (about 10 s): a request without the token is refused, one with it served,
-a kernel started through the REST API, and Ctrl-C (SIGINT, with a terminal as stdin, as in a shell) stops
+a kernel started through the REST API (without the token in its environment), and Ctrl-C (SIGINT, with a terminal as stdin, as in a shell) stops
 the server and its kernel: every process it started is checked by PID afterwards.
 """
 import os
@@ -61,7 +61,7 @@ def test_lab_token_loopback_and_clean_ctrl_c(tmp_path):
         assert _get(base + "/api/status", Authorization=f"token {token}") == 200
         assert _get(f"{base}/api/status?token={token}") == 200
         server = psutil.Process(proc.pid)  # exec'd: the hpcai process became the server
-        assert server.cmdline()[1:3] == ["-m", "jupyterlab"] and token not in " ".join(server.cmdline())
+        assert server.cmdline()[1:3] == ["-c", cli.LAB_MAIN] and token not in " ".join(server.cmdline())
         connections = getattr(server, "net_connections", None) or server.connections  # psutil < 6: connections
         listening = {c.laddr.ip for c in connections("inet") if c.status == psutil.CONN_LISTEN}
         assert listening == {"127.0.0.1"}
@@ -74,6 +74,8 @@ def test_lab_token_loopback_and_clean_ctrl_c(tmp_path):
             time.sleep(0.1)
         started = [server, *server.children(recursive=True)]
         assert len(started) > 1, "no kernel process appeared"
+        for p in started[1:]:  # the token stays in the server: kernels (and what they start) do not inherit it
+            assert "JUPYTER_TOKEN" not in p.environ() and token not in " ".join(p.cmdline()), procs.describe(p)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
         log.seek(0)
@@ -116,7 +118,7 @@ def test_lab_never_runs_without_a_token(capsys):
     command, env, url = cli.lab_command(browser=False)
     assert len(env["JUPYTER_TOKEN"]) >= 24 and url.endswith(env["JUPYTER_TOKEN"])
     assert url.startswith("http://127.0.0.1:8888/lab?token=") and not any(env["JUPYTER_TOKEN"] in a for a in command)
-    assert command[:3] == [sys.executable, "-m", "jupyterlab"] and "--ServerApp.ip=127.0.0.1" in command
+    assert command[:3] == [sys.executable, "-c", cli.LAB_MAIN] and "--ServerApp.ip=127.0.0.1" in command
     assert f"--ServerApp.root_dir={ROOT / 'notebooks'}" in command  # the source tree's notebooks by default
 
 

@@ -71,7 +71,7 @@ def test_layer_input_errors():
         nn.Conv2d(3, 4, 3, groups=2)
     with pytest.raises(ValueError, match="kernel_size: expected a positive int"):
         nn.Conv2d(3, 4, 0)
-    with pytest.raises(ValueError, match="p: expected a probability"):
+    with pytest.raises(ValueError, match=r"p: expected a number in \[0, 1\)"):
         nn.Dropout(1.0)
     with pytest.raises(ValueError, match="init: expected one of"):
         nn.Linear(2, 2, init="lecun")

@@ -30,13 +30,15 @@ EXPECTED = {
     "02": (["test accuracy", "mixed-fp16, dynamic loss scaling", "bit for bit: True", "lamb"], 5),
     "03": (["rank 1 of", "[stdout:1]", "accuracy on each rank, pulled from the engines",
             "Seconds to training loss", "hogwild", "rma", "stopped"], 2),
-    "04": (["held-out L2 error, restored"], 1),
+    "04": (["held-out L2 error, restored", "other flow, L2 error", "at the same total bytes: SZ3", "codec sz3"], 4),
     "05": (["rounds of the loop in", "learned stencil", "Exercise 1 solved", "in this kernel:",
             "the same values under mpiexec as on the engines: True", "module 'simulate' (rank 0 of 1",
             "Exercise 2 solved"], 1),
     "06": (["exact T_c = 737 K", "held-out error", "from the surrogate", "reference energies",
             "Exercise 1 solved"], 2),
     "07": (["space group 225 (cubic)", "absent", "held-out materials: crystal-system top-1", "Exercise 1 solved"], 3),
+    "08": (["refused: learning_rate: not a field", "ranks [2, 3]", "resumed from digits.journal: 4 finished trials",
+            "finished trials kept: True", "defaults (trial 0): test accuracy", "best (trial"], 2),
 }
 
 

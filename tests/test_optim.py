@@ -380,13 +380,13 @@ def _p(*shape, **kw):
 
 
 @pytest.mark.parametrize("call, error, match", [
-    (lambda: SGD([_p()], lr=-0.1), ValueError, r"lr: expected a finite number >= 0, got -0.1"),
-    (lambda: Adam([_p()], lr=float("nan")), ValueError, r"lr: expected a finite number >= 0, got nan"),
-    (lambda: SGD([{"params": [_p()], "lr": -1}]), ValueError, r"lr: expected a finite number >= 0, got -1"),
+    (lambda: SGD([_p()], lr=-0.1), ValueError, r"lr: expected a number in \[0, 10000\], got -0.1"),
+    (lambda: Adam([_p()], lr=float("nan")), ValueError, r"lr: expected a number in \[0, 10000\], got nan"),
+    (lambda: SGD([{"params": [_p()], "lr": -1}]), ValueError, r"lr: expected a number in \[0, 10000\], got -1"),
     (lambda: Adam([_p()], betas=(0.9, 1.0)), ValueError, r"betas\[1\]: expected a number in \[0, 1\), got 1.0"),
     (lambda: Adam([_p()], betas=(-0.1, 0.9)), ValueError, r"betas\[0\]: expected a number in \[0, 1\), got -0.1"),
     (lambda: Adam([_p()], betas=0.9), ValueError, r"betas: expected a pair \(beta1, beta2\), got 0.9"),
-    (lambda: SGD([_p()], momentum=-0.5), ValueError, r"momentum: expected a finite number >= 0, got -0.5"),
+    (lambda: SGD([_p()], momentum=-0.5), ValueError, r"momentum: expected a number in \[0, 1\], got -0.5"),
     (lambda: SGD([_p()], nesterov=True), ValueError, r"nesterov: needs momentum > 0 and dampening = 0, got momentum=0"),
     (lambda: SGD([_p()], momentum=0.9, dampening=0.1, nesterov=True), ValueError, r"and dampening=0.1"),
     (lambda: RMSprop([_p()], alpha=1.5), ValueError, r"alpha: expected a number in \[0, 1\], got 1.5"),

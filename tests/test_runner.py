@@ -154,3 +154,18 @@ def test_run_app_bad_input():
         run_app("digits", stop=True)
     with pytest.raises(ValueError, match="app"):
         make_config(["digits"])
+
+
+def test_run_app_on_engines_names_the_application_in_errors():
+    """Errors from the engines name ``run_app('digits')``, not the engine-side function that runs it."""
+    pytest.importorskip("ipyparallel")
+    from hpcai.cluster import EngineError
+
+    class Running:  # stands for started Engines: run_sync fails as Engines.run does, under the label it is given
+        running = True
+
+        def run_sync(self, fn, *args, label=None, **kwargs):
+            raise EngineError(f"{label or fn.__name__} failed on 1 of 2 MPI ranks", {1: "ValueError: no"})
+
+    with pytest.raises(EngineError, match=r"^run_app\('digits'\) failed on 1 of 2"):
+        run_app("digits", engines=Running(), verbose=0)

@@ -41,7 +41,7 @@ def test_dropdowns_come_from_the_registries(tmp_path):
         for top, dropdown in panel.top.items():
             assert (dropdown.layout.display != "none") == (top in fields)
     panel.app.value = "climate_sr"
-    assert panel.fields["codec"].options == ("truncate", "block")  # a Config field's declared choices
+    assert panel.fields["codec"].options == ("truncate", "block", "sz3", "zfp")  # a Config field's declared choices
     assert panel.config() == APPS["climate_sr"].config()
     panel.close()
 

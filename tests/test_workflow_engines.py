@@ -139,19 +139,7 @@ def engines(tmp_path_factory):
     if not _engines_usable():
         pytest.skip("needs ipyparallel, psutil, mpi4py and mpiexec")
     import procs
-    from hpcai.cluster import Engines
-    profile = tmp_path_factory.mktemp("ipp-workflow")
-    cluster = Engines(3, profile_dir=str(profile), timeout=120)
-    seen = []
-    try:
-        cluster.start_sync()
-        seen += procs.living(cluster.pids)
-        yield cluster
-        seen += procs.living(cluster.pids)  # a test may have restarted them
-    finally:
-        cluster.stop_sync()
-        left = procs.collect(lambda: procs.living(seen) + procs.with_env("IPP_PROFILE_DIR", str(profile)), grace=5)
-    assert not left, f"processes left after stop() (killed now): {left}"
+    yield from procs.engine_cluster(tmp_path_factory, 3, "ipp-workflow")
 
 
 # -- the same values everywhere ---------------------------------------------------------------------------------
@@ -233,7 +221,7 @@ def test_bad_requests_are_refused_before_any_engine_starts(tmp_path):
         run_workflow(path)  # in this process: one rank
     with pytest.raises(SpecError, match="travels to the engines as JSON"):
         run_workflow({"modules": {"a": {"entry": M + "drain", "params": {"when": object()}}}}, engines=1)
-    with pytest.raises(ValueError, match="path: no such folder"):
+    with pytest.raises(ValueError, match="path: expected existing folders"):
         run_workflow(path, engines=3, path=tmp_path / "nowhere")
     with pytest.raises(TypeError, match="path: expected a folder"):
         run_workflow(path, engines=3, path=3)

@@ -30,6 +30,7 @@ import numpy as np
 from .. import amp, checks, io, optim
 from ..sim import alloy
 from .alloy_model import Surrogate
+from .fields import check_fields
 from .result import Result
 
 REFERENCES = ("pair", "emt")
@@ -42,53 +43,60 @@ class Config:
     """The alloy, its reference energy, the active-learning loop and the temperature scan."""
 
     lattice: str = dataclasses.field(default="bcc", metadata={"choices": tuple(alloy.LATTICES)})
-    size: int = 4                   # L of the training cells and of the exploring Monte Carlo (L^3 cells)
-    elements: str = "Cu,Zn"         # species 0 and 1 (EMT knows Al, Cu, Ag, Au, Ni, Pd, Pt)
-    composition: float = 0.5        # fraction of the first element
+    size: int = dataclasses.field(default=4, metadata={
+        "low": 2, "high": 32, "help": "L of the training cells and of the exploring Monte Carlo (L^3 cells)"})
+    elements: str = dataclasses.field(default="Cu,Zn", metadata={
+        "help": "species 0 and 1, comma-separated (EMT knows Al, Cu, Ag, Au, Ni, Pd, Pt)"})
+    composition: float = dataclasses.field(default=0.5, metadata={
+        "low": 0.0, "low_open": True, "high": 1.0, "high_open": True, "help": "fraction of the first element"})
     reference: str = dataclasses.field(default="pair", metadata={"choices": REFERENCES})
-    pair_v: float = 0.04            # eV: the pair model's V = e_AA + e_BB - 2 e_AB (> 0 orders; bcc T_c ~ 737 K)
-    t_min: float = 450.0            # K: the temperature grid of the exploration and of the scan
-    t_max: float = 1050.0
-    temperatures: int = 8
-    initial: int = 40               # random configurations labelled before the first training
-    per_round: int = 24             # configurations labelled per round
-    random_fraction: float = 0.33   # of them, the share picked at random (they also measure the error)
-    rounds: int = 6                 # at most this many rounds of label -> learn -> explore
-    tolerance: float = 1.0          # meV/atom: stop once the error on fresh Monte Carlo samples is below
+    pair_v: float = dataclasses.field(default=0.04, metadata={
+        "low": 0.0, "low_open": True, "high": 10.0,
+        "help": "eV: the pair model's V = e_AA + e_BB - 2 e_AB (> 0 orders; bcc T_c ~ 737 K)"})
+    t_min: float = dataclasses.field(default=450.0, metadata={
+        "low": 0.0, "low_open": True, "high": 100_000.0, "help": "K: lowest temperature of exploration and scan"})
+    t_max: float = dataclasses.field(default=1050.0, metadata={
+        "low": 0.0, "low_open": True, "high": 100_000.0, "help": "K: highest temperature, above t_min"})
+    temperatures: int = dataclasses.field(default=8, metadata={"low": 2, "high": 256, "help": "points of the temperature grid"})
+    initial: int = dataclasses.field(default=40, metadata={
+        "low": 2, "high": 100_000, "help": "random configurations labelled before the first training"})
+    per_round: int = dataclasses.field(default=24, metadata={
+        "low": 1, "high": 100_000, "help": "configurations labelled per round"})
+    random_fraction: float = dataclasses.field(default=0.33, metadata={
+        "low": 0.0, "low_open": True, "high": 1.0,
+        "help": "of them, the share picked at random (they also measure the error)"})
+    rounds: int = dataclasses.field(default=6, metadata={
+        "low": 1, "high": 1000, "help": "at most this many rounds of label -> learn -> explore"})
+    tolerance: float = dataclasses.field(default=1.0, metadata={
+        "low": 0.0, "low_open": True, "high": 1e6,
+        "help": "meV/atom: stop once the error on fresh Monte Carlo samples is below"})
     selection: str = dataclasses.field(default="active", metadata={"choices": SELECTIONS})
-    shells: int = 1                 # neighbour shells the surrogate sees (a cluster expansion's pair range)
-    ensemble: int = 4
-    hidden: int = 16
-    epochs: int = 150
-    lr: float = 0.01
+    shells: int = dataclasses.field(default=1, metadata={
+        "low": 1, "high": 8, "help": "neighbour shells the surrogate sees (a cluster expansion's pair range)"})
+    ensemble: int = dataclasses.field(default=4, metadata={"low": 1, "high": 64, "help": "networks in the ensemble"})
+    hidden: int = dataclasses.field(default=16, metadata={"low": 1, "high": 4096, "help": "hidden width of each network"})
+    epochs: int = dataclasses.field(default=150, metadata={"low": 1, "high": 100_000, "help": "training passes per round"})
+    lr: float = dataclasses.field(default=0.01, metadata={
+        "low": 0.0, "low_open": True, "high": 100.0, "help": "learning rate"})
     optimizer: str = dataclasses.field(default="adam", metadata={"choices": tuple(optim.OPTIMIZERS)})
     precision: str = dataclasses.field(default="fp32", metadata={"choices": tuple(amp.POLICIES)})
-    explore_sweeps: int = 30        # Monte Carlo sweeps per round of exploration
-    tc_sizes: str = "4,6"           # the L of the scans whose Binder cumulants cross at T_c
-    scan_sweeps: int = 300
-    replicas: int = 2               # chains per temperature (replica exchange along temperature)
-    seed: int = 0
-    output_dir: str | None = None
+    explore_sweeps: int = dataclasses.field(default=30, metadata={
+        "low": 1, "high": 1_000_000, "help": "Monte Carlo sweeps per round of exploration"})
+    tc_sizes: str = dataclasses.field(default="4,6", metadata={
+        "help": "the L (2 to 32) of the scans whose Binder cumulants cross at T_c, comma-separated"})
+    scan_sweeps: int = dataclasses.field(default=300, metadata={
+        "low": 8, "high": 1_000_000, "help": "Monte Carlo sweeps per temperature of the T_c scan"})
+    replicas: int = dataclasses.field(default=2, metadata={
+        "low": 1, "high": 64, "help": "chains per temperature (replica exchange along temperature)"})
+    seed: int = dataclasses.field(default=0, metadata={"low": 0, "high": 2**32 - 1, "help": "random seed"})
+    output_dir: str | None = dataclasses.field(default=None, metadata={
+        "path": True, "help": "where metrics, data and figures go (None: nowhere)"})
 
     def validate(self) -> "Config":
         """Check every field, raising a ValueError that names it."""
-        checks.choice("lattice", self.lattice, alloy.LATTICES)
-        checks.choice("reference", self.reference, REFERENCES)
-        checks.choice("selection", self.selection, SELECTIONS)
-        checks.choice("optimizer", self.optimizer, optim.OPTIMIZERS)
-        amp.get_policy(self.precision)
-        for name, low in (("size", 2), ("temperatures", 2), ("initial", 2), ("per_round", 1), ("rounds", 1),
-                          ("shells", 1), ("ensemble", 1), ("hidden", 1), ("epochs", 1), ("explore_sweeps", 1),
-                          ("scan_sweeps", 8), ("replicas", 1), ("seed", 0)):
-            checks.integer(name, getattr(self, name), low)
-        checks.number("composition", self.composition, 0.0, 1.0, low_open=True, high_open=True)
-        checks.number("pair_v", self.pair_v, 0.0, low_open=True)
-        checks.number("t_min", self.t_min, 0.0, low_open=True)
-        if checks.number("t_max", self.t_max, 0.0, low_open=True) <= self.t_min:
+        check_fields(self)
+        if self.t_max <= self.t_min:
             raise ValueError(f"t_max: expected a temperature above t_min = {self.t_min:g} K, got {self.t_max!r}")
-        checks.number("random_fraction", self.random_fraction, 0.0, 1.0, low_open=True)  # they measure the error
-        checks.number("tolerance", self.tolerance, 0.0, low_open=True)
-        checks.number("lr", self.lr, 0.0, low_open=True)
         self.element_list()
         sizes = self.sizes()
         for L in (self.size, *sizes):
@@ -110,8 +118,8 @@ class Config:
             sizes = tuple(int(s) for s in self.tc_sizes.split(","))
         except ValueError:
             sizes = ()
-        if len(sizes) < 2 or len(set(sizes)) != len(sizes) or min(sizes) < 2:
-            raise ValueError(f"tc_sizes: expected two or more different sizes L >= 2, e.g. '4,6', "
+        if len(sizes) < 2 or len(set(sizes)) != len(sizes) or min(sizes) < 2 or max(sizes) > 32:
+            raise ValueError(f"tc_sizes: expected two or more different sizes 2 <= L <= 32, e.g. '4,6', "
                              f"got {self.tc_sizes!r}")
         return tuple(sorted(sizes))
 

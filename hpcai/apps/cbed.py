@@ -25,6 +25,7 @@ import numpy as np
 from .. import amp, checks, io, nn, optim
 from ..sim import cbed
 from ..train import evaluate, fit, predict
+from .fields import check_fields
 from .progress import FitProgress
 from .result import Result
 
@@ -44,32 +45,32 @@ class Config:
     """The data set to generate (or read), the network and how it trains."""
 
     groups: str = dataclasses.field(default="per_system", metadata={"choices": GROUP_SETS})
-    materials_per_group: int = 6    # random materials of every space group (split 80/10/10 by material)
-    pixels: int = 128               # detector N x N (the ORNL files: 512)
-    input_size: int = 64            # the network's input after the ORNL preprocessing (ORNL: 128)
+    materials_per_group: int = dataclasses.field(default=6, metadata={
+        "low": 1, "high": 1000, "help": "random materials of every space group (split 80/10/10 by material)"})
+    pixels: int = dataclasses.field(default=128, metadata={
+        "low": 16, "high": 2048, "help": "detector N x N (the ORNL files: 512)"})
+    input_size: int = dataclasses.field(default=64, metadata={
+        "low": 8, "high": 2048, "help": "the network's input after the ORNL preprocessing (ORNL: 128), <= pixels"})
     target: str = dataclasses.field(default="crystal_system", metadata={"choices": TARGETS})
-    width: int = 16                 # channels of the first convolution (x2, x4 deeper)
-    epochs: int = 20
-    batch_size: int = 32            # per rank
-    lr: float = 3e-3
+    width: int = dataclasses.field(default=16, metadata={
+        "low": 1, "high": 256, "help": "channels of the first convolution (x2, x4 deeper)"})
+    epochs: int = dataclasses.field(default=20, metadata={"low": 1, "high": 10_000, "help": "passes over the data"})
+    batch_size: int = dataclasses.field(default=32, metadata={"low": 1, "high": 65_536, "help": "per rank"})
+    lr: float = dataclasses.field(default=3e-3, metadata={
+        "low": 0.0, "low_open": True, "high": 100.0, "help": "learning rate"})
     optimizer: str = dataclasses.field(default="adam", metadata={"choices": tuple(optim.OPTIMIZERS)})
     precision: str = dataclasses.field(default="fp32", metadata={"choices": tuple(amp.POLICIES)})
-    data_dir: str | None = None     # existing files in the ORNL layout: train on them, generate nothing
-    seed: int = 0
-    output_dir: str | None = None
+    data_dir: str | None = dataclasses.field(default=None, metadata={
+        "path": True, "help": "existing files in the ORNL layout: train on them, generate nothing"})
+    seed: int = dataclasses.field(default=0, metadata={"low": 0, "high": 2**32 - 1, "help": "random seed"})
+    output_dir: str | None = dataclasses.field(default=None, metadata={
+        "path": True, "help": "where the data set, metrics and figures go (None: the data set in a temporary folder)"})
 
     def validate(self) -> "Config":
         """Check every field, raising a ValueError that names it."""
-        checks.choice("groups", self.groups, GROUP_SETS)
-        checks.choice("target", self.target, TARGETS)
-        checks.choice("optimizer", self.optimizer, optim.OPTIMIZERS)
-        amp.get_policy(self.precision)
-        for name, low in (("materials_per_group", 1), ("pixels", 16), ("input_size", 8), ("width", 1),
-                          ("epochs", 1), ("batch_size", 1), ("seed", 0)):
-            checks.integer(name, getattr(self, name), low)
+        check_fields(self)
         if self.input_size > self.pixels:
             raise ValueError(f"input_size: expected at most pixels = {self.pixels}, got {self.input_size}")
-        checks.number("lr", self.lr, 0.0, low_open=True)
         if self.data_dir is not None and not cbed.dataset_files(self.data_dir, "train"):
             raise ValueError(f"data_dir: no batch_train_*.h5 files in {self.data_dir!r}")
         return self

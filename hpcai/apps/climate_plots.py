@@ -1,10 +1,12 @@
-"""Figures of the climate SR application: the field at the last held-out step, and error over time."""
+"""Figures of the climate SR application: the field at the last held-out step, error over time, energy spectra,
+and the generalisation test (a later window and another flow against SZ3 and ZFP at the same total bytes)."""
 from __future__ import annotations
 
 import os
 
 import numpy as np
 
+from ..sim.spharm import SphericalHarmonics
 from ..train.plot import new_figure, save_png
 
 
@@ -53,10 +55,64 @@ def error_over_time(result):
     return fig
 
 
+def degree_spectrum(fields):
+    """(n, E(n)): the power of ``fields`` (..., nlat, nlon) per spherical-harmonic degree n = 0..T on their
+    Gaussian grid, sum over m of |f_n^m|^2 (m > 0 twice: the real field's +-m), averaged over leading axes."""
+    fields = np.asarray(fields, float)
+    sh = SphericalHarmonics(fields.shape[-1], fields.shape[-2])
+    tri = np.abs(sh.to_triangle(sh.grid_to_spec(fields.reshape((-1,) + fields.shape[-2:])))) ** 2  # (k, m, n)
+    tri[:, 1:] *= 2
+    return np.arange(sh.T + 1), tri.sum(axis=1).mean(axis=0)
+
+
+def spectra(result, field: str = "vorticity"):
+    """Energy spectra of the original, compressed and restored fields, and of their errors, at the last
+    held-out step (and of the other flow's last step, if the run had one)."""
+    a = result.arrays
+    cases = [(f"held out, day {a['day']:.2f}", a["original"], a["compressed"], a["restored"])]
+    if "other_original" in a:
+        cases.append(("other flow", a["other_original"], a["other_compressed"], a["other_restored"]))
+    fig = new_figure(figsize=(5.5 * len(cases), 4), layout="constrained")
+    for ax, (title, original, compressed, restored) in zip(np.atleast_1d(fig.subplots(1, len(cases))), cases):
+        for label, values, style in (("original", original, "k-"), ("compressed", compressed, "C0-"),
+                                     ("restored", restored, "C1-"), ("compressed - original", compressed - original,
+                                                                     "C0:"),
+                                     ("restored - original", restored - original, "C1:")):
+            n, e = degree_spectrum(values)
+            ax.loglog(n[1:], np.maximum(e[1:], 1e-300), style, lw=1, label=label)
+        ax.set_xlabel("spherical-harmonic degree n")
+        ax.set_ylabel(f"{field} power per degree")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def generalisation(result):
+    """Held-out relative L2 error of compressed and restored steps (a later window), the other flow's, and
+    SZ3 / ZFP at the same total bytes (data + weights) on the held-out steps."""
+    a, m = result.arrays, result.metrics
+    fig = new_figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.semilogy(a["held_out_days"], a["l2_compressed"], "o-", label="compressed (held out)")
+    ax.semilogy(a["held_out_days"], a["l2_restored"], "s-", label="restored (held out)")
+    if not np.isnan(m.get("l2_other_restored", np.nan)):
+        ax.axhline(m["l2_other_compressed"], color="C0", ls=":", label="compressed, other flow (mean)")
+        ax.axhline(m["l2_other_restored"], color="C1", ls=":", label="restored, other flow (mean)")
+    for i, peer in enumerate(("sz3", "zfp")):
+        if m.get(f"l2_{peer}", 0) > 0:
+            ax.axhline(m[f"l2_{peer}"], color=f"C{i + 2}", ls="--", label=f"{peer} at the same total bytes (mean)")
+    ax.set_xlabel("model day")
+    ax.set_ylabel("relative L2 error")
+    ax.set_title(f"x{m['compression_ratio_with_weights']:.1f} counting the weights")
+    ax.legend(fontsize=7)
+    return fig
+
+
 def save_figures(result, folder, field: str = "vorticity", units: str = "1/s") -> dict:
-    """Write both figures as PNG into ``folder``; returns {name: path}."""
+    """Write the figures as PNG into ``folder``; returns {name: path}."""
     paths = {}
-    for name, make in (("fields", lambda r: field_panels(r, field, units)), ("errors", error_over_time)):
+    for name, make in (("fields", lambda r: field_panels(r, field, units)), ("errors", error_over_time),
+                       ("spectra", lambda r: spectra(r, field)), ("generalisation", generalisation)):
         paths[name] = os.path.join(folder, f"{name}.png")
         save_png(make(result), paths[name])
     return paths

@@ -22,11 +22,12 @@ import time
 
 import numpy as np
 
-from .. import amp, checks, datasets, io, nn, optim
+from .. import amp, datasets, io, nn, optim
 from ..parallel.asynchronous import ASYNC_PRECISIONS, METHODS, train_async
 from ..parallel.comm import default_comm
 from ..train import Callback, evaluate, fit, predict
 from ..train.plot import new_figure, save_png
+from .fields import check_fields
 from .progress import FitProgress, as_progress
 from .result import Result
 
@@ -37,29 +38,26 @@ MODELS = ("mlp", "cnn")
 class Config:
     """What to train, in which precision, with which optimizer and parallel strategy."""
 
-    model: str = dataclasses.field(default="mlp", metadata={"choices": MODELS})
-    hidden: int = 128               # MLP hidden width / CNN channels of the first convolution
+    model: str = dataclasses.field(default="mlp", metadata={"choices": MODELS, "help": "an MLP or a small CNN"})
+    hidden: int = dataclasses.field(default=128, metadata={
+        "low": 1, "high": 4096, "help": "MLP hidden width / CNN channels of the first convolution"})
     precision: str = dataclasses.field(default="fp32", metadata={"choices": tuple(amp.POLICIES)})
     optimizer: str = dataclasses.field(default="adam", metadata={"choices": tuple(optim.OPTIMIZERS)})
     strategy: str = dataclasses.field(default="sync", metadata={"choices": tuple(METHODS)})
-    epochs: int = 20                # passes over the training set (all workers together)
-    batch_size: int = 32            # per worker
-    lr: float | None = None         # None: a good default for the optimizer
-    straggler: float = 1.0          # worker 1 takes this many times longer per step (1: no straggler)
-    seed: int = 0
-    output_dir: str | None = None   # where metrics and figures go (None: nowhere)
+    epochs: int = dataclasses.field(default=20, metadata={
+        "low": 1, "high": 10_000, "help": "passes over the training set (all workers together)"})
+    batch_size: int = dataclasses.field(default=32, metadata={"low": 1, "high": 1437, "help": "per worker"})
+    lr: float | None = dataclasses.field(default=None, metadata={
+        "low": 0.0, "low_open": True, "high": 100.0, "help": "learning rate; None: a good default for the optimizer"})
+    straggler: float = dataclasses.field(default=1.0, metadata={
+        "low": 1.0, "high": 100.0, "help": "worker 1 takes this many times longer per step (1: no straggler)"})
+    seed: int = dataclasses.field(default=0, metadata={"low": 0, "high": 2**32 - 1, "help": "random seed"})
+    output_dir: str | None = dataclasses.field(default=None, metadata={
+        "path": True, "help": "where metrics and figures go (None: nowhere)"})
 
     def validate(self) -> "Config":
         """Check every field, raising a ValueError that names it."""
-        for name, choices in (("model", MODELS), ("optimizer", optim.OPTIMIZERS), ("strategy", METHODS)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name}: expected one of {list(choices)}, got {getattr(self, name)!r}")
-        for name, low in (("hidden", 1), ("epochs", 1), ("batch_size", 1), ("seed", 0)):
-            checks.integer(name, getattr(self, name), low)
-        if self.lr is not None and checks.number("lr", self.lr, 0.0) == 0:
-            raise ValueError("lr: expected None or a positive number, got 0")
-        checks.number("straggler", self.straggler, 1.0)
-        amp.get_policy(self.precision)
+        check_fields(self)
         if self.strategy != "sync":
             if self.optimizer != "sgd":
                 raise ValueError(f"optimizer: the asynchronous strategy {self.strategy!r} applies plain SGD "

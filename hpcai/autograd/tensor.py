@@ -34,6 +34,8 @@ class Tensor:
             data = data.astype(dtype, copy=False)
         if device is not None:
             data = backend.to_device(data, device)
+        if data.dtype.kind not in "biuf":  # complex, object, str: no op here is defined on them
+            raise TypeError(f"data: expected bool, integer or floating-point values, got dtype {data.dtype}")
         if requires_grad and data.dtype.kind != "f":
             raise TypeError(f"requires_grad: only floating-point tensors can require grad, got dtype {data.dtype}")
         self.data = data

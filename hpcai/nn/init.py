@@ -10,14 +10,29 @@ import math
 
 import numpy as np
 
+from .. import checks
+
 
 def generator(rng) -> np.random.Generator:
     """``rng`` as a numpy Generator: a Generator passes through, an int seeds one, None draws a fresh seed."""
     if isinstance(rng, np.random.Generator):
         return rng
-    if rng is None or isinstance(rng, (int, np.integer)):
-        return np.random.default_rng(rng)
-    raise TypeError(f"rng: expected a numpy Generator, an int seed or None, got {type(rng).__name__}")
+    if rng is None:
+        return np.random.default_rng()
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)):
+        return np.random.default_rng(checks.integer("rng", rng, 0))
+    raise TypeError(f"rng: expected a numpy Generator, an int seed >= 0 or None, got {type(rng).__name__}")
+
+
+def float_dtype(dtype) -> np.dtype:
+    """``dtype`` as a numpy floating-point dtype (what parameters are stored in), else a ValueError naming it."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind != "f":
+        raise ValueError(f"dtype: expected a floating-point dtype such as np.float32, got {dtype!r}")
+    return dt
 
 
 def fans(shape) -> tuple[int, int]:
@@ -62,8 +77,7 @@ INITIALIZERS = {"glorot_uniform": glorot_uniform, "glorot_normal": glorot_normal
 
 def initialize(init, shape, rng=None, dtype=np.float32):
     """Array from an initialiser given by name (see :data:`INITIALIZERS`) or as a callable."""
+    dtype = float_dtype(dtype)
     if callable(init):
         return np.asarray(init(shape, rng, dtype=dtype), dtype=dtype)
-    if init not in INITIALIZERS:
-        raise ValueError(f"init: expected one of {list(INITIALIZERS)} or a callable, got {init!r}")
-    return INITIALIZERS[init](shape, rng, dtype=dtype)
+    return INITIALIZERS[checks.choice("init", init, INITIALIZERS)](shape, rng, dtype=dtype)

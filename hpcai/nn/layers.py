@@ -7,23 +7,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import ops
+from .. import checks, ops
 from ..ops.common import expect_ndim
 from . import init as _init
 from .module import Module, Parameter
 
 
-def _pair(v, name):
-    pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
-    if len(pair) != 2 or any(not isinstance(n, (int, np.integer)) or n < 1 for n in pair):
-        raise ValueError(f"{name}: expected a positive int or a pair of them, got {v!r}")
-    return tuple(int(n) for n in pair)
+MAX_WEIGHT_ELEMENTS = 2**31  # 8 GB of float32 in one weight: past this a size is a typo, not a model
 
 
 def _positive(v, name):
-    if not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {v!r}")
-    return int(v)
+    return checks.integer(name, v, 1)
+
+
+def _weight_shape(shape: tuple, names: str) -> tuple:
+    """``shape`` if a weight of that shape is of a size a layer can hold, else a ValueError naming ``names``."""
+    if np.prod(shape, dtype=object) > MAX_WEIGHT_ELEMENTS:
+        raise ValueError(f"{names}: a weight of shape {shape} has more than {MAX_WEIGHT_ELEMENTS:,} elements")
+    return shape
 
 
 class Linear(Module):
@@ -35,8 +36,9 @@ class Linear(Module):
         self.in_features, self.out_features = _positive(in_features, "in_features"), _positive(out_features,
                                                                                               "out_features")
         rng = _init.generator(rng)
-        self.weight = Parameter(_init.initialize(init, (out_features, in_features), rng, dtype))
-        self.bias = Parameter(np.zeros(out_features, dtype)) if bias else None
+        shape = _weight_shape((out_features, in_features), "in_features, out_features")
+        self.weight = Parameter(_init.initialize(init, shape, rng, dtype))
+        self.bias = Parameter(np.zeros(out_features, dtype)) if checks.flag("bias", bias) else None
 
     def forward(self, x):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
@@ -57,15 +59,20 @@ class _ConvNd(Module):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups: in_channels ({in_channels}) and out_channels ({out_channels}) must both "
                              f"be divisible by groups ({groups})")
-        self.kernel_size, self.stride = _pair(kernel_size, "kernel_size"), _pair(stride, "stride")
-        self.dilation = _pair(dilation, "dilation")
-        self.padding = padding if isinstance(padding, str) else tuple(
-            (padding, padding) if isinstance(padding, (int, np.integer)) else padding)
-        shape = ((in_channels, out_channels // groups) if transposed else
-                 (out_channels, in_channels // groups)) + self.kernel_size
+        self.kernel_size, self.stride = checks.pair("kernel_size", kernel_size), checks.pair("stride", stride)
+        self.dilation = checks.pair("dilation", dilation)
+        self.padding = checks.choice("padding", padding, ("same", "valid")) if isinstance(padding, str) else \
+            checks.pair("padding", padding, 0)
+        reach = tuple(d * (k - 1) for d, k in zip(self.dilation, self.kernel_size))
+        if not isinstance(self.padding, str) and any(p > r for p, r in zip(self.padding, reach)):
+            raise ValueError(f"padding: expected at most dilation * (kernel_size - 1) = {reach} (more only adds "
+                             f"borders of zeros), got {self.padding}")
+        shape = _weight_shape(((in_channels, out_channels // groups) if transposed else
+                               (out_channels, in_channels // groups)) + self.kernel_size,
+                              "in_channels, out_channels, kernel_size")
         rng = _init.generator(rng)
         self.weight = Parameter(_init.initialize(init, shape, rng, dtype))
-        self.bias = Parameter(np.zeros(out_channels, dtype)) if bias else None
+        self.bias = Parameter(np.zeros(out_channels, dtype)) if checks.flag("bias", bias) else None
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -91,7 +98,9 @@ class ConvTranspose2d(_ConvNd):
                  dilation=1, groups=1, bias=True, init="he_uniform", rng=None, dtype=np.float32):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, init,
                          rng, dtype, transposed=True)
-        self.output_padding = output_padding
+        self.output_padding = checks.pair("output_padding", output_padding, 0)
+        if any(o >= max(s, d) for o, s, d in zip(self.output_padding, self.stride, self.dilation)):
+            raise ValueError(f"output_padding: expected less than stride or dilation, got {self.output_padding}")
 
     def forward(self, x):
         return ops.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
@@ -101,7 +110,11 @@ class ConvTranspose2d(_ConvNd):
 class MaxPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.kernel_size = checks.pair("kernel_size", kernel_size)
+        self.stride = self.kernel_size if stride is None else checks.pair("stride", stride)
+        self.padding = checks.pair("padding", padding, 0)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"padding: expected at most half the kernel size {self.kernel_size}, got {self.padding}")
 
     def forward(self, x):
         return ops.max_pool2d(x, self.kernel_size, self.stride, self.padding)
@@ -126,7 +139,11 @@ class _BatchNorm(Module):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
                  track_running_stats: bool = True, dtype=np.float32):
         super().__init__()
-        self.num_features, self.eps, self.momentum = _positive(num_features, "num_features"), eps, momentum
+        self.num_features = _positive(num_features, "num_features")
+        self.eps = checks.number("eps", eps, 0, 1, low_open=True)
+        self.momentum, dtype = checks.number("momentum", momentum, 0, 1), _init.float_dtype(dtype)
+        affine = checks.flag("affine", affine)
+        track_running_stats = checks.flag("track_running_stats", track_running_stats)
         self.weight = Parameter(np.ones(num_features, dtype)) if affine else None
         self.bias = Parameter(np.zeros(num_features, dtype)) if affine else None
         self.register_buffer("running_mean", np.zeros(num_features, dtype) if track_running_stats else None)
@@ -161,9 +178,14 @@ class LayerNorm(Module):
 
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, dtype=np.float32):
         super().__init__()
-        self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-        self.eps = eps
-        self.weight = Parameter(np.ones(self.normalized_shape, dtype)) if elementwise_affine else None
+        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else \
+            tuple(normalized_shape) if isinstance(normalized_shape, (tuple, list)) else normalized_shape
+        if not isinstance(shape, tuple) or not shape:
+            raise ValueError(f"normalized_shape: expected an int or a tuple of them, got {normalized_shape!r}")
+        self.normalized_shape = tuple(_positive(n, "normalized_shape") for n in shape)
+        self.eps, dtype = checks.number("eps", eps, 0, 1, low_open=True), _init.float_dtype(dtype)
+        self.weight = Parameter(np.ones(self.normalized_shape, dtype)) if checks.flag("elementwise_affine",
+                                                                                       elementwise_affine) else None
         self.bias = Parameter(np.zeros(self.normalized_shape, dtype)) if elementwise_affine else None
 
     def forward(self, x):
@@ -175,9 +197,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, rng=None):
         super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"p: expected a probability in [0, 1), got {p!r}")
-        self.p, self.rng = float(p), _init.generator(rng)
+        self.p, self.rng = checks.number("p", p, 0, 1, high_open=True), _init.generator(rng)
 
     def forward(self, x):
         return ops.dropout(x, self.p, training=self.training, generator=self.rng)
@@ -224,16 +244,20 @@ class Sigmoid(Module):
 class GELU(Module):
     def __init__(self, approximate: str = "none"):
         super().__init__()
-        self.approximate = approximate
+        self.approximate = checks.choice("approximate", approximate, ("none", "tanh"))
 
     def forward(self, x):
         return ops.gelu(x, self.approximate)
 
 
 class Softplus(Module):
+    """log(1 + exp(beta x)) / beta, linear where beta x > threshold; beta in (0, 1e6], threshold in (0, 80]
+    (exp of more overflows float32)."""
+
     def __init__(self, beta: float = 1.0, threshold: float = 20.0):
         super().__init__()
-        self.beta, self.threshold = beta, threshold
+        self.beta = checks.number("beta", beta, 0, 1e6, low_open=True)
+        self.threshold = checks.number("threshold", threshold, 0, 80, low_open=True)
 
     def forward(self, x):
         return ops.softplus(x, self.beta, self.threshold)
@@ -242,7 +266,7 @@ class Softplus(Module):
 class LeakyReLU(Module):
     def __init__(self, slope: float = 0.01):
         super().__init__()
-        self.slope = slope
+        self.slope = checks.number("slope", slope, -1e3, 1e3)
 
     def forward(self, x):
         return ops.leaky_relu(x, self.slope)
@@ -257,10 +281,10 @@ class ResidualBlock(Module):
     def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size: int = 3, stride: int = 1,
                  batch_norm: bool = True, padding_mode: str = "zeros", rng=None, dtype=np.float32):
         super().__init__()
-        out_channels = out_channels or in_channels
+        out_channels = in_channels if out_channels is None else out_channels
         rng = _init.generator(rng)
-        if padding_mode not in ("zeros", "circular"):
-            raise ValueError(f"padding_mode: expected 'zeros' or 'circular', got {padding_mode!r}")
+        checks.choice("padding_mode", padding_mode, ("zeros", "circular"))
+        kernel_size, batch_norm = _positive(kernel_size, "kernel_size"), checks.flag("batch_norm", batch_norm)
         self.pad, self.padding_mode = kernel_size // 2, padding_mode
         conv_pad = self.pad if padding_mode == "zeros" else 0
         self.conv1 = Conv2d(in_channels, out_channels, kernel_size, stride, conv_pad, bias=not batch_norm,

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from .. import backend
-from .. import checks
-from .optimizer import Optimizer, buffer
+from .optimizer import Optimizer, buffer, check_hyper
 
 
 class Adagrad(Optimizer):
@@ -19,8 +18,7 @@ class Adagrad(Optimizer):
                          initial_accumulator_value=initial_accumulator_value, eps=eps)
 
     def _validate(self, group):
-        for name in ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"):
-            group[name] = checks.number(name, group[name], 0.0)
+        check_hyper(group, rates=("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"))
 
     def _update(self, w, g, state, group):
         xp = backend.get_array_module(w)

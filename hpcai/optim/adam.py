@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from .. import backend
-from .. import checks
-from .optimizer import Optimizer, buffer, check_betas
+from .optimizer import Optimizer, buffer, check_betas, check_hyper
 
 
 class Adam(Optimizer):
@@ -21,10 +20,8 @@ class Adam(Optimizer):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
 
     def _validate(self, group):
-        for name in ("lr", "eps", "weight_decay"):
-            group[name] = checks.number(name, group[name], 0.0)
+        check_hyper(group, rates=("lr", "eps", "weight_decay"), flags=("amsgrad",))
         group["betas"] = check_betas(group["betas"])
-        group["amsgrad"] = bool(group["amsgrad"])
 
     def _update(self, w, g, state, group):
         xp = backend.get_array_module(w)

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from .. import backend
-from .. import checks
-from .optimizer import Optimizer, buffer, check_betas, l2norm
+from .optimizer import Optimizer, buffer, check_betas, check_hyper, l2norm
 
 
 class LAMB(Optimizer):
@@ -19,10 +18,8 @@ class LAMB(Optimizer):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, exclude_1d=exclude_1d)
 
     def _validate(self, group):
-        for name in ("lr", "eps", "weight_decay"):
-            group[name] = checks.number(name, group[name], 0.0)
+        check_hyper(group, rates=("lr", "eps", "weight_decay"), flags=("exclude_1d",))
         group["betas"] = check_betas(group["betas"])
-        group["exclude_1d"] = bool(group["exclude_1d"])
 
     def _update(self, w, g, state, group):
         xp = backend.get_array_module(w)

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from .. import backend
-from .. import checks
-from .optimizer import Optimizer, buffer, l2norm
+from .optimizer import Optimizer, buffer, check_hyper, l2norm
 
 
 class LARS(Optimizer):
@@ -22,9 +21,8 @@ class LARS(Optimizer):
                          trust_coefficient=trust_coefficient, exclude_1d=exclude_1d)
 
     def _validate(self, group):
-        for name in ("lr", "momentum", "weight_decay", "trust_coefficient"):
-            group[name] = checks.number(name, group[name], 0.0)
-        group["exclude_1d"] = bool(group["exclude_1d"])
+        check_hyper(group, rates=("lr", "weight_decay", "trust_coefficient"), fractions=("momentum",),
+                    flags=("exclude_1d",))
 
     def _update(self, w, g, state, group):
         xp = backend.get_array_module(w)

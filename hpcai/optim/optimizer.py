@@ -25,6 +25,21 @@ def check_betas(betas) -> tuple:
     return tuple(checks.number(f"betas[{i}]", b, 0.0, 1.0, high_open=True) for i, b in enumerate(betas))
 
 
+MAX_LR = 1e4      # a step this large already leaves any sensible weights; beyond it updates overflow
+MAX_DECAY = 1e4   # weight decay, eps, trust coefficients: the same guard against a mistyped exponent
+
+
+def check_hyper(group: dict, rates=(), fractions=(), flags=()) -> None:
+    """Check and normalise a group's hyperparameters in place: ``rates`` (lr, weight_decay, eps, ...) are
+    numbers in [0, MAX_LR], ``fractions`` (momentum, dampening, alpha) in [0, 1], ``flags`` True or False."""
+    for name in rates:
+        group[name] = checks.number(name, group[name], 0.0, MAX_LR if name == "lr" else MAX_DECAY)
+    for name in fractions:
+        group[name] = checks.number(name, group[name], 0.0, 1.0)
+    for name in flags:
+        group[name] = checks.flag(name, group[name])
+
+
 def buffer(state: dict, name: str, like, fill: float = 0.0):
     """``state[name]``, created on first use as an array shaped like ``like`` and filled with ``fill``."""
     if name not in state:

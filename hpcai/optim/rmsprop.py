@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from .. import backend
-from .. import checks
-from .optimizer import Optimizer, buffer
+from .optimizer import Optimizer, buffer, check_hyper
 
 
 class RMSprop(Optimizer):
@@ -20,10 +19,7 @@ class RMSprop(Optimizer):
                          momentum=momentum, centered=centered)
 
     def _validate(self, group):
-        for name in ("lr", "eps", "weight_decay", "momentum"):
-            group[name] = checks.number(name, group[name], 0.0)
-        group["alpha"] = checks.number("alpha", group["alpha"], 0.0, 1.0)
-        group["centered"] = bool(group["centered"])
+        check_hyper(group, rates=("lr", "eps", "weight_decay"), fractions=("momentum", "alpha"), flags=("centered",))
 
     def _update(self, w, g, state, group):
         xp = backend.get_array_module(w)

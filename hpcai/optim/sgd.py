@@ -1,8 +1,7 @@
 """Stochastic gradient descent with optional momentum (heavy ball or Nesterov) and L2 weight decay."""
 from __future__ import annotations
 
-from .. import checks
-from .optimizer import Optimizer
+from .optimizer import Optimizer, check_hyper
 
 
 class SGD(Optimizer):
@@ -18,10 +17,7 @@ class SGD(Optimizer):
                          weight_decay=weight_decay, nesterov=nesterov)
 
     def _validate(self, group):
-        for name in ("lr", "momentum", "weight_decay"):
-            group[name] = checks.number(name, group[name], 0.0)
-        group["dampening"] = checks.number("dampening", group["dampening"], 0.0, 1.0)
-        group["nesterov"] = bool(group["nesterov"])
+        check_hyper(group, rates=("lr", "weight_decay"), fractions=("momentum", "dampening"), flags=("nesterov",))
         if group["nesterov"] and (group["momentum"] == 0 or group["dampening"] != 0):
             raise ValueError(f"nesterov: needs momentum > 0 and dampening = 0, got momentum="
                              f"{group['momentum']:g} and dampening={group['dampening']:g}")

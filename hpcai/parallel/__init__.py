@@ -5,11 +5,11 @@ Synchronous data parallel follows Horovod's API (``init``, ``rank``, ``size``, `
 RMA windows behind one interface, next to a synchronous baseline.
 """
 from .asynchronous import METHODS, AsyncResult, train_async
-from .comm import Communicator, SerialCommunicator, default_comm, install_abort_hook, world
+from .comm import Communicator, SerialCommunicator, StallWarning, default_comm, install_abort_hook, world
 from .data_parallel import (COMPRESSIONS, DistributedOptimizer, broadcast_optimizer_state, broadcast_parameters,
                             init, local_rank, rank, size)
 from .rma import ParamWindow
 
 __all__ = ["COMPRESSIONS", "METHODS", "AsyncResult", "Communicator", "DistributedOptimizer", "ParamWindow",
-           "SerialCommunicator", "broadcast_optimizer_state", "broadcast_parameters", "default_comm", "init",
+           "SerialCommunicator", "StallWarning", "broadcast_optimizer_state", "broadcast_parameters", "default_comm", "init",
            "install_abort_hook", "local_rank", "rank", "size", "train_async", "world"]

@@ -10,6 +10,15 @@ float32 has the 2p+2 significand bits that make this double rounding harmless). 
 an unhandled exception on any rank into an ``MPI_Abort`` of the whole job, so one failing rank never leaves
 the others waiting forever. :func:`default_comm` is how applications pick MPI's world when started by
 ``mpiexec`` and run serially otherwise.
+
+Stall detection (after Horovod's stall inspector): the buffer collectives wait by polling, so a rank waiting
+for slower ones yields its core instead of spinning at 100 %. A rank that has waited ``stall_warning``
+seconds (60 by default) in a collective asks the others, over a private duplicate of the communicator,
+which collective they wait in, and the lowest waiting rank warns (:class:`StallWarning`) naming the ranks
+that have not arrived; after ``stall_timeout`` seconds (default: never) the job is ended with MPI_Abort and
+a message naming them. Set both per communicator (``comm.stall_warning``, ``comm.stall_timeout``, or
+``hvd.init(stall_warning=..., stall_timeout=...)``) or for a whole job with ``HPCAI_STALL_WARNING`` and
+``HPCAI_STALL_TIMEOUT`` (seconds; 0 turns one off).
 """
 from __future__ import annotations
 
@@ -19,6 +28,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 
 import ml_dtypes
 import numpy as np
@@ -30,8 +40,37 @@ ABORT_GRACE = 0.2  # seconds between a rank's last words and MPI_Abort, for the 
 SPIN_SECONDS, MIN_SPIN = 2e-3, 5e-5  # wait/probe: poll at full speed (yielding the core) at most/least this long,
 MAX_PAUSE = 1e-3                     # then sleep between polls, the pauses doubling from 10 us up to this
 LAUNCHER_SIZES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")  # ranks started, as MPI launchers tell them
+STALL_WARNING = 60.0  # seconds in one collective before a StallWarning (Horovod's default), unless set
+STALL_QUIET = 0.5  # a wait shorter than this never looks at the stall channel (short waits pay nothing for it)
+STALL_ASK = 1.0  # seconds a stalled rank collects the other ranks' answers
+MAX_LONG_PAUSE = 0.01  # the longest sleep between polls once a wait is long
+_ASK, _ANSWER = 1, 2  # tags on the private duplicate: "which collective do you wait in?" and its answer
 _UFUNCS = {"sum": np.add, "max": np.maximum, "min": np.minimum, "prod": np.multiply}
 _HALF = {np.dtype(np.float16): "FLOAT16_T", np.dtype(ml_dtypes.bfloat16): "BFLOAT16_T"}  # MPI's names
+
+
+class StallWarning(RuntimeWarning):
+    """Ranks have waited long in a collective that other ranks have not reached (see the module docstring)."""
+
+
+def _stall_seconds(name: str, default):
+    """The setting ``name`` from the environment: seconds > 0, None where it is 0/off/none, else ``default``."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if text.lower() in ("0", "off", "none", "never"):
+        return None
+    try:
+        return checks.number(name, float(text), 0.0, low_open=True)
+    except ValueError:
+        raise ValueError(f"{name}: expected a number of seconds > 0 (0 or off: never), got {text!r}") from None
+
+
+def stall_setting(name: str, value):
+    """``value`` for ``stall_warning``/``stall_timeout`` checked: seconds > 0, or None/0 for never."""
+    if value is None or (not isinstance(value, bool) and isinstance(value, (int, float)) and value == 0):
+        return None
+    return checks.number(f"{name} (seconds, or None/0 for never)", value, 0.0, low_open=True)
 
 
 def _mpi():
@@ -156,6 +195,11 @@ class Communicator(SerialCommunicator):
         self.cuda_aware = os.environ.get("HPCAI_CUDA_AWARE_MPI", "0") == "1"
         self._op = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "prod": MPI.PROD}
         self._half_ops = {}
+        # stall detection: a private duplicate (its messages never match the user's), and the number of
+        # collectives started on this communicator, the same on every rank
+        self._stall_comm, self._collectives, self._stall_sends = self.comm.Dup(), 0, []
+        self.stall_warning = _stall_seconds("HPCAI_STALL_WARNING", STALL_WARNING)
+        self.stall_timeout = _stall_seconds("HPCAI_STALL_TIMEOUT", None)
 
     # -- buffers, in place ---------------------------------------------------------------------------
     def _host(self, buf):
@@ -198,24 +242,24 @@ class Communicator(SerialCommunicator):
     def allreduce_(self, buf, op: str = "sum"):
         """Reduce ``buf`` over all ranks, in place; returns ``buf``."""
         if type(buf) is np.ndarray and buf.flags.c_contiguous and buf.dtype not in _HALF:  # the common case
-            self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self._op[_check_op(op)])  # in ~1 µs of raw mpi4py
+            self._complete(self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self._op[_check_op(op)]), "allreduce_")
             return buf
         host = self._host(buf)
         message, mpi_op = self._reduction(host, _check_op(op))
-        self.comm.Allreduce(self.MPI.IN_PLACE, message, op=mpi_op)
+        self._complete(self.comm.Iallreduce(self.MPI.IN_PLACE, message, op=mpi_op), "allreduce_")
         return self._back(buf, host)
 
     def bcast_(self, buf, root: int = 0):
         """Overwrite ``buf`` on every rank with rank ``root``'s, in place; returns ``buf``."""
         host = self._host(buf)
-        self.comm.Bcast(self._words(host), root=root)
+        self._complete(self.comm.Ibcast(self._words(host), root=root), "bcast_")
         return self._back(buf, host)
 
     def allgather(self, buf):
         """A new array of shape (size, *buf.shape) holding every rank's ``buf`` in rank order."""
         host = self._host(buf)
         out = np.empty((self.size,) + host.shape, host.dtype)
-        self.comm.Allgather(self._words(host), self._words(out))
+        self._complete(self.comm.Iallgather(self._words(host), self._words(out)), "allgather")
         return out if backend.get_array_module(buf) is np else backend.to_device(out, backend.device_of(buf))
 
     # -- small Python values ------------------------------------------------------------------------
@@ -233,7 +277,9 @@ class Communicator(SerialCommunicator):
 
     def average(self, value: float) -> float:
         """The mean of a number over all ranks (how metrics are reported)."""
-        return self.comm.allreduce(float(value), op=self.MPI.SUM) / self.size
+        total = np.array([float(value)])
+        self._complete(self.comm.Iallreduce(self.MPI.IN_PLACE, total, op=self.MPI.SUM), "average")
+        return float(total[0]) / self.size
 
     def barrier(self, poll: bool = False) -> None:
         """Return once every rank has called it. Plain: MPI_Barrier, the tightest alignment (for timings).
@@ -242,7 +288,7 @@ class Communicator(SerialCommunicator):
         if not poll:
             self.comm.Barrier()
         elif self.size > 1:
-            self.wait(self.comm.Ibarrier())
+            self._complete(self.comm.Ibarrier(), "barrier")
 
     def wait(self, request, status=None):
         """Complete an MPI ``request`` and return its status, by polling (see :func:`_poll`): an idle rank
@@ -250,6 +296,75 @@ class Communicator(SerialCommunicator):
         status = status if status is not None else self.MPI.Status()
         _poll(lambda: request.Test(status))
         return status
+
+    # -- waiting in a collective, and stall detection ---------------------------------------------------------
+    def _complete(self, request, what: str) -> None:
+        """Wait for this rank's part of a collective (``what``, for messages): polling (see :func:`_poll`), so
+        the core is yielded and signals are handled; a wait past STALL_QUIET s joins stall detection."""
+        self._collectives += 1
+        if not _poll(request.Test, STALL_QUIET):
+            self._long_wait(request, what)
+
+    def _long_wait(self, request, what: str) -> None:
+        """Wait on, answering other ranks' questions; at ``stall_warning`` s ask them and warn, at
+        ``stall_timeout`` s ask them and end the job, naming the ranks that have not arrived."""
+        seq, start, pause, warned = self._collectives, time.monotonic() - STALL_QUIET, 1e-4, False
+        while not request.Test():
+            self._answer()
+            waited = time.monotonic() - start
+            if self.stall_timeout is not None and waited >= self.stall_timeout:
+                report = self._stall_report(request, seq, what, waited)
+                if report is not None:
+                    sys.stderr.write(f"[hpcai rank {self.rank}/{self.size}] {report}; stall_timeout="
+                                     f"{self.stall_timeout:g} s reached, ending the job (MPI_Abort)\n")
+                    self.abort(1)
+            elif not warned and self.stall_warning is not None and waited >= self.stall_warning:
+                warned, report = True, self._stall_report(request, seq, what, waited, lowest_only=True)
+                if report is not None:
+                    warnings.warn(f"rank {self.rank}: {report}", StallWarning, stacklevel=4)
+            time.sleep(pause)
+            pause = min(2 * pause, MAX_LONG_PAUSE)
+
+    def _stall_report(self, request, seq: int, what: str, waited: float, lowest_only: bool = False):
+        """Ask every other rank which collective it waits in; the report naming the ranks that have not
+        arrived, or None (the collective completed meanwhile, or a lower waiting rank reports)."""
+        ask = np.array([seq, 0], np.int64)
+        self._stall_sends = [s for s in self._stall_sends if not s[0].Test()]
+        self._stall_sends += [(self._stall_comm.Isend(ask, r, _ASK), ask) for r in range(self.size) if r != self.rank]
+        answers, status, deadline = {}, self.MPI.Status(), time.monotonic() + STALL_ASK
+        while len(answers) < self.size - 1 and time.monotonic() < deadline:
+            self._answer()
+            while self._stall_comm.Iprobe(self.MPI.ANY_SOURCE, _ANSWER, status):
+                reply = np.empty(2, np.int64)
+                self._stall_comm.Recv(reply, status.Get_source(), _ANSWER)
+                if reply[0] == seq:
+                    answers[status.Get_source()] = int(reply[1])
+            if request.Test():
+                return None
+            time.sleep(1e-3)
+        waiting = sorted([self.rank] + [r for r, n in answers.items() if n == seq])
+        if lowest_only and waiting[0] != self.rank:
+            return None
+        missing = [r for r in range(self.size) if r not in waiting]
+        if not missing:  # every rank is there: the collective is merely slow
+            return None
+        elsewhere = {r: n for r, n in sorted(answers.items()) if n != seq}
+        silent = [r for r in missing if r not in elsewhere]
+        return (f"rank(s) {missing} have not reached {what} (collective #{seq} on {self!r}), where rank(s) "
+                f"{waiting} have waited {waited:.0f} s"
+                + (f"; rank(s) {list(elsewhere)} wait in collective(s) #{list(elsewhere.values())} instead"
+                   if elsewhere else "")
+                + (f"; rank(s) {silent} do not answer (busy outside MPI: computing, sleeping or blocked)"
+                   if silent else ""))
+
+    def _answer(self) -> None:
+        """Answer the questions of stalled ranks: the number of the collective this rank waits in."""
+        status = self.MPI.Status()
+        while self._stall_comm.Iprobe(self.MPI.ANY_SOURCE, _ASK, status):
+            ask = np.empty(2, np.int64)
+            self._stall_comm.Recv(ask, status.Get_source(), _ASK)
+            reply = np.array([ask[0], self._collectives], np.int64)
+            self._stall_sends.append((self._stall_comm.Isend(reply, status.Get_source(), _ANSWER), reply))
 
     def split(self, color: int, key: int = 0) -> "Communicator":
         """Ranks with the same ``color`` form a new communicator, ordered by ``key``."""
@@ -261,6 +376,7 @@ class Communicator(SerialCommunicator):
 
     def free(self) -> None:
         """Release a communicator made by :meth:`split` or :meth:`dup` (MPI has a few thousand at most)."""
+        self._stall_comm.Free()
         self.comm.Free()
 
     # -- point to point, on buffers -------------------------------------------------------------------

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 import time
 
 import numpy as np
@@ -42,7 +43,7 @@ from .. import precision as _precision
 from ..autograd.tensor import Tensor
 from ..nn.module import Module
 from ..optim.optimizer import Optimizer
-from .comm import install_abort_hook, world
+from .comm import install_abort_hook, stall_setting, world
 
 COMPRESSIONS = ("none", "fp16", "bf16")
 REDUCE_OPS = ("average", "sum")
@@ -51,18 +52,43 @@ _DEFAULT_COMM = None
 
 
 # -- Horovod's module-level API ------------------------------------------------------------------------
-def init(comm=None):
+def init(comm=None, abort_on_error: bool = True, stall_warning: float | None = None,
+         stall_timeout: float | None = None):
     """Set the communicator that ``rank()``, ``size()`` and every ``comm=None`` default use (MPI's world by
-    default; any Communicator, e.g. a ``split`` one); returns it. Calling it is optional."""
+    default; any Communicator, e.g. a ``split`` one); returns it.
+
+    ``abort_on_error`` (the safe default, as in ChainerMN): an exception no code catches, on
+    any rank, prints that rank's traceback and ends the whole job (MPI_Abort) instead of leaving the other
+    ranks waiting for it in a collective for ever; ``False`` keeps Python's own handling. In an IPython kernel
+    (ipyparallel engines) nothing is installed: there :mod:`hpcai.cluster`'s watchdog ends a job that a
+    failing rank would leave waiting.
+
+    ``stall_warning``: seconds a rank may wait in one collective before a StallWarning names the ranks that
+    have not arrived (None: ``HPCAI_STALL_WARNING``, else 60; 0: never). ``stall_timeout``: seconds after
+    which such a wait ends the job, naming them (None: ``HPCAI_STALL_TIMEOUT``, else never; 0: never).
+    """
     global _DEFAULT_COMM
+    if not isinstance(abort_on_error, bool):
+        raise TypeError(f"abort_on_error: expected True or False, got {abort_on_error!r}")
     _DEFAULT_COMM = comm if comm is not None else world()
+    for name, value in (("stall_warning", stall_warning), ("stall_timeout", stall_timeout)):
+        if value is not None and hasattr(_DEFAULT_COMM, name):  # the serial stand-in never waits
+            setattr(_DEFAULT_COMM, name, stall_setting(name, value))
+    if abort_on_error and not _in_ipython():
+        install_abort_hook(_DEFAULT_COMM)
     return _DEFAULT_COMM
+
+
+def _in_ipython() -> bool:
+    """Whether this process is an IPython kernel or shell (a notebook, an ipyparallel engine)."""
+    ipython = sys.modules.get("IPython")
+    return ipython is not None and getattr(ipython, "get_ipython", lambda: None)() is not None
 
 
 def _comm(comm=None):
     if comm is not None:
         return comm
-    return _DEFAULT_COMM if _DEFAULT_COMM is not None else init()
+    return _DEFAULT_COMM if _DEFAULT_COMM is not None else init(abort_on_error=False)
 
 
 def rank() -> int:
@@ -346,8 +372,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    comm = init()
-    install_abort_hook(comm)  # an error on one rank ends the job instead of leaving the others waiting
+    comm = init()  # with the abort hook: an error on one rank ends the job, never a hang
     if comm.rank == 0:
         print(f"data parallel over {comm.size} rank(s): digits MLP 64-{args.hidden}-10, {args.optimizer} "
               f"lr {args.lr:g}, global batch {args.batch_size * comm.size}, precision {args.precision}, "

@@ -1,6 +1,7 @@
-"""Lossy DCT compression of 2-d fields, with the compression ratio counted in bytes actually stored.
+"""Lossy compression of 2-d fields, with the compression ratio counted in bytes actually stored.
 
-Two codecs, registered in :data:`CODECS`:
+Four codecs, registered in :data:`CODECS` (one interface: ``compress(field) -> Compressed`` and
+``decompress(compressed, xp)``; :func:`for_ratio` tunes any of them to a total ratio over many fields):
 
 ``truncate``
     Keep the lowest ``k`` x ``k`` coefficients of the orthonormal 2-d DCT-II of the whole field
@@ -16,11 +17,13 @@ Wallace (1992), "The JPEG still picture compression standard", IEEE Trans. Consu
 from __future__ import annotations
 
 import dataclasses
+import io
+import math
 import zlib
 
 import numpy as np
 
-from .. import backend
+from .. import backend, checks
 
 
 def _fft(xp):
@@ -91,8 +94,10 @@ class Truncate:
 
     @classmethod
     def for_ratio(cls, shape, ratio: float, dtype=np.float64):
-        """The square truncation whose stored size gives at least ``ratio`` for a field of ``shape``."""
-        k = int(np.sqrt(np.prod(shape) * np.dtype(dtype).itemsize / ratio / 4))  # float32 coefficients
+        """The square truncation whose stored size, its 16-byte header included, gives at least ``ratio``
+        for a field of ``shape``."""
+        budget = (np.prod(shape) * np.dtype(dtype).itemsize / ratio - 16) / 4  # float32 coefficients
+        k = int(np.sqrt(budget)) if budget >= 1 else 0
         if k < 1:
             raise ValueError(f"ratio: {ratio} would keep no coefficient of a {shape} field")
         return cls(k)
@@ -179,11 +184,128 @@ class Block:
         return full[:c.shape[0], :c.shape[1]].astype(c.dtype)
 
 
-CODECS = {"truncate": Truncate, "block": Block}
+def hdf5_filters():
+    """h5py and hdf5plugin, imported on first use of an HDF5-filter codec."""
+    try:
+        import h5py
+        import hdf5plugin
+    except ImportError as e:
+        raise ImportError("the sz3 and zfp codecs need h5py and hdf5plugin: pip install 'hpcai[io]'") from e
+    return h5py, hdf5plugin
+
+
+class _Filter:
+    """An error-bounded compressor run as an HDF5 filter on one chunk holding the whole field.
+
+    The stored bytes are the filter's output (``read_direct_chunk``), decompressed by writing them back as a
+    raw chunk of a dataset with the same filter and reading it (``write_direct_chunk``): exactly what an
+    HDF5 reader does with the chunks of a file (:func:`filter_options` gives the dataset's filter).
+    """
+
+    name, modes = "", ()
+
+    def __init__(self, bound: float, mode: str = "absolute"):
+        self.mode = checks.choice("mode", mode, self.modes)
+        self.bound = checks.number("bound", bound, 0, low_open=True)
+
+    def absolute(self, field) -> float:
+        """The bound handed to the filter: ``relative`` scales ``bound`` by the field's value range."""
+        if self.mode != "relative":
+            return self.bound
+        span = float(field.max() - field.min())
+        return self.bound * span if span > 0 else self.bound
+
+    def compress(self, field) -> Compressed:
+        field = backend.to_host(_check_field(field))
+        h5py, _ = hdf5_filters()
+        bound = self.absolute(field)
+        with h5py.File(io.BytesIO(), "w") as f:
+            d = f.create_dataset("x", data=field, chunks=field.shape, **self._filter(self.mode, bound))
+            stream = d.id.read_direct_chunk((0,) * field.ndim)[1]
+        return Compressed(self.name, field.shape, field.dtype.str, {"stream": np.frombuffer(stream, np.uint8)},
+                          {"mode": self.mode, "bound": bound})
+
+    @classmethod
+    def decompress(cls, c: Compressed, xp=np):
+        h5py, _ = hdf5_filters()
+        with h5py.File(io.BytesIO(), "w") as f:
+            d = f.create_dataset("x", c.shape, c.dtype, chunks=c.shape, **filter_options(c))
+            d.id.write_direct_chunk((0,) * len(c.shape), c.arrays["stream"].tobytes(), 0)
+            return xp.asarray(d[()])
+
+
+class Sz3(_Filter):
+    """SZ3 (prediction + quantisation + entropy coding) with a point-wise error bound; ``pointwise`` is SZ2's
+    point-wise relative mode (|error| <= bound |value| at every point)."""
+
+    name, modes = "sz3", ("absolute", "relative", "pointwise")
+
+    @staticmethod
+    def _filter(mode, bound):
+        _, plugin = hdf5_filters()
+        if mode == "pointwise":
+            return dict(plugin.SZ(pointwise_relative=bound))
+        return dict(plugin.SZ3(absolute=bound))
+
+
+class Zfp(_Filter):
+    """ZFP (block transform + embedded coding): fixed accuracy (``absolute``/``relative``: |error| <= bound
+    point-wise), fixed ``rate`` (bits per value) or fixed ``precision`` (bit planes)."""
+
+    name, modes = "zfp", ("absolute", "relative", "rate", "precision")
+
+    @staticmethod
+    def _filter(mode, bound):
+        _, plugin = hdf5_filters()
+        key = {"rate": "rate", "precision": "precision"}.get(mode, "accuracy")
+        return dict(plugin.Zfp(**{key: bound}))
+
+
+def filter_options(c: Compressed) -> dict:
+    """``create_dataset`` keywords of an HDF5 dataset whose chunks are streams like ``c``'s (sz3, zfp)."""
+    return CODECS[c.codec]._filter(c.params["mode"], c.params["bound"])
+
+
+CODECS = {"truncate": Truncate, "block": Block, "sz3": Sz3, "zfp": Zfp}
+_KNOB = {"block": "step", "sz3": "bound", "zfp": "bound"}  # the parameter for_ratio tunes (larger: fewer bytes)
+
+
+def for_ratio(name: str, fields, ratio: float, iterations: int = 30, **params):
+    """The codec ``name`` whose stored bytes over all ``fields`` together give a ratio of at least ``ratio``.
+
+    ``truncate``: the largest k x k (:meth:`Truncate.for_ratio`); ``zfp`` with ``mode="rate"`` or
+    ``"precision"``: the largest rate (bits per value) or precision; the others: their step or absolute
+    bound, bisected in log between 1e-9 and 10 times the largest |value| (stored sizes grow as it falls).
+    """
+    checks.choice("codec", name, CODECS)
+    ratio = checks.number("ratio", ratio, 1, low_open=True)
+    fields = [_check_field(f) for f in fields]
+    if name == "truncate":
+        return Truncate.for_ratio(fields[0].shape, ratio, fields[0].dtype)
+    raw = sum(f.nbytes for f in fields)
+    make = lambda x: CODECS[name](**{_KNOB[name]: x, **params})  # noqa: E731
+    reaches = lambda x: raw / sum(make(x).compress(f).nbytes for f in fields) >= ratio  # noqa: E731
+    if params.get("mode") in ("rate", "precision"):  # more bits, more bytes: the largest that reaches
+        lo, hi = 1 / 64, 64.0
+        if not reaches(lo):
+            raise ValueError(f"ratio: the {name} codec cannot reach {ratio} on these fields")
+        for _ in range(iterations):
+            mid = math.sqrt(lo * hi)
+            lo, hi = (mid, hi) if reaches(mid) else (lo, mid)
+        return make(lo)
+    top = 10 * max(float(abs(f).max()) for f in fields) or 1.0
+    if not reaches(top):
+        raise ValueError(f"ratio: the {name} codec cannot reach {ratio} on these fields")
+    lo, hi = 1e-9 * top, top
+    for _ in range(iterations):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if not reaches(mid) else (lo, mid)
+    return make(hi)
 
 
 def get_codec(name: str, **params):
-    """A codec instance by name (``"truncate"`` with ``k=``, ``"block"`` with ``step=``)."""
+    """A codec instance by name (``"truncate"`` with ``k=``, ``"block"`` with ``step=``, ``"sz3"`` and ``"zfp"``
+    with ``bound=`` and ``mode=``)."""
     if name not in CODECS:
         raise ValueError(f"codec: expected one of {list(CODECS)}, got {name!r}")
     return CODECS[name](**params)
@@ -202,3 +324,39 @@ def relative_errors(approx, exact, weights=None) -> tuple[float, float]:
     diff = approx - exact
     l2 = float(xp.sqrt((w * diff ** 2).sum() / (w * exact ** 2).sum()))
     return l2, float(xp.abs(diff).max() / xp.abs(exact).max())
+
+
+def clamp(restored, decompressed, bound: float):
+    """``restored`` moved into [decompressed - bound, decompressed + bound]: where an absolute-bound codec
+    guarantees |decompressed - original| <= bound, the original lies there, so clamping never adds error
+    and bounds |restored - original| by 2 bound (free: nothing is stored)."""
+    xp = backend.get_array_module(restored, decompressed)
+    return xp.clip(restored, decompressed - bound, decompressed + bound)
+
+
+def guard(restored, original, bound: float) -> np.ndarray:
+    """Stored corrections that make any restoration keep the point-wise bound ``bound``.
+
+    At the points where |restored - original| > bound the correction ``round((original - restored) / bound)``
+    (a multiple of ``bound``, so at most bound / 2 is left) is kept with the gap to the previous such point;
+    both as int32, zlib-coded. :func:`apply_guard` adds them back. Few points exceed the bound when the
+    restoration is good, so the corrections cost little; their bytes count with the data.
+    """
+    bound = checks.number("bound", bound, 0, low_open=True)
+    diff = backend.to_host(original - restored).reshape(-1)
+    idx = np.flatnonzero(np.abs(diff) > bound)
+    q = np.rint(diff[idx] / bound)
+    if q.size and np.abs(q).max() >= 2 ** 31:
+        raise ValueError(f"bound: {bound!r} is too small for corrections of {np.abs(diff).max():.3g} in int32")
+    gaps = np.diff(idx, prepend=0).astype(np.int32)
+    return np.frombuffer(zlib.compress(np.stack([gaps, q.astype(np.int32)]).tobytes(), 9), np.uint8)
+
+
+def apply_guard(restored, corrections, bound: float):
+    """``restored`` with the corrections of :func:`guard` (made with the same ``bound``) added."""
+    xp = backend.get_array_module(restored)
+    pairs = np.frombuffer(zlib.decompress(np.asarray(corrections).tobytes()), np.int32).reshape(2, -1)
+    idx = np.cumsum(pairs[0], dtype=np.int64)
+    out = restored.copy()
+    out.reshape(-1)[xp.asarray(idx)] += xp.asarray(pairs[1] * float(bound))
+    return out

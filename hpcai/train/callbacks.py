@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from .. import io
+from .. import checks, io
 
 
 class History(dict):
@@ -182,10 +182,16 @@ class CSVLogger(Callback):
 
     By default the whole file is rewritten atomically from the history each epoch (a resumed run keeps its
     earlier rows); ``append=True`` appends a row per epoch to an existing file instead, keeping its header.
+    A resumed run first drops the file's last rows of the epochs it redoes (written after the checkpoint it
+    continues from), so every epoch appears once; a fresh run's rows follow the earlier runs'.
     """
 
     def __init__(self, path, append: bool = False, separator: str = ","):
-        self.path, self.append, self.separator = os.fspath(path), bool(append), separator
+        self.path, self.append, self.separator = os.fspath(path), checks.flag("append", append), separator
+        self._trimmed = False
+
+    def on_train_begin(self, logs=None):
+        self._trimmed = False
 
     def on_epoch_end(self, epoch, logs=None):
         if self.loop.rank != 0:
@@ -209,7 +215,22 @@ class CSVLogger(Callback):
         header = None
         if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
             with open(self.path, newline="") as f:
-                header = next(csv.reader(f, delimiter=self.separator))
+                lines = list(csv.reader(f, delimiter=self.separator))
+            header = lines[0]
+            if not self._trimmed and row["epoch"] > 1 and "epoch" in header:
+                at, kept = header.index("epoch"), lines[1:]
+                while kept and len(kept[-1]) > at and kept[-1][at].isdigit() and int(kept[-1][at]) >= row["epoch"]:
+                    kept.pop()
+                if len(kept) < len(lines) - 1:
+                    buf = _stdio.StringIO()
+                    csv.writer(buf, delimiter=self.separator, lineterminator="\n").writerows([header, *kept])
+                    text = buf.getvalue()
+
+                    def write(tmp):
+                        with open(tmp, "w", newline="") as f:
+                            f.write(text)
+                    io.atomic_write(self.path, write)
+        self._trimmed = True
         with open(self.path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=header or list(row), delimiter=self.separator,
                                     lineterminator="\n", extrasaction="ignore")

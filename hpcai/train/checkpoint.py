@@ -92,9 +92,20 @@ def read_checkpoint(path) -> tuple[dict, dict]:
 
 
 def load_checkpoint(path, loop) -> None:
-    """Restore the fit ``loop`` from ``path`` so that training continues exactly where it stopped."""
+    """Restore the fit ``loop`` from ``path`` so that training continues exactly where it stopped.
+
+    A checkpoint whose meta lacks an entry or has one of the wrong shape (a crafted file can carry a valid
+    checksum) raises :class:`hpcai.io.CorruptFileError`; one written for another model or optimizer a ValueError.
+    """
     path = os.fspath(path)
     arrays, meta = read_checkpoint(path)
+    try:
+        _restore(path, loop, arrays, meta)
+    except (KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
+        raise io.CorruptFileError(f"{path}: malformed checkpoint meta ({type(e).__name__}: {e})") from None
+
+
+def _restore(path, loop, arrays, meta) -> None:
     if meta["precision"] != loop.policy.name:
         raise ValueError(f"{path}: the checkpoint was trained with precision {meta['precision']!r}, this run "
                          f"uses {loop.policy.name!r}")
@@ -126,6 +137,16 @@ def load_checkpoint(path, loop) -> None:
     loop.history.load_state_dict(meta["history"])
 
 
+def _holds_something(state) -> bool:
+    """Whether a callback's state records anything: ``{"best": None}`` (a checkpoint that never compared)
+    does not, and losing it warrants no warning."""
+    if isinstance(state, dict):
+        return any(_holds_something(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return any(_holds_something(v) for v in state)
+    return state is not None
+
+
 def _restore_callbacks(callbacks, saved, arrays, path) -> None:
     """Give each saved callback state to the next unused callback of the same class."""
     unused = list(callbacks)
@@ -133,7 +154,7 @@ def _restore_callbacks(callbacks, saved, arrays, path) -> None:
         state = unflatten(entry["state"], arrays)
         match = next((cb for cb in unused if type(cb).__name__ == entry["class"]), None)
         if match is None:
-            if state:
+            if _holds_something(state):
                 warnings.warn(f"{path}: no {entry['class']} callback in this run to restore its state into",
                               stacklevel=3)
             continue

@@ -183,6 +183,9 @@ def fit(model, train_data, loss, optimizer, epochs: int = 1, batch_size: int = 3
     loader = as_loader(train_data, batch_size, shuffle, drop_last, seed)
     if comm is not None and not isinstance(train_data, DataLoader) and comm.size > 1:
         loader.shard(comm.rank, comm.size)
+    if len(loader) == 0:
+        raise ValueError(f"train_data: expected at least one batch, got none ({len(loader.dataset)} samples, "
+                         f"batch_size {batch_size}{', drop_last' if drop_last else ''})")
     val_loader = as_loader(validation, batch_size, shuffle=False) if validation is not None else None
     callbacks = list(callbacks)
     bad = [type(cb).__name__ for cb in callbacks if not isinstance(cb, Callback)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 
@@ -102,6 +103,9 @@ class TrainStep:
         except FloatingPointError as e:
             if scaler is None:
                 raise FloatingPointError(f"{self.where}: non-finite loss{at}: {e}") from None
+            # the scaler can only fix overflowing gradients: a non-finite forward loss is the data or the model
+            warnings.warn(f"{self.where}: step skipped{at}: {e} before any loss scaling (the data may hold NaN "
+                          "or inf, or the model's activations overflow)", RuntimeWarning, stacklevel=2)
             out = loss = value = None
         sync = getattr(opt, "synchronize", None)  # a data-parallel optimizer's gradient exchange
         if loss is not None:

@@ -275,3 +275,25 @@ def test_the_wrapper_passes_groups_state_and_state_dict_through_and_checks_its_a
             DistributedOptimizer(optim.SGD(model.parameters()), comm=comm, **bad)
     with pytest.raises(TypeError, match="not yet distributed"):
         DistributedOptimizer(opt, comm=comm)
+
+
+def test_init_installs_the_abort_hook_and_stall_settings_unless_told_not_to(comm, monkeypatch):
+    import sys
+    import threading
+
+    from hpcai.parallel import data_parallel
+    for module, name in ((sys, "excepthook"), (threading, "excepthook")):
+        monkeypatch.setattr(module, name, getattr(module, name))  # put back after the test
+    for name in ("stall_warning", "stall_timeout"):
+        monkeypatch.setattr(comm, name, getattr(comm, name, None), raising=False)
+    monkeypatch.setattr(data_parallel, "_DEFAULT_COMM", data_parallel._DEFAULT_COMM)
+    before = sys.excepthook
+    assert data_parallel.init(comm, abort_on_error=False) is comm and sys.excepthook is before
+    data_parallel.init(comm, stall_warning=7, stall_timeout=0)  # the default: an error ends the job (MPI_Abort)
+    assert (sys.excepthook is not before) == (comm.size > 1)
+    if hasattr(comm, "comm"):  # MPI's: the settings stall detection reads
+        assert comm.stall_warning == 7.0 and comm.stall_timeout is None
+    for bad, error in [({"abort_on_error": 1}, TypeError), ({"stall_warning": -1}, ValueError),
+                       ({"stall_timeout": "60"}, ValueError)]:
+        with pytest.raises(error, match=next(iter(bad))):
+            data_parallel.init(comm, **bad)
