@@ -75,6 +75,10 @@ class EngineStartError(RuntimeError):
     """Engines did not start; the message holds the launch commands and the processes' own output."""
 
 
+class _RankStartFailure(EngineStartError):
+    """A rank of a batch job died while starting (in MPI_Init): start() tries once more before raising."""
+
+
 class EngineInfo(NamedTuple):
     rank: int
     engine_id: int
@@ -200,6 +204,13 @@ class Engines:
         """Start the controller and the engines, and map engine ids to MPI ranks."""
         if self.client is not None:
             return self
+        try:
+            return await self._start()
+        except _RankStartFailure as e:  # MPI_Init failing in a fresh batch job is often transient: once more
+            log.warning("hpcai.cluster: %s; starting the engines once more", str(e).splitlines()[0])
+            return await self._start()
+
+    async def _start(self) -> "Engines":
         ipp, psutil = _ipyparallel()
         # ipyparallel's own INFO/WARNING log (every start and stop, engines' exit codes on shutdown) would fill
         # notebook cells; launch failures are reported by start() itself, with the processes' output
@@ -225,7 +236,8 @@ class Engines:
             if not isinstance(exc, Exception):  # cancelled or interrupted: cleaned up, passed on
                 raise
             what = str(exc) if isinstance(exc, EngineStartError) else f"{type(exc).__name__}: {exc}"
-            raise EngineStartError(f"{self.n} MPI engines did not start: {what}\n{output}") from None
+            kind = _RankStartFailure if isinstance(exc, _RankStartFailure) else EngineStartError
+            raise kind(f"{self.n} MPI engines did not start: {what}\n{output}") from None
         self._stop_watch.clear()
         self._watcher = threading.Thread(target=self._watch, name="hpcai-engines-watchdog", daemon=True)
         self._watcher.start()
@@ -240,12 +252,14 @@ class Engines:
                 raise EngineStartError(f"mpiexec exited before {self.n - len(self.client.ids)} of them registered")
             if job is not None and time.monotonic() - asked > 1.0:  # the scheduler, once a second
                 asked = time.monotonic()
+                rank_failed = _RANK_FAILED.search(self._launcher_output())
                 if not await asyncio.to_thread(job.active):
-                    raise EngineStartError(f"{await asyncio.to_thread(job.describe)} before "
-                                           f"{self.n - len(self.client.ids)} of them registered")
-                if _RANK_FAILED.search(self._launcher_output()):  # the job lives on, but a rank is gone
-                    raise EngineStartError(f"a rank of the batch job failed to start (its output is below); "
-                                           f"{self.n - len(self.client.ids)} engine(s) never registered")
+                    raise (_RankStartFailure if rank_failed else EngineStartError)(
+                        f"{await asyncio.to_thread(job.describe)} before {self.n - len(self.client.ids)} of them "
+                        "registered")
+                if rank_failed:  # the job lives on, but a rank is gone
+                    raise _RankStartFailure(f"a rank of the batch job failed to start (its output is below); "
+                                            f"{self.n - len(self.client.ids)} engine(s) never registered")
             if time.monotonic() > deadline:
                 where = f"; {await asyncio.to_thread(job.describe)}, so it was cancelled" if job else ""
                 raise EngineStartError(f"{len(self.client.ids)} registered within timeout={self.timeout:g} s{where}")

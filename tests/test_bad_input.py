@@ -80,7 +80,7 @@ def test_sizes_have_upper_bounds(app, field, value):
     (lambda: optim.SGD([nn.Parameter(np.ones(2))], nesterov="yes"), r"^nesterov: expected True or False"),
     (lambda: optim.Adam([nn.Parameter(np.ones(2))], amsgrad=1), r"^amsgrad: expected True or False"),
     (lambda: optim.LARS([nn.Parameter(np.ones(2))], exclude_1d=None), r"^exclude_1d: expected True or False"),
-    (lambda: optim.SGD([nn.Parameter(np.ones(2))], lr=1e308), r"^lr: expected a number in \[0, 10000\]"),
+    (lambda: optim.SGD([nn.Parameter(np.ones(2))], lr=1e308), r"^lr: expected a number in \[0, 1e\+08\]"),
     (lambda: optim.RMSprop([nn.Parameter(np.ones(2))], momentum=5), r"^momentum: expected a number in \[0, 1\]"),
 ])
 def test_layers_and_optimizers_refuse_nonsense_by_name(make, match):

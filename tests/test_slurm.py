@@ -88,11 +88,13 @@ def test_job_cancelled_mid_run_is_reported_in_seconds(slurm):
     assert job not in _queue()
 
 
-def test_rank_that_fails_to_start_is_reported_at_once(slurm):
+def test_rank_that_fails_to_start_is_reported_at_once(slurm, caplog):
+    """A rank dying in MPI_Init: one more try (often transient in a fresh job), then the error, in seconds."""
     t0 = time.monotonic()
     with pytest.raises(EngineStartError, match=r"(?s)(a rank of the batch job failed to start|Slurm job \d+ is FAILED).*Fatal error in"):
         Engines(2, launcher="slurm", env={"UCX_TLS": "no-such-transport"}, timeout=300).start_sync()
-    assert time.monotonic() - t0 < 60 and not _queue()
+    assert time.monotonic() - t0 < 90 and not _queue()
+    assert "starting the engines once more" in caplog.text
 
 
 def test_site_kernel_sends_a_notebooks_engines_to_slurm(slurm, tmp_path, monkeypatch):

@@ -25,7 +25,8 @@ def check_betas(betas) -> tuple:
     return tuple(checks.number(f"betas[{i}]", b, 0.0, 1.0, high_open=True) for i, b in enumerate(betas))
 
 
-MAX_LR = 1e4      # a step this large already leaves any sensible weights; beyond it updates overflow
+MAX_LR = 1e8      # shifted or scaled losses need rates far above 1 (notebook 02: loss x 2^-20, lr x 2^20);
+                  # 1e8 still refuses a mistyped exponent (1e20, 1e308) whose updates overflow
 MAX_DECAY = 1e4   # weight decay, eps, trust coefficients: the same guard against a mistyped exponent
 
 

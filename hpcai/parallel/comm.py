@@ -300,10 +300,19 @@ class Communicator(SerialCommunicator):
     # -- waiting in a collective, and stall detection ---------------------------------------------------------
     def _complete(self, request, what: str) -> None:
         """Wait for this rank's part of a collective (``what``, for messages): polling (see :func:`_poll`), so
-        the core is yielded and signals are handled; a wait past STALL_QUIET s joins stall detection."""
+        the core is yielded; a wait past STALL_QUIET s joins stall detection. A KeyboardInterrupt is raised
+        once this rank's part is done, as a blocking MPI call would."""
         self._collectives += 1
-        if not _poll(request.Test, STALL_QUIET):
-            self._long_wait(request, what)
+        interrupted = None
+        while True:  # Ctrl-C / an engine interrupt: this rank's part is finished first, as in a blocking call,
+            try:     # so no collective is left half-posted to pair with the next run's (a hang on reused engines)
+                if not _poll(request.Test, STALL_QUIET):
+                    self._long_wait(request, what)
+                break
+            except KeyboardInterrupt as e:
+                interrupted = e
+        if interrupted is not None:
+            raise interrupted
 
     def _long_wait(self, request, what: str) -> None:
         """Wait on, answering other ranks' questions; at ``stall_warning`` s ask them and warn, at
