@@ -32,8 +32,9 @@ SLURM_TEMPLATE = """#!/bin/sh
 #SBATCH --output={output_file}
 #SBATCH --export=ALL
 {directives}
-srun --export=ALL {mpi_args} {program_and_args}
+{start} {program_and_args}
 """
+STARTERS = ("mpiexec", "srun")  # how a Slurm job starts its ranks (see cluster_config)
 PBS_TEMPLATE = """#!/bin/sh
 #PBS -N ipengine-{cluster_id}
 #PBS -V
@@ -99,16 +100,34 @@ def _loopback_interface() -> str:
     return found[0] if found else "lo"
 
 
+def _slurm_start(n: int, mpiexec: str, mpi_args: list) -> str:
+    """The command that starts the ranks inside the Slurm job (see :func:`cluster_config`'s ``mpi_args``).
+
+    Either way ``SLURM_EXPORT_ENV`` is ALL: from inside another job (a hub's JupyterLab) it would otherwise keep
+    all but that job's few variables -- the engines' connection info among them -- from the ranks."""
+    starter = os.environ.get("HPCAI_SLURM_STARTER", "")
+    if starter and starter not in STARTERS:
+        raise ValueError(f"HPCAI_SLURM_STARTER: expected one of {', '.join(STARTERS)}, got {starter!r}")
+    hydra = os.access(os.path.join(os.path.dirname(mpiexec), "mpiexec.hydra"), os.X_OK)
+    if any(a.startswith("--mpi") for a in mpi_args) or starter == "srun" or not (starter or hydra):
+        pmi = [] if any(a.startswith("--mpi") for a in mpi_args) else ["--mpi=pmi2"]
+        return shlex.join(["srun", "--export=ALL", *pmi, *mpi_args])
+    return "SLURM_EXPORT_ENV=ALL " + shlex.join([mpiexec, "-n", str(n), *mpi_args])
+
+
 def cluster_config(n: int, launcher=None, mpi_args=None, mpiexec=None, env=None, queue=None, account=None,
                    walltime=None, batch_options=()) -> dict:
     """Keyword arguments for ``ipyparallel.Cluster``: the one place engines are configured.
 
     Args:
         launcher: "local" (mpiexec here; also "mpi"), "slurm" (sbatch + srun) or "pbs" (qsub + mpiexec).
-        mpi_args: extra arguments for mpiexec (local, PBS) or srun (Slurm), e.g. ``["-bind-to", "core"]``.
-            Under Slurm, srun starts the ranks with ``--mpi=pmi2`` (MPICH, Intel MPI, MVAPICH and Open MPI 4
-            speak PMI2; without a PMI plugin -- many sites' default -- each rank is a 1-rank MPI world) unless
-            ``mpi_args`` names one, e.g. ``["--mpi=pmix"]`` for Open MPI 5.
+        mpi_args: extra arguments for mpiexec, or for srun where srun starts the ranks, e.g. ``["-bind-to", "core"]``.
+            Inside a Slurm job the ranks start under MPICH's own ``mpiexec`` (Hydra, which starts its proxies
+            through Slurm) when the environment's MPI is MPICH -- the same PMI as local runs: under
+            ``srun --mpi=pmi2`` the mpich wheel's ``MPI_Init`` failed now and then (UCX address exchange) --
+            else under ``srun --mpi=pmi2`` (Intel MPI, MVAPICH and Open MPI 4 speak PMI2; without a PMI
+            plugin, many sites' default, each rank would be a 1-rank world). ``HPCAI_SLURM_STARTER=srun`` or
+            ``mpiexec`` chooses; a ``--mpi=`` in ``mpi_args`` (``["--mpi=pmix"]`` for Open MPI 5) means srun.
         env: environment variables for the engines.
         queue, account, walltime: the batch job's partition/queue, account and time limit ("HH:MM:SS").
         batch_options: further batch directives, verbatim: ``["--gpus-per-task=1"]`` for Slurm; for PBS the
@@ -145,11 +164,8 @@ def cluster_config(n: int, launcher=None, mpi_args=None, mpiexec=None, env=None,
         options = [queue and f"-q {queue}", account and f"-A {account}", walltime and f"-l walltime={walltime}"]
     directives = "\n".join(f"{prefix} {o}" for o in [*options, *batch_options] if o)
     c[cls].batch_template = template
-    # srun's --export=ALL: from inside another job (a hub's JupyterLab) SLURM_EXPORT_ENV would otherwise keep
-    # all but that job's few variables -- the engines' connection info among them -- from the ranks
-    if kind == "slurm" and not any(a.startswith("--mpi") for a in mpi_args):
-        mpi_args = ["--mpi=pmi2", *mpi_args]
-    c[cls].namespace = {"directives": directives, "mpi_args": shlex.join(mpi_args), "mpiexec": shlex.quote(mpiexec)}
+    c[cls].namespace = {"directives": directives, "mpi_args": shlex.join(mpi_args), "mpiexec": shlex.quote(mpiexec),
+                        "start": _slurm_start(n, mpiexec, mpi_args) if kind == "slurm" else ""}
     c[cls].engine_args = ["--mpi"]
     # ipyparallel writes the script to the working directory (a notebook's folder); a private file instead
     c[cls].batch_file_name = os.path.join(tempfile.gettempdir(), f"hpcai-{kind}-engines-{secrets.token_hex(8)}.sh")

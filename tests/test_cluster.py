@@ -294,11 +294,23 @@ def test_slurm_config(tmp_path, monkeypatch):
     lines = script.splitlines()
     for directive in ["--ntasks=8", "--partition=gpu", "--account=proj42", "--time=00:30:00", "--gpus-per-task=1"]:
         assert f"#SBATCH {directive}" in lines
-    srun = next(line for line in lines if line.startswith("srun "))
-    assert srun.startswith(f"srun --export=ALL --mpi=pmi2 --cpu-bind=cores {sys.executable} -m ipyparallel.engine")
-    assert "--mpi" in srun.split("ipyparallel.engine")[1]  # ipengine --mpi
+    start = next(line for line in lines if "ipyparallel.engine" in line)
+    hydra = os.access(os.path.join(os.path.dirname(find_mpiexec()), "mpiexec.hydra"), os.X_OK)
+    if hydra:  # MPICH: its own mpiexec inside the job, as in local runs
+        assert start.startswith(f"SLURM_EXPORT_ENV=ALL {find_mpiexec()} -n 8 --cpu-bind=cores {sys.executable} "
+                                "-m ipyparallel.engine")
+    else:
+        assert start.startswith(f"srun --export=ALL --mpi=pmi2 --cpu-bind=cores {sys.executable} -m ipyparallel.engine")
+    assert "--mpi" in start.split("ipyparallel.engine")[1]  # ipengine --mpi
     _, script = _batch_script(cluster_config(2, "slurm", mpi_args=["--mpi=pmix"]), tmp_path)
-    assert next(ln for ln in script.splitlines() if ln.startswith("srun ")).startswith("srun --export=ALL --mpi=pmix ")
+    assert next(ln for ln in script.splitlines() if "ipyparallel.engine" in ln).startswith("srun --export=ALL --mpi=pmix ")
+    monkeypatch.setenv("HPCAI_SLURM_STARTER", "srun")
+    _, script = _batch_script(cluster_config(2, "slurm"), tmp_path)
+    assert next(ln for ln in script.splitlines() if "ipyparallel.engine" in ln).startswith("srun --export=ALL --mpi=pmi2 ")
+    monkeypatch.setenv("HPCAI_SLURM_STARTER", "ssh")
+    with pytest.raises(ValueError, match="HPCAI_SLURM_STARTER: expected one of mpiexec, srun"):
+        cluster_config(2, "slurm")
+    monkeypatch.delenv("HPCAI_SLURM_STARTER")
     monkeypatch.setenv("HPCAI_CONTROLLER_IP", "10.1.2.3")
     assert cluster_config(2, "slurm")["controller_ip"] == "10.1.2.3"
     assert launcher.args[0] == "sbatch" and launcher.get_env()["OMP_NUM_THREADS"] == "4"

@@ -3,6 +3,7 @@
 The same panel in JupyterLab, clicked in a real browser, is tests/test_browser.py.
 """
 import contextlib
+import os
 import dataclasses
 import time
 
@@ -176,3 +177,25 @@ def test_engine_options_reach_the_engines_and_their_errors_the_panel(tmp_path):
     assert panel.wait(60) == "error" and "launcher" in panel.status.value
     assert not panel.run_button.disabled  # ready for another try
     panel.close()
+
+
+def test_tune_from_the_panel_shows_the_study_live_and_resumes(tmp_path):
+    """panel.tune: a study of the selected application with the form's other fields fixed; its view is in
+    the panel, the result in the status line, and a second call on the same file resumes the study."""
+    pytest.importorskip("optuna")
+    panel = Panel(app="digits", engines=0, output_dir=str(tmp_path), epochs=2, hidden=16)
+    try:
+        tuner = panel.tune({"lr": (1e-3, 1e-1, "log")}, 3, metric="test_accuracy", pruner="none", seed=1)
+        assert panel.state == "running" and "tuning digits: 3 trials in this kernel" in panel.status.value
+        assert panel.wait(300) == "done", panel.status.value
+        assert "3 complete" in panel.status.value and "best test_accuracy" in panel.status.value
+        assert panel.study.layout.display is None and "hpcai-tune" in panel.study.children[0]._dom_classes
+        assert "3 complete" in panel._view.header.value
+        assert tuner.fixed["epochs"] == 2 and tuner.fixed["hidden"] == 16 and "lr" not in tuner.fixed
+        assert os.path.isfile(tmp_path / "digits" / "tune.journal")
+        again = panel.tune({"lr": (1e-3, 1e-1, "log")}, 4, metric="test_accuracy", pruner="none", seed=1)
+        assert panel.wait(300) == "done" and again.counts()["COMPLETE"] == 4  # 3 kept, 1 new
+        with pytest.raises(ValueError, match="lr"):
+            panel.tune({"lr": (1e-3, 1e9)}, 2, metric="test_accuracy")
+    finally:
+        panel.close()

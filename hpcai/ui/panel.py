@@ -112,18 +112,21 @@ class Panel:
         self.metrics = w.HTML()
         self.figures = w.Box(layout=w.Layout(flex_flow="row wrap"))
         self.results = w.VBox([w.HTML("<b>Results</b>"), self.metrics, self.figures], layout=w.Layout(display="none"))
+        self.study = w.VBox(layout=w.Layout(display="none"))  # a study's live view (:meth:`tune`)
+        self.tuner = self._view = None
         self.fields: dict = {}
         for widget, cls in [(self.app, "app"), *[(d, n) for n, d in self.top.items()], (self.engines, "engines"),
                             (self.run_button, "run"), (self.stop_button, "stop"), (self.status, "status"),
                             (self.validation, "validation"), (self.progress, "progress"), (self.live, "live"),
-                            (self.results, "results"), (self.sizes, "sizes")]:
+                            (self.results, "results"), (self.sizes, "sizes"), (self.study, "study")]:
             widget.add_class(f"hpcai-{cls}")
         sizes = w.Accordion([self.sizes])
         sizes.set_title(0, "sizes and settings")
         self.widget = w.VBox([
             w.HTML("<h3 style='margin:0'>hpcai</h3>"), w.HBox([self.app, self.about]),
             w.HBox(list(self.top.values())), w.HBox([self.engines, self.run_button, self.stop_button]), sizes,
-            self.validation, self.status, w.HBox([self.progress, self.progress_text]), self.live, self.results])
+            self.validation, self.status, w.HBox([self.progress, self.progress_text]), self.live, self.study,
+            self.results])
         self.widget.add_class("hpcai-panel")
         self.app.observe(self._on_app, names="value")
         self.engines.observe(lambda change: self._validate(), names="value")
@@ -265,6 +268,69 @@ class Panel:
             self._show(result)
             self._set_state("done", f"done in {time.perf_counter() - start:.1f} s")
 
+    # -- tuning ------------------------------------------------------------------------------------------
+    def tune(self, params: dict, trials: int, *, metric: str, group: int = 1, storage=None, **options):
+        """Tune the selected application over ``params`` (see :class:`hpcai.tune.Tuner`) on the panel's engines
+        in groups of ``group``, every other field as set in the form; the study's live view (trials, best so
+        far, intermediate curves, pruned and failed counts) shows in the panel and Stop hands out no more
+        trials. ``storage`` (default: ``tune.journal`` in the application's results folder) resumes a study.
+        Returns the Tuner (``best_params``, ``plot()``), which runs in the background (:meth:`wait`)."""
+        from ..tune import Tuner
+        from .tune_view import TuneView
+        with self._lock:
+            if self.state in ("starting", "running"):
+                raise RuntimeError(f"the panel is {self.state}: wait() for it or stop() it first")
+            if not self._validate():
+                raise ValueError(self.validation.value.split("cannot run: ", 1)[-1].split("</span>")[0])
+            name, n = self.app.value, self.engines.value
+            fixed = {k: v for k, v in self.values().items() if k not in params and k != "output_dir"}
+            if storage is None:
+                os.makedirs(os.path.join(self.output_dir, name), exist_ok=True)
+                storage = os.path.join(self.output_dir, name, "tune.journal")
+            if n and not self._engines_ready(n):
+                if self._engines is not None:
+                    self._engines.stop_sync()
+                from ..cluster import Engines
+                self._engines = Engines(n=n, **self.engine_options)
+            tuner = Tuner(name, params, metric=metric, fixed=fixed, engines=self._engines if n else 0, group=group,
+                          storage=storage, **options)
+            view = TuneView(tuner)
+            previous, self.study.children = self.study.children, [view.widget]
+            for widget in previous:
+                widget.close()
+            self.study.layout.display = None
+            self.tuner, self._view, self.result, self.error = tuner, view, None, None
+            self._stop.clear()
+            label = f"tuning {name}: {trials} trials" + (f" on {n} MPI engines in groups of {group}" if n else
+                                                         " in this kernel")
+            self._set_state("running", label)
+            self._thread = threading.Thread(target=self._tune_job, args=(tuner, view, trials), daemon=True,
+                                            name="hpcai-panel-tune")
+            self._thread.start()
+            return tuner
+
+    def _tune_job(self, tuner, view, trials: int) -> None:
+        start = time.perf_counter()
+        try:
+            tuner.start(trials)
+            while tuner.running:
+                if self._stop.wait(0.2):
+                    tuner.stop()  # no new trials; the running ones finish
+                    tuner.wait()
+                    break
+            tuner.wait()
+        except BaseException as e:  # noqa: BLE001 (shown in the panel, as a run's error is)
+            self.error = e
+            self._set_state("error", f"error: {_headline(e)}", detail=str(e))
+        else:
+            c, best = tuner.counts(), tuner.best_value
+            what = "stopped" if self._stop.is_set() else "done"
+            self._set_state(what, f"{what} in {time.perf_counter() - start:.1f} s: {c['COMPLETE']} complete, "
+                            f"{c['PRUNED']} pruned, {c['FAIL']} failed; best {tuner.metric} "
+                            + ("-" if best is None else f"{best:.4g} with {tuner.best_params}"))
+        finally:
+            view.refresh()
+
     def _on_progress(self, snapshots: list) -> None:
         reporting = [s for s in snapshots if s.get("total")]
         self.progress.value = sum(s["fraction"] for s in reporting) / len(reporting) if reporting else 0.0
@@ -347,6 +413,8 @@ class Panel:
         if self._engines is not None:
             self._engines.stop_sync()
             self._engines = None
+        if self._view is not None:
+            self._view.close()
         _close_tree(self.widget)
 
     def _repr_mimebundle_(self, **kwargs):
