@@ -80,7 +80,8 @@ def test_endless_overflow_is_an_error_naming_the_step():
     model, (x, y) = mlp(dtype=np.float32), data()
     step = TrainStep(model, lambda out, t: ops.cross_entropy(out, t) * np.inf, optim.SGD(model.parameters(), lr=0.1),
                      "mixed-fp16", where="learner")
-    with pytest.raises(FloatingPointError, match=r"learner: the loss scaler skipped 30 steps in a row up to batch 30"):
+    with pytest.raises(FloatingPointError, match=r"learner: the loss scaler skipped 30 steps in a row up to batch 30"), \
+            pytest.warns(RuntimeWarning, match=r"learner: step skipped at batch \d+: the loss is inf"):
         for i in range(40):
             step(x.astype(np.float32), y, f"batch {i + 1}")
 

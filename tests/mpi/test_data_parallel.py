@@ -5,6 +5,7 @@ Each rank takes its ``B / size`` slice of the same global batch; the serial refe
 rank, without communication) trains on the whole batch, in fp64.
 """
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -248,9 +249,14 @@ def test_fit_with_loss_scaling_skips_together_when_one_rank_has_a_non_finite_los
         x[:32] = np.inf  # this rank's first two batches give an infinite loss
     model = nn.Sequential(nn.Linear(64, 32, rng=0), nn.ReLU(), nn.Linear(32, 10, rng=1))
     opt = DistributedOptimizer(optim.Adam(model.parameters(), lr=1e-2), comm=comm)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
         history = fit(model, DataLoader((x, y), 16, shuffle=False), "cross_entropy", opt, epochs=1, verbose=0,
                       precision="mixed-fp16", loss_scaler=DynamicLossScaler(init_scale=2.0 ** 8), comm=comm)
+    said = [str(w.message) for w in caught if "step skipped" in str(w.message)]
+    if comm.rank == comm.size - 1:  # the rank whose data is bad says which steps were skipped
+        assert [m.split(" (global")[0] for m in said] == ["fit: step skipped at epoch 1, step 1",
+                                                          "fit: step skipped at epoch 1, step 2"], said
     skipped = comm.allgather_obj(history["skipped_steps"][-1])
     ranks_differ = spread(comm, flat(model))
     assert skipped == [2] * comm.size and ranks_differ == 0.0
