@@ -16,7 +16,7 @@ ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUE
 # Slurm's reasons for a pending job that no amount of waiting resolves (the request exceeds the partition,
 # the account or QOS may not run it, a dependency failed)
 NEVER = {"PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints", "InvalidAccount",
-         "InvalidQOS", "AccountNotAllowed", "QOSNotAllowed", "DependencyNeverSatisfied", "ReqNodeNotAvail"}
+         "InvalidQOS", "AccountNotAllowed", "QOSNotAllowed", "DependencyNeverSatisfied"}
 GONE = "GONE"  # no longer known to the scheduler (ended long enough ago to be purged)
 _PBS_STATES = {"Q": "PENDING", "H": "HELD", "W": "PENDING", "T": "PENDING", "R": "RUNNING", "B": "RUNNING",
                "E": "COMPLETING", "S": "SUSPENDED", "F": "FINISHED", "X": "FINISHED"}

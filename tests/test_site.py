@@ -61,3 +61,25 @@ def test_cli_prints_exports_and_names_bad_input(capsys):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2 and named in capsys.readouterr().err, argv
+
+
+def test_batch_job_states_from_the_schedulers_own_words(tmp_path, monkeypatch):
+    """BatchJob reads scontrol's and qstat's output (fakes here; the real Slurm is in tests/test_slurm.py)."""
+    from hpcai.cluster_batch import BatchJob
+    answers = {"scontrol": "JobId=7 JobName=ipengine JobState=PENDING Reason=PartitionConfig Dependency=(null)",
+               "qstat": "Job Id: 8.server\n    job_state = Q\n    comment = Not Running: Insufficient resources"}
+    for name, text in answers.items():
+        fake = tmp_path / name
+        fake.write_text(f"#!/bin/sh\ncat <<'EOF'\n{text}\nEOF\n")
+        fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    slurm, pbs = BatchJob("slurm", 7), BatchJob("pbs", "8.server")
+    assert slurm.state() == ("PENDING", "PartitionConfig") and not slurm.active()
+    assert slurm.describe() == ("Slurm job 7 is PENDING (reason: PartitionConfig), which it never leaves: "
+                                "the request cannot run there")
+    assert pbs.state() == ("PENDING", "Not Running: Insufficient resources") and pbs.active()
+    assert pbs.cancel_command() == ["qdel", "8.server"] and slurm.cancel_command() == ["scancel", "7"]
+    (tmp_path / "scontrol").write_text("#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\n")
+    assert slurm.state()[0] == "GONE" and not slurm.active() and "no longer in the queue" in slurm.describe()
+    with pytest.raises(ValueError, match="kind: expected 'slurm' or 'pbs'"):
+        BatchJob("lsf", 1)
