@@ -316,7 +316,7 @@ class Engines:
                 except Exception as e:  # an engine set that died may refuse to stop: the PID sweep follows
                     log.debug("stopping %s: %r", step.__name__, e)
         # a batch job, cancelled above: wait (up to 60 s) until the scheduler has ended it
-        if job is not None and not await asyncio.to_thread(self._wait, lambda: not job.active(), 60.0):
+        if job is not None and not await asyncio.to_thread(job.wait_ended, 60.0):
             log.warning("hpcai.cluster: %s 60 s after it was cancelled", job.describe())
         if script:
             with contextlib.suppress(OSError):

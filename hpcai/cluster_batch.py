@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import subprocess
+import time
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "HELD", "QUEUED"}
 # Slurm's reasons for a pending job that no amount of waiting resolves (the request exceeds the partition,
@@ -56,6 +57,15 @@ class BatchJob:
         for a reason in :data:`NEVER`); unknown counts as active."""
         state, reason = self.state()
         return (state in ACTIVE and reason.split(",")[0] not in NEVER) or state == "UNKNOWN"
+
+    def wait_ended(self, seconds: float, every: float = 1.0) -> bool:
+        """Ask the scheduler every ``every`` s, up to ``seconds``, until the job has ended; whether it did."""
+        deadline = time.monotonic() + seconds
+        while self.active():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(every)
+        return True
 
     def describe(self) -> str:
         """E.g. "Slurm job 12 is PENDING (reason: Resources)"."""

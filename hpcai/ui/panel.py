@@ -242,18 +242,20 @@ class Panel:
     def _engines_ready(self, n: int) -> bool:
         return self._engines is not None and self._engines.n == n and self._engines.running
 
+    def _engines_of(self, n: int):
+        """The panel's Engines of ``n`` ranks (kept between runs; others stopped), not necessarily started."""
+        if self._engines is not None and self._engines.n != n:
+            self._engines.stop_sync()
+            self._engines = None
+        if self._engines is None:
+            from ..cluster import Engines
+            self._engines = Engines(n=n, **self.engine_options)
+        return self._engines
+
     def _job(self, name, config, n) -> None:
         start = time.perf_counter()
         try:
-            engines = 0
-            if n:
-                if self._engines is not None and self._engines.n != n:
-                    self._engines.stop_sync()
-                    self._engines = None
-                if self._engines is None:
-                    from ..cluster import Engines
-                    self._engines = Engines(n=n, **self.engine_options)
-                engines = ensure_running(self._engines)
+            engines = ensure_running(self._engines_of(n)) if n else 0
             if self._stop.is_set():
                 raise Stopped("stopped before the run began")
             self._set_state("running", f"running {name} on {n} MPI engine(s)" if n else f"running {name} in this kernel")
@@ -287,13 +289,8 @@ class Panel:
             if storage is None:
                 os.makedirs(os.path.join(self.output_dir, name), exist_ok=True)
                 storage = os.path.join(self.output_dir, name, "tune.journal")
-            if n and not self._engines_ready(n):
-                if self._engines is not None:
-                    self._engines.stop_sync()
-                from ..cluster import Engines
-                self._engines = Engines(n=n, **self.engine_options)
-            tuner = Tuner(name, params, metric=metric, fixed=fixed, engines=self._engines if n else 0, group=group,
-                          storage=storage, **options)
+            tuner = Tuner(name, params, metric=metric, fixed=fixed, engines=self._engines_of(n) if n else 0,
+                          group=group, storage=storage, **options)
             view = TuneView(tuner)
             previous, self.study.children = self.study.children, [view.widget]
             for widget in previous:
