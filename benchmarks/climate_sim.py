@@ -15,6 +15,8 @@ by m, ``numpy.fft`` (with ``--gpu``, the same code on cupy). Its grids are check
 Reported per grid: hpcai's transform time per step over the peer's, and the whole model step over the
 peer's transforms alone, timed in alternating rounds.
 
+The transform alone against ducc0, an established spherical-harmonic library: ``benchmarks/spharm.py``.
+
 Each row: name, value, note. Timings are wall-clock; on a shared machine they are noisy (the notes give
 the CPU time used by this process, which is not).
 """

@@ -1,20 +1,24 @@
-"""Asynchronous vs synchronous SGD with a straggler: seconds to a target loss (prints numbers; asserts nothing).
+"""The straggler study: asynchronous vs synchronous SGD with one worker slowed k x (prints numbers; asserts nothing).
 
-  python benchmarks/parallel_async.py            # about a minute on 2 cores; also benchmarks/parallel.py's "async"
-  python benchmarks/parallel_async.py --ranks 2  # MPI methods on 2 ranks (ps: 1 worker), hogwild on 2 threads
+  python benchmarks/parallel_async.py                   # both modes, 5 seeds; a few minutes on 2 cores
+  python benchmarks/parallel_async.py simulated         # virtual time only (about a minute)
+  python benchmarks/parallel_async.py measured --seeds 3
 
-Task: the digits MLP 64-64-10, minibatches of 32, each method given the same budget of gradient evaluations.
-Async methods apply every gradient at lr 0.2; sync averages N gradients per step at lr 0.2 N (the linear
-scaling rule, Goyal et al. 2017), so one sync step moves as far as N async updates. Methods on N = 4 ranks:
-"sync" (allreduce), "ps" (parameter server: rank 0 serves, N - 1 workers), "rma" (one-sided windows, N
-workers) and "hogwild" (N threads of one process). Each runs without and with a straggler: worker 1 (rank
-1, or thread 1) sleeps once more its compute time every step, i.e. it is 2x slower. Reported: seconds until
-the loss on the whole training set first falls to TARGET (from weight snapshots taken during the run), and
-the final loss. The MPI methods run in a child ``mpiexec -n N`` launched from here (one BLAS thread each);
-with more ranks than cores the ranks also compete for cores, which hurts blocking collectives most.
+Task (:mod:`hpcai.parallel.straggler`): the digits MLP 64-64-10, minibatches of 32, 1200 gradients per run;
+async methods apply every gradient at lr 0.2, sync averages N gradients per step at lr 0.2 N (the linear
+scaling rule). Strategies sync, hogwild, ps (rank 0 serves, N - 1 workers) and rma; worker 1 slowed k = 1,
+2, 4 x; every combination over several seeds, reported as mean +- std [min, max] of the time to training
+loss <= TARGET and of the final test accuracy, then the conclusion those spreads support.
+
+- ``simulated``: virtual time (a gradient costs 1 unit, k on the slowed worker), 4 workers; deterministic,
+  independent of the machine's load.
+- ``measured``: seconds, the real methods in a child ``mpiexec -n N`` with N = min(4, cores) ranks (never more
+  ranks than cores; hogwild: N threads), worker 1 sleeping so it takes k times its compute time.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import sys
 
@@ -22,63 +26,69 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from _common import mpi_run, print_result, report  # noqa: E402
-from hpcai import datasets, nn  # noqa: E402
-from hpcai.parallel.asynchronous import train_async  # noqa: E402
+from _common import chosen_sections, mpi_run, print_result, report, section_parser  # noqa: E402
+from hpcai.parallel import straggler  # noqa: E402
 
-GRADIENTS, LR, BATCH, TARGET = 2400, 0.2, 32, 0.05
-STRAGGLER = {1: 2.0}
-
-
-def mlp():
-    return nn.Sequential(nn.Linear(64, 64, rng=0), nn.ReLU(), nn.Linear(64, 10, rng=1))
+SECTIONS = ("simulated", "measured")
+GRADIENTS, SEEDS, WORKERS = 1200, 5, 4
 
 
-def measure(method: str, delay, workers: int, comm=None) -> dict:
-    """One run of ``method``: time to TARGET, final loss and staleness, as a JSON-able dict."""
-    (x, y), _ = datasets.digits(flat=True)
-    steps, lr = (GRADIENTS // workers, LR * workers) if method == "sync" else (GRADIENTS, LR)
-    r = train_async(method, mlp, (x, y), lr=lr, steps=steps, batch_size=BATCH, comm=comm, threads=workers,
-                    delay=delay, record_every=max(1, steps // 100))
-    return {"method": method, "straggler": bool(delay), "time_to": r.time_to(TARGET), "final": r.final_loss,
-            "wall": r.wall_time, "stale_mean": r.staleness_mean, "stale_max": r.staleness_max,
-            "updates": {str(k): v for k, v in r.updates.items()}}
+def ranks_here() -> int:
+    """Ranks for the measured mode: at most 4, and never more than the cores."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
-def child() -> None:
-    """Inside ``mpiexec -n N``: measure the MPI methods; rank 0 prints the rows as JSON."""
+def child(seeds: int, gradients: int) -> None:
+    """Inside ``mpiexec -n N``: the measured study; rank 0 prints its trials as JSON."""
     from hpcai.parallel.comm import world
     comm = world()
-    rows = [measure(m, d, comm.size, comm) for d in (None, STRAGGLER) for m in ("sync", "ps", "rma")]
+    result = straggler.study("measured", seeds=seeds, gradients=gradients, comm=comm)
     if comm.rank == 0:
-        print_result(rows)
+        print_result([dataclasses.asdict(t) for t in result.trials])
 
 
-def launch(ranks: int) -> list:
-    """The MPI methods' rows, measured by this script's ``--child`` mode on ``ranks`` ranks."""
-    return mpi_run(ranks, [os.path.abspath(__file__), "--child"], needed_by="parallel_async.py", timeout=900)
+def measured(seeds: int = SEEDS, gradients: int = GRADIENTS, ranks: int | None = None) -> straggler.StudyResult:
+    """The measured study, run in a child MPI launch of ``ranks`` (default :func:`ranks_here`) ranks."""
+    ranks = ranks or ranks_here()
+    rows = mpi_run(ranks, [os.path.abspath(__file__), "--child", "--seeds", str(seeds), "--gradients", str(gradients)],
+                   needed_by="parallel_async.py", timeout=1800)
+    trials = [straggler.Trial(**{k: float("inf") if v is None else v for k, v in t.items()}) for t in rows]
+    return straggler.StudyResult("measured", straggler.TARGET, ranks, trials, "s")
 
 
-def run(report=report, ranks: int = 4) -> None:
-    """Print time to TARGET and final loss per method, without and with a 2x straggler, then the verdict."""
-    print(f"async SGD vs sync: digits MLP 64-64-10, {GRADIENTS} gradients of batch {BATCH}, {ranks} ranks "
-          f"(ps: {ranks - 1} workers + server) or {ranks} threads, {os.cpu_count()} cores; seconds to training "
-          f"loss <= {TARGET}")
-    rows = [measure("hogwild", d, ranks) for d in (None, STRAGGLER)] + launch(ranks)
-    for r in sorted(rows, key=lambda r: (r["straggler"], r["method"])):
-        label = f"{'straggler 2x' if r['straggler'] else 'no straggler'}, {r['method']}: s to target"
-        report(label, r["time_to"], f"final loss {r['final']:.4f} after {r['wall']:.2f} s; staleness mean "
-               f"{r['stale_mean']:.2f} max {r['stale_max']}; updates per worker {r['updates']}")
-    slow = {r["method"]: r["time_to"] for r in rows if r["straggler"]}
-    best = min(("hogwild", "ps", "rma"), key=slow.get)
-    ratio = slow[best] / slow["sync"]
-    verdict = "async wins" if ratio < 1 else "sync wins"
-    report("straggler: best async / sync time to target", ratio,
-           f"{verdict} here ({best} {slow[best]:.2f} s vs sync {slow['sync']:.2f} s)")
+def show(result, report=report) -> None:
+    print(result.table())
+    r = {(row["strategy"], row["slowdown"]): row for row in result.rows}
+    for k in sorted({key[1] for key in r}):
+        sync = r.get(("sync", k))
+        fastest = min((r[s, k] for s in straggler.ASYNC if (s, k) in r), key=lambda row: row["time_mean"], default=None)
+        if sync and fastest and fastest["time_mean"] > 0:
+            report(f"{result.mode}, k={k:g}: sync / fastest async time to target",
+                   sync["time_mean"] / fastest["time_mean"], f"fastest async: {fastest['strategy']}")
+    print("conclusion: " + result.conclusion().replace("\n", "\n  "))
+
+
+def run(report=report, sections=SECTIONS, seeds: int = SEEDS, gradients: int = GRADIENTS) -> None:
+    """Print the study in each chosen mode: its table, the sync / async ratios and its conclusion."""
+    if "simulated" in sections:
+        print(f"straggler study in simulated time: {WORKERS} workers, {gradients} gradients per run, {seeds} seeds")
+        show(straggler.study("simulated", seeds=seeds, gradients=gradients, workers=WORKERS), report)
+    if "measured" in sections:
+        print(f"straggler study in measured time: {ranks_here()} ranks on {os.cpu_count()} cores, {gradients} "
+              f"gradients per run, {seeds} seeds")
+        show(measured(seeds, gradients), report)
+
+
+def main(argv=None) -> None:
+    parser = section_parser(__doc__, SECTIONS)
+    parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--gradients", type=int, default=GRADIENTS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(args.seeds, args.gradients)
+    run(report, chosen_sections(parser, args, SECTIONS), args.seeds, args.gradients)
 
 
 if __name__ == "__main__":
-    if "--child" in sys.argv[1:]:
-        child()
-    else:
-        run(ranks=int(sys.argv[sys.argv.index("--ranks") + 1]) if "--ranks" in sys.argv else 4)
+    main()

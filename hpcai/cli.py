@@ -1,7 +1,7 @@
 """The ``hpcai`` command.
 
   hpcai run climate_sr --engines 2        # the application on 2 local MPI engines (ipyparallel)
-  hpcai run climate_sr --days 2 --ratio 50 --output results/
+  hpcai run climate_sr --days 2 --ratio 50 --output-dir results/climate
   mpiexec -n 4 python -m hpcai run climate_sr   # a batch job: every rank runs its part
   hpcai demo                               # a small MLP trained end to end with the core
   hpcai lab                                # JupyterLab on the notebooks, 127.0.0.1 only, token always on
@@ -60,8 +60,10 @@ def demo(epochs: int = 20, hidden: int = 64, precision: str = "fp32", optimizer:
 
 def _config_options(parser, config_cls) -> None:
     """One ``--name`` option per Config field, typed and parsed as :func:`hpcai.apps.config_fields` says, with
-    its declared choices; an option not given is left out (the Config's default applies)."""
+    its declared choices and its help and unit (``metadata["unit"]``, shown first in brackets); an option not
+    given is left out (the Config's default applies)."""
     from .apps import config_fields
+    units = {f.name: f.metadata.get("unit", "") for f in dataclasses.fields(config_cls)}
     for spec in config_fields(config_cls):
         def parse(text, spec=spec):
             try:
@@ -70,15 +72,14 @@ def _config_options(parser, config_cls) -> None:
                 raise argparse.ArgumentTypeError(str(e)) from None
         parse.__name__ = spec.kind.__name__
         auto = " ('' or auto means None)" if spec.optional else ""
+        unit = f"[{units[spec.name]}] " if units.get(spec.name) else ""
         parser.add_argument("--" + spec.name.replace("_", "-"), type=parse, default=argparse.SUPPRESS,
-                            choices=spec.choices, help=spec.help + auto)
+                            choices=spec.choices, help=(unit + spec.help + auto).replace("%", "%%"))
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hpcai`` command line: one subcommand per task, one ``run`` subcommand per application."""
     from .apps import APPS
-    argv, script_args = list(sys.argv[1:] if argv is None else argv), []
-    if argv[:1] == ["bench"] and "--" in argv:  # hpcai bench NAME -- ARGS: ARGS go to the script untouched
-        argv, script_args = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     parser = argparse.ArgumentParser(prog="hpcai", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="train a small MLP end to end and print the loss falling")
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
         a = apps.add_parser(name, help=app.description)
         a.add_argument("--engines", type=int, default=0,
                        help="start this many local MPI engines (ipyparallel) and run there; 0: in this process")
-        a.add_argument("--quiet", action="store_true")
+        a.add_argument("--quiet", action="store_true", help="print only the result (JSON), no progress lines")
         _config_options(a, app.config)
     w = sub.add_parser("workflow", help="check or run a workflow control file (modules on MPI ranks)")
     wsub = w.add_subparsers(dest="action", required=True)
@@ -106,12 +107,18 @@ def main(argv=None) -> int:
         wa.add_argument("--quiet", action="store_true")
     lb = sub.add_parser("lab", help="start JupyterLab on the notebooks (127.0.0.1 and a token unless told otherwise)")
     lb.add_argument("--notebook-dir", default=None,
-                    help="folder to serve (default: the source tree's notebooks/ if there, else the current folder)")
+                    help="folder to serve (default: the notebooks/ of the hpcai repository the current folder is "
+                         "in, else of the source tree hpcai runs from, else the current folder); opens on "
+                         f"{QUICKSTART} when it is there")
     lb.add_argument("--ip", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     lb.add_argument("--port", type=int, default=8888, help="port (default: 8888; fails if taken, no silent change)")
     lb.add_argument("--token", default=None, help="access token (default: a new random one, printed in the URL)")
     lb.add_argument("--no-browser", action="store_true", help="do not open a web browser")
-    lb.add_argument("--allow-root", action="store_true", help="let root run it (containers; not recommended)")
+    lb.add_argument("--allow-root", action="store_true",
+                    help="let root run it (automatic, with a note, when running as root: containers)")
+    t = sub.add_parser("teach", add_help=False, help="teaching mode: export the tutorials' exercises for nbgrader "
+                                                     "(hpcai teach export-nbgrader SRC DST)")
+    t.add_argument("rest", nargs=argparse.REMAINDER)
     from .tune import command as tune_command
     tune_command.add_parser(sub, APPS)
     from . import site
@@ -121,6 +128,20 @@ def main(argv=None) -> int:
                    help=f"benchmarks to run (default: {' '.join(BENCH_DEFAULT)}, the quick ones)")
     b.add_argument("--list", action="store_true", help="list the benchmarks found and exit")
     b.add_argument("--dir", default=None, help="benchmarks folder (default: the source tree's benchmarks/)")
+    return parser
+
+
+def main(argv=None) -> int:
+    from .apps import APPS
+    from .tune import command as tune_command
+    from . import site
+    argv, script_args = list(sys.argv[1:] if argv is None else argv), []
+    if argv[:1] == ["bench"] and "--" in argv:  # hpcai bench NAME -- ARGS: ARGS go to the script untouched
+        argv, script_args = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+    if argv[:1] == ["teach"]:  # its own parser: hpcai teach --help shows its commands
+        from .teach.notebook import main as teach
+        return teach(argv[1:])
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "lab":
         try:
@@ -160,7 +181,8 @@ def main(argv=None) -> int:
         parser.exit(2, f"hpcai run {args.app}: --engines: expected a number of engines >= 0, got {args.engines}\n")
     try:
         with _terminate_as_exception():
-            result = run_app(args.app, config, engines=args.engines, verbose=0 if args.quiet else 1)
+            result = run_app(args.app, config, engines=args.engines, verbose=0 if args.quiet else 1,
+                             progress=None if args.quiet else _progress_printer())
     except KeyboardInterrupt:  # Ctrl-C: the engines are stopped on the way out; a line, not a traceback
         print(f"hpcai run {args.app}: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
         return 130
@@ -173,6 +195,75 @@ def main(argv=None) -> int:
     print(json.dumps({"metrics": result.metrics, "figures": result.figures, "files": result.files}, indent=2,
                      default=json_default))
     return 0
+
+
+# -- hpcai run: progress lines -------------------------------------------------------------------------------
+PROGRESS_EVERY = 15.0  # s between two progress lines of one rank within a phase
+
+
+def _progress_printer():
+    """The progress printer of ``hpcai run``, or None on the ranks of an MPI job but its first (each rank of
+    ``mpiexec -n 4 python -m hpcai run ...`` reports for itself; rank 0's lines stand for them)."""
+    from .parallel.comm import launched_by_mpi, world
+    return ProgressPrinter() if not launched_by_mpi() or world().rank == 0 else None
+
+
+class ProgressPrinter:
+    """``progress(snapshots)`` for ``run_app`` that prints plain lines, for a terminal or a batch job's log: one
+    when a rank begins a phase or finishes, and one every ``every`` seconds while a phase goes on, with its
+    count, the latest loss, the elapsed time, the rate and the time left (when the snapshot has them)."""
+
+    def __init__(self, out=None, every: float = PROGRESS_EVERY, clock=time.monotonic):
+        if isinstance(every, bool) or not isinstance(every, (int, float)) or not every >= 0:
+            raise ValueError(f"every: expected seconds >= 0, got {every!r}")
+        self.out, self.every, self.clock = out, float(every), clock
+        self._last = {}  # rank: (phase, finished, when printed, steps done, losses seen)
+
+    def __call__(self, snapshots: list) -> None:
+        now, out = self.clock(), self.out or sys.stderr
+        for rank, snap in enumerate(snapshots):
+            if not snap:
+                continue  # this rank has not reported yet
+            state = (snap.get("phase"), bool(snap.get("finished")))
+            last = self._last.get(rank)
+            changed = last is None or last[:2] != state
+            if not changed and (now - last[2] < self.every or snap.get("done") == last[3] or state[1]):
+                continue
+            seen = len(snap.get("losses") or ())
+            loss = snap["losses"][-1] if not changed and seen != last[4] else None  # trained since the last line
+            prefix = f"rank {rank}: " if len(snapshots) > 1 else ""
+            print(f"[progress] {prefix}{self.line(snap, loss)}", file=out, flush=True)
+            self._last[rank] = (*state, now, snap.get("done"), seen)
+
+    @staticmethod
+    def line(snap: dict, loss=None) -> str:
+        """``final training 120/630 (19%), loss 0.12 -- 1m05s elapsed, 3.2 steps/s, about 4m20s left``."""
+        done, total = snap.get("done", 0), snap.get("total", 0)
+        text = "finished" if snap.get("finished") else str(snap.get("phase", ""))
+        if total and not snap.get("finished"):
+            text += f" {done}/{total} ({100 * min(done, total) // total}%)"
+        if snap.get("message"):
+            text += f": {snap['message']}"
+        if loss is not None and not snap.get("finished"):
+            text += f", loss {loss:.3g}"
+        timing = []
+        if snap.get("elapsed") is not None:
+            timing.append(f"{_duration(snap['elapsed'])} elapsed")
+        if snap.get("rate") and not snap.get("finished"):
+            timing.append(f"{snap['rate']:.3g} steps/s")
+        if snap.get("eta") is not None and not snap.get("finished"):
+            timing.append(f"about {_duration(snap['eta'])} left")
+        return text + (" -- " + ", ".join(timing) if timing else "")
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h07m``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class Terminated(BaseException):
@@ -222,13 +313,25 @@ def workflow(parser, action: str, control: str, verbose: int = 1) -> int:
 
 
 # -- hpcai lab -----------------------------------------------------------------------------------------------
-def _source_dir(name: str) -> Path | None:
-    """The folder ``name`` of the source tree this package runs from (a checkout or editable install), else None.
+def _is_source_tree(root: Path) -> bool:
+    """Whether ``root`` is a copy of hpcai's source tree (its pyproject names the project ``hpcai``)."""
+    try:
+        text = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return any(line.replace(" ", "") in ('name="hpcai"', "name='hpcai'") for line in text.splitlines())
 
-    Notebooks and benchmarks ship with the source, not with the wheel.
-    """
-    root = Path(__file__).resolve().parents[1]
-    return root / name if (root / name).is_dir() and (root / "pyproject.toml").is_file() else None
+
+def _source_dir(name: str) -> Path | None:
+    """The folder ``name`` of hpcai's source tree: the one the current folder is in (a copy of the repository,
+    whichever hpcai is installed), else the one this package runs from (a checkout or editable install), else
+    None. Notebooks and benchmarks ship with the source, not with the wheel."""
+    here = Path.cwd().resolve()
+    for root in (*[d for d in (here, *here.parents) if (d / "pyproject.toml").is_file()][:1],
+                 Path(__file__).resolve().parents[1]):
+        if (root / name).is_dir() and _is_source_tree(root):
+            return root / name
+    return None
 
 
 def _lab_address(ip: str) -> str:
@@ -245,6 +348,10 @@ def _lab_address(ip: str) -> str:
                   "with an SSH tunnel (ssh -L 8888:127.0.0.1:8888 host).", file=sys.stderr)
     return ip
 
+
+QUICKSTART = "00_quickstart.ipynb"  # the notebook the lab opens on, when the folder served has it
+LAB_GRACE = 20.0  # s the server has to shut its kernels down after SIGINT/SIGTERM before what is left is ended
+TREE_GRACE = 5.0  # s between SIGTERM and SIGKILL to the processes left
 
 # JupyterLab's main, with the token moved from the environment into the server's own configuration
 LAB_MAIN = ("import os, sys; from jupyterlab.labapp import main; token = os.environ.pop('JUPYTER_TOKEN'); "
@@ -271,12 +378,14 @@ def lab_command(notebook_dir=None, ip: str = "127.0.0.1", port: int = 8888, toke
     if not root.is_dir():
         raise ValueError(f"--notebook-dir: no such directory: {root}")
     token = token or secrets.token_urlsafe(24)
+    page = f"/lab/tree/{QUICKSTART}" if (root / QUICKSTART).is_file() else "/lab"  # the quickstart, else the Launcher
     command = [sys.executable, "-c", LAB_MAIN, f"--ServerApp.root_dir={root.resolve()}", f"--ServerApp.ip={ip}",
                f"--ServerApp.port={port}", "--ServerApp.port_retries=0",  # the printed URL must be the real one
-               "--ServerApp.answer_yes=True"]  # one Ctrl-C stops the server (kernels shut down), no prompt
+               "--ServerApp.answer_yes=True",  # one Ctrl-C stops the server (kernels shut down), no prompt
+               f"--ServerApp.default_url={page}"]  # what the browser opens
     if not browser:
         command.append("--no-browser")
-    if allow_root:
+    if allow_root or _is_root():
         command.append("--allow-root")
     env = {**os.environ, "JUPYTER_TOKEN": token}
     env.pop("JUPYTER_TOKEN_FILE", None)
@@ -286,24 +395,128 @@ def lab_command(notebook_dir=None, ip: str = "127.0.0.1", port: int = 8888, toke
         host = socket.gethostname()
     elif ":" in ip:
         host = f"[{ip}]"
-    return command, env, f"http://{host}:{port}/lab?token={token}"
+    return command, env, f"http://{host}:{port}{page}?token={token}"
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def lab(notebook_dir=None, ip: str = "127.0.0.1", port: int = 8888, token=None, browser: bool = True,
         allow_root: bool = False) -> int:
-    """Start JupyterLab on the notebooks and become it (the process is replaced, so signals reach it directly)."""
+    """Start JupyterLab on the notebooks, wait for it, and leave no process of it behind (see :func:`supervise`)."""
     command, env, url = lab_command(notebook_dir, ip, port, token, browser, allow_root)
     root = next(a.split("=", 1)[1] for a in command if a.startswith("--ServerApp.root_dir="))
+    if _is_root() and not allow_root:
+        print("hpcai lab: note: running as root (a container?), so JupyterLab runs with --allow-root", flush=True)
     print(f"hpcai lab: JupyterLab on {root}\n  open {url}\n  Ctrl-C stops it", flush=True)
     sys.stderr.flush()
-    if os.name == "posix":
-        os.execve(sys.executable, command, env)
-    proc = subprocess.Popen(command, env=env)  # Windows: no exec; Ctrl-C reaches the child through the console
-    while True:
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            continue
+    if os.name != "posix":
+        proc = subprocess.Popen(command, env=env)  # Windows: Ctrl-C reaches the child through the console
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:
+                continue
+    return supervise(command, env)
+
+
+def supervise(command, env=None, grace: float = LAB_GRACE, tree_grace: float = TREE_GRACE) -> int:
+    """Run ``command`` (the server) as a child and, when it ends, end every process it left behind; its exit code.
+
+    SIGINT, SIGTERM and SIGHUP to this process reach the server as SIGTERM: it shuts its kernels down. A
+    terminal's Ctrl-C would reach the processes the kernels started (controllers, mpiexec, engines) too;
+    without a terminal (nohup, a batch script, a container) nothing does, and the kernels may not have
+    stopped them before the server gave up on them. So this process is the *subreaper* of the tree (Linux:
+    orphans are re-parented to it, not to init, wherever they set up their own session) and remembers
+    every descendant by PID as it goes; once the server has exited -- or ``grace`` s after the signal --
+    what is left gets SIGTERM, and SIGKILL ``tree_grace`` s later.
+    """
+    import psutil
+    _become_subreaper()
+    me = psutil.Process()
+    proc = subprocess.Popen(command, env=env, start_new_session=True)  # signals reach it from here only
+    server, signalled, seen = psutil.Process(proc.pid), [], {}
+
+    def forward(signum, frame):  # as SIGTERM: the server's orderly stop, terminal or not (SIGINT is not)
+        signalled.append(time.monotonic())
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, forward) for sig in handled}
+    try:
+        while proc.poll() is None:
+            _remember(me, seen, server.pid)
+            if signalled and time.monotonic() - signalled[0] > grace:
+                break  # the server did not stop in time: it is ended with the rest
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=1.0)
+        _remember(me, seen, server.pid)
+        seen.pop(server.pid, None)
+        left = _living([server, *seen.values()])
+        if left and proc.poll() is not None:  # the kernels' own exit hooks may still be stopping engines
+            left = _wait_gone(psutil, left, 2.0)
+        _end_processes(psutil, left, tree_grace)
+        if left:
+            print(f"hpcai lab: ended {len(left)} process(es) the server left behind", file=sys.stderr, flush=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    code = proc.wait()
+    return code if code >= 0 else 128 - code
+
+
+def _become_subreaper() -> None:
+    """Linux: orphaned descendants are re-parented to this process instead of init (best effort elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _remember(me, seen: dict, server_pid: int) -> None:
+    """Add this process's live descendants to ``seen`` ({pid: psutil.Process}; start times guard reused PIDs),
+    and reap the orphans re-parented to it that have exited (all but the server, which ``Popen`` waits for)."""
+    import psutil
+    with contextlib.suppress(psutil.Error):
+        for child in me.children(recursive=True):
+            seen.setdefault(child.pid, child)
+    for pid in [pid for pid, p in seen.items() if pid != server_pid and not _living([p])]:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+        del seen[pid]
+
+
+def _living(procs) -> list:
+    """Those of ``procs`` still running (a zombie, or a PID reused by another process, counts as gone)."""
+    import psutil
+    alive = []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+    return alive
+
+
+def _wait_gone(psutil, procs, seconds: float) -> list:
+    """Wait up to ``seconds`` for ``procs`` to exit (reaping those that are our children); those still alive."""
+    deadline = time.monotonic() + seconds
+    while procs and time.monotonic() < deadline:
+        psutil.wait_procs(procs, timeout=0.25)
+        procs = _living(procs)
+    return procs
+
+
+def _end_processes(psutil, procs, grace: float) -> None:
+    """SIGTERM to ``procs``, SIGKILL ``grace`` s later to those left; reaped where they are our children."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(sig)
+        procs = _wait_gone(psutil, procs, grace if sig == signal.SIGTERM else 5.0)
+        if not procs:
+            return
 
 
 # -- hpcai bench ---------------------------------------------------------------------------------------------

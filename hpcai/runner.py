@@ -25,6 +25,8 @@ import os
 import re
 import sys
 import threading
+import time
+import warnings
 
 import numpy as np
 
@@ -35,10 +37,11 @@ from .parallel.comm import SerialCommunicator, launched_by_mpi
 
 # the line a failing module leaves in the engines' output (and the last line of a one-rank ModuleFailed)
 _MODULE_FAILED = re.compile(r"^(?:[\w.]*\.)?ModuleFailed: (module '.+)$", re.MULTILINE)
+_FINISH_GRACE = 0.5  # s a Stop waits for the ranks' last reports: a run they all finished is not interrupted
 
 
 def run_app(name: str, config=None, *, engines=0, verbose: int = 1, progress=None, stop: threading.Event | None = None,
-            **overrides):
+            history=None, **overrides):
     """Run application ``name``; returns its Result (the same on every rank; rank 0's from engines).
 
     Args:
@@ -48,20 +51,70 @@ def run_app(name: str, config=None, *, engines=0, verbose: int = 1, progress=Non
             Under ``mpiexec`` (more than one rank) every process runs its rank's part instead.
         progress: ``progress(snapshots)``, a list with one snapshot per rank, as the run goes.
         stop: an Event; once set the run stops (raising Stopped here).
+        history: the folder whose ``history.jsonl`` records the run (:mod:`hpcai.history`); None -- the
+            Config's ``output_dir``, if it has one set; False -- not recorded. Rank 0 records every run,
+            finished, failed or stopped (a Config that does not validate is no run and is not recorded).
     """
     config = make_config(name, config, **overrides)
     app = APPS[name]
     _check_options(engines, progress, stop)
+    folder = _history_folder(history, config)
     here = Progress([lambda snap: progress([snap])] if progress is not None else (), stop=stop)
-    if launched_by_mpi():
-        from .parallel import install_abort_hook, world
-        comm = world()
-        install_abort_hook(comm)  # an error on one rank ends the job instead of leaving the others waiting
-        return _on_ranks(app, config, comm, verbose, here)
-    if engines == 0:
-        return _on_ranks(app, config, SerialCommunicator(), verbose, here)
-    return _on_engines(engines, _run_on_engine, (name, dataclasses.asdict(config), verbose), verbose, progress, stop,
-                       label=f"run_app({name!r})")
+    start, t0, ranks, result = time.time(), time.perf_counter(), 1, None
+    try:
+        if launched_by_mpi():
+            from .parallel import install_abort_hook, world
+            comm = world()
+            install_abort_hook(comm)  # an error on one rank ends the job instead of leaving the others waiting
+            ranks, folder = comm.size, folder if comm.rank == 0 else None
+            result = _on_ranks(app, config, comm, verbose, here)
+        elif engines == 0:
+            result = _on_ranks(app, config, SerialCommunicator(), verbose, here)
+        else:
+            ranks = engines if isinstance(engines, int) else getattr(engines, "n", 1)
+            result = _on_engines(engines, _run_on_engine, (name, dataclasses.asdict(config), verbose), verbose,
+                                 progress, stop, label=f"run_app({name!r})")
+    except BaseException as e:
+        if folder is not None:
+            status = "failed" if isinstance(e, Exception) and not isinstance(e, Stopped) else "stopped"
+            _record(folder, name, config, status, start, t0, engines, ranks, None, _headline(e))
+        raise
+    if folder is not None:
+        _record(folder, name, config, "finished", start, t0, engines, ranks, result, None)
+    return result
+
+
+def _history_folder(history, config) -> str | None:
+    """Where the run is recorded: ``history``, or the Config's ``output_dir`` (None: nowhere)."""
+    if history is False:
+        return None
+    if history is None:
+        return getattr(config, "output_dir", None) or None
+    if history is True or not isinstance(history, (str, os.PathLike)) or not os.fspath(history):
+        raise ValueError(f"history: expected a folder, None (the Config's output_dir) or False, got {history!r}")
+    return os.fspath(history)
+
+
+def _headline(error: BaseException, limit: int = 500) -> str:
+    """``Type: message``, its first line, at most ``limit`` characters (engine errors carry whole outputs)."""
+    line = str(error).strip().partition("\n")[0]
+    text = f"{type(error).__name__}: {line}" if line else type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _record(folder, name, config, status, start, t0, engines, ranks, result, error) -> None:
+    """One record in ``folder``'s history; a history that cannot be written is a warning, never the run's end
+    (nor does it hide the run's own error)."""
+    from . import history
+    where = engines if isinstance(engines, int) else f"{type(engines).__name__}(n={ranks})"
+    try:
+        history.record(folder, name, dataclasses.asdict(config), status=status, start=start,
+                       seconds=time.perf_counter() - t0, engines=where, ranks=ranks, error=error,
+                       **({"metrics": result.metrics, "figures": result.figures, "files": result.files}
+                          if result is not None else {}))
+    except (OSError, ValueError, TypeError) as e:
+        warnings.warn(f"run history: could not record this run in {folder}: {type(e).__name__}: {e}",
+                      RuntimeWarning, stacklevel=3)
 
 
 def run_workflow(control, *, engines=0, path=None, verbose: int = 1, progress=None,
@@ -149,19 +202,21 @@ def _check_options(engines, progress, stop):
 
 def _on_engines(engines, fn, args, verbose, progress, stop, label):
     """``fn(*args)`` on every engine -- N local ones started for the call, or an Engines -- relaying their
-    progress and interrupting them when ``stop`` is set; rank 0's result. ``label`` names the call in errors
-    (the application or workflow, not the engine-side function)."""
+    progress and interrupting them when ``stop`` is set (not once every rank has reported its run finished:
+    that run ends as it would have, its results written and returned); rank 0's result. ``label`` names the
+    call in errors (the application or workflow, not the engine-side function)."""
     from .cluster import EngineError, Engines
     if isinstance(engines, int):
         with Engines(n=engines) as cluster:
             return _on_engines(cluster, fn, args, verbose, progress, stop, label)
     engines = ensure_running(engines)
-    done = threading.Event()
+    done, finished = threading.Event(), threading.Event()  # finished: every rank reported its run finished
 
-    def watch():
+    def watch():  # a stop asked for once every rank has finished is not needed: the results are on their way
         while not done.is_set():
             if stop.wait(0.1):
-                engines.interrupt_sync()
+                if not finished.wait(_FINISH_GRACE):
+                    engines.interrupt_sync()
                 return
 
     watcher = threading.Thread(target=watch, name="hpcai-stop-watch", daemon=True) if stop is not None else None
@@ -169,12 +224,15 @@ def _on_engines(engines, fn, args, verbose, progress, stop, label):
         watcher.start()
 
     def relay(datas):  # one snapshot per rank, in rank order ({} for a rank that has not reported yet)
-        progress([d.get("progress", {}) for d in datas])
+        snapshots = [d.get("progress", {}) for d in datas]
+        if snapshots and all(s.get("finished") for s in snapshots):
+            finished.set()
+        if progress is not None:
+            progress(snapshots)
     try:
-        results = engines.run_sync(fn, *args, stream=verbose > 0, on_data=relay if progress is not None else None,
-                                   label=label)
+        results = engines.run_sync(fn, *args, stream=verbose > 0, on_data=relay, label=label)
     except EngineError:
-        if stop is not None and stop.is_set():
+        if stop is not None and stop.is_set() and not finished.is_set():
             raise Stopped("stopped by request: the engines were interrupted") from None
         raise
     finally:

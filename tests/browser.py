@@ -9,6 +9,7 @@ system's Chromium (the Debian ``chromium`` package; Playwright downloads no brow
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -52,6 +53,17 @@ def missing_browser() -> str | None:
     return None
 
 
+def require_browser() -> None:
+    """Skip the calling test when :func:`missing_browser` says why it cannot run; under
+    ``HPCAI_REQUIRE_BROWSER=1`` (CI) fail instead."""
+    import pytest
+    why = missing_browser()
+    if why:
+        if os.environ.get("HPCAI_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"HPCAI_REQUIRE_BROWSER=1 but {why}")
+        pytest.skip(why)
+
+
 def chromium(playwright):
     """Headless system Chromium."""
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -92,6 +104,15 @@ class ProcessWatch:
         return procs.living(self.seen.values())
 
 
+def write_settings(folder) -> Path:
+    """JupyterLab's settings folder (``JUPYTERLAB_SETTINGS_DIR``) holding :data:`SETTINGS`."""
+    for name, values in SETTINGS.items():
+        path = Path(folder) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+    return Path(folder)
+
+
 class Lab:
     """``hpcai lab`` on a free port of 127.0.0.1 with a random token, serving ``notebook_dir``."""
 
@@ -105,10 +126,7 @@ class Lab:
                          ("JUPYTER_RUNTIME_DIR", "runtime")):
             env[var] = str(self.workdir / sub)
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
-        for name, values in SETTINGS.items():
-            path = self.workdir / "settings" / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(values))
+        write_settings(self.workdir / "settings")
         bin_dir = os.path.dirname(sys.executable)  # this environment's jupyter and mpiexec first, as in a venv
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
         command = [sys.executable, "-m", "hpcai", "lab", "--no-browser", "--port", str(self.port),
@@ -283,3 +301,36 @@ def run_panel(page, choices: dict, engines: int, timeout: float, shot=None) -> s
         figure.scroll_into_view_if_needed(timeout=5000) if figure.count() else None
         shot and shot("results", page)
     return page.inner_text(".hpcai-status")
+
+
+@contextlib.contextmanager
+def notebook_page(served, workdir, notebook: str, label: str):
+    """``(page, lab)``: ``hpcai lab`` serving ``served`` with ``notebook`` open in headless Chromium, its kernel
+    idle. A failure leaves ``<label>-failure.png`` and ``<label>-lab.log`` in :data:`ARTIFACTS`; afterwards the
+    lab is stopped, it must exit 0 and leave no process behind (what it leaves is killed and reported)."""
+    from playwright.sync_api import sync_playwright
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    lab, page = Lab(served, workdir), None
+    try:
+        with sync_playwright() as p:
+            chrome = chromium(p)
+            try:
+                page = chrome.new_page(viewport={"width": 1400, "height": 1000})
+                page.set_default_timeout(60_000)
+                page.goto(lab.url(notebook), wait_until="domcontentloaded")
+                page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+                accept_kernel_dialog(page)
+                wait_kernel_idle(page, timeout=90, lab=lab)
+                yield page, lab
+            except BaseException:
+                if page is not None:
+                    page.screenshot(path=str(ARTIFACTS / f"{label}-failure.png"), full_page=True)
+                (ARTIFACTS / f"{label}-lab.log").write_text(lab.log())
+                raise
+            finally:
+                chrome.close()
+    finally:
+        code = lab.stop()
+        left = procs.collect(lab.leftovers)  # waits up to 15 s, then kills what is left
+    assert not left, f"processes left behind after JupyterLab stopped (killed now): {left}"
+    assert code == 0, f"hpcai lab exited with {code}:\n{lab.log()[-3000:]}"

@@ -87,6 +87,13 @@ def collect(find, grace: float = 15.0) -> list[str]:
     return described
 
 
+def slurm_queue() -> set:
+    """The job ids Slurm's queue holds now (every state), as strings."""
+    import subprocess
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=20).stdout
+    return set(out.split())
+
+
 def engine_cluster(tmp_path_factory, n: int, label: str):
     """A module fixture's body (``yield from``): ``n`` engines with a profile of their own; afterwards no
     process of theirs -- restarted ones included -- may be left (what is, is killed and the test fails)."""

@@ -64,6 +64,25 @@ def test_surrogate_learns_what_pairs_cannot():
     assert surrogate.spread(test_x).shape == (40,) and np.all(surrogate.spread(test_x) >= 0)
 
 
+def test_triplet_features_make_a_three_site_cluster_energy_exact():
+    """An energy of nearest-neighbour triangles (a three-site cluster expansion term): linear in the surrogate's
+    neighbour-pair features, so with ``triplets=1`` its least-squares part is exact; counts alone are not."""
+    lattice = alloy.Lattice("fcc", 3)
+    probe = alloy.SiteEnergyModel(lattice, 2, lambda f: f[:, 0], triplets=1)
+    aa, ab = probe.feature_names.index("pairs11@1:00"), probe.feature_names.index("pairs11@1:01")
+    reference = alloy.SiteEnergyModel(lattice, 2, lambda f: 0.004 * f[:, 0] * f[:, aa] - 0.003 * f[:, 1] * f[:, ab],
+                                      triplets=1)
+    x, e = labelled(reference, 80, 5)
+    errors = {}
+    for triplets in (0, 1):
+        surrogate = Surrogate(lattice, 2, hidden=4, ensemble=1, seed=0, triplets=triplets)
+        surrogate.fit(x[:60], e[:60], epochs=1)
+        linear = surrogate.inputs(x[60:]).mean(axis=1, dtype=np.float64) @ surrogate.w * lattice.n_sites
+        errors[triplets] = np.abs(linear - e[60:]).max() / lattice.n_sites
+    assert errors[1] < 1e-6 < 1e-4 < errors[0], errors
+    assert alloy.swap_delta_mismatch(surrogate.features, x[60:64], seed=0) < 1e-10
+
+
 def test_weights_round_trip_through_one_vector_for_any_cell_size():
     lattice = alloy.Lattice("bcc", 3)
     x, e = labelled(alloy.PairModel.from_bonds(lattice, 0.0, 0.0, -0.02), 20, 5)
@@ -143,6 +162,7 @@ def test_the_same_application_under_mpiexec_on_three_ranks(tmp_path):
     ({"tc_sizes": "4"}, "tc_sizes: expected two or more different sizes"),
     ({"reference": "emt", "elements": "Cu,Zn"}, r"elements: EMT has no parameters for \['Zn'\]"),
     ({"rounds": 0}, "rounds: expected an integer in \\[1, 1000\\]"),
+    ({"triplets": 2, "shells": 1}, "triplets: expected at most shells = 1"),
 ])
 def test_bad_input_names_the_field(bad, match):
     if bad.get("reference") == "emt":

@@ -85,11 +85,41 @@ def test_local_swap_energy_equals_difference_of_full_energies(kind, size, shells
     w = rng.normal(size=pair.n_features)
     nonlinear = A.SiteEnergyModel(lattice, n_species, lambda f: np.sin(f @ w) + 0.1 * (f @ w) ** 2)
     generic_pair = A.SiteEnergyModel(lattice, n_species, pair.site_energies)
-    for model in (pair, nonlinear, generic_pair):
+    with_triplets = A.SiteEnergyModel(lattice, n_species, lambda f: np.tanh(f @ v), triplets=shells)
+    v = rng.normal(size=with_triplets.n_features) / 10
+    for model in (pair, nonlinear, generic_pair, with_triplets):
         assert A.swap_delta_mismatch(model, occ, seed=seed) < 1e-9 * (1 + np.abs(model.energies(occ)).max())
     np.testing.assert_allclose(generic_pair.energies(occ), pair.energies(occ), atol=1e-10)
     i, j = rng.integers(0, lattice.n_sites, (2, len(occ)))
     np.testing.assert_allclose(generic_pair.swap_deltas(occ, i, j), pair.swap_deltas(occ, i, j), atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["sc", "bcc", "fcc"])
+def test_triplet_features_count_neighbour_pairs_found_by_distance(kind):
+    """Independent of the column bookkeeping: for every site, the pairs of its nearest neighbours whose
+    minimum-image distance is a shell distance, counted by species, from the positions alone."""
+    lattice = A.Lattice(kind, 4, shells=2)
+    model = A.SiteEnergyModel(lattice, 2, lambda f: f[:, 0], triplets=1)
+    occ = A.random_occupation(lattice, (0.5, 0.5), seed=7)
+    features = model.site_features(occ)
+    names = model.feature_names
+    pos, L = lattice.positions, lattice.size
+
+    def distance(p, q):
+        d = (p - q + L / 2) % L - L / 2
+        return np.sqrt((d ** 2).sum(-1))
+    for site in range(0, lattice.n_sites, 17):
+        near = np.nonzero(np.isclose(distance(pos, pos[site]), lattice.shell_distances[0]))[0]
+        for s, radius in enumerate(lattice.shell_distances):
+            counts = {}
+            for a, b in itertools.combinations(near, 2):
+                if np.isclose(distance(pos[a], pos[b]), radius):
+                    key = tuple(sorted((int(occ[a]), int(occ[b]))))
+                    counts[key] = counts.get(key, 0) + 1
+            for t, u in [(0, 0), (0, 1), (1, 1)]:
+                name = f"pairs11@{s + 1}:{t}{u}"
+                got = features[site, names.index(name)] if name in names else 0
+                assert got == counts.get((t, u), 0), (site, name)
 
 
 def test_pair_model_is_the_ising_model_of_science_md():

@@ -88,6 +88,73 @@ def test_tiling_and_adjoint_paths_agree(xp, rng, monkeypatch):
         monkeypatch.undo()
 
 
+@pytest.mark.parametrize("c,o,kernel,padding,dilation", [
+    (16, 8, (3, 3), 1, 1), (20, 1, (5, 5), 2, 1), (16, 4, (2, 3), (0, 1), (2, 1)), (8, 16, (3, 3), 1, 1)])
+def test_shifted_view_path_matches_im2col(xp, rng, monkeypatch, c, o, kernel, padding, dilation):
+    """The stride-1 shifted-view kernels (forward, dL/dw; dL/dx through the convolution form of the adjoint
+    when its input has many channels: the last case) agree with im2col for any block size and thread
+    count, and with PyTorch in float32."""
+    x = rng.standard_normal((3, c, 9, 11))
+    w = rng.standard_normal((o, c) + kernel) / np.sqrt(c * kernel[0] * kernel[1])
+    b = rng.standard_normal(o)
+
+    def run(dtype=np.float64):
+        xt, wt, bt = _t(xp, x, dtype, True), _t(xp, w, dtype, True), _t(xp, b, dtype, True)
+        y = ops.conv2d(xt, wt, bt, 1, padding, dilation)
+        y.backward(xp.asarray(np.ones(y.shape, dtype) + np.arange(y.size, dtype=dtype).reshape(y.shape) % 3))
+        return _host(y), _host(xt.grad), _host(wt.grad), _host(bt.grad)
+
+    monkeypatch.setattr(conv_module, "_FLAT_CHANNELS", 10**9)       # im2col only: the reference
+    want = run()
+    monkeypatch.undo()
+    # whole samples; one row; a few rows, the threads' first blocks some of them a sample's short last one
+    for block_bytes, threads in [(10**9, 1), (1, 2), (c * 13 * 8 * 4, 3), (c * 13 * 8 * 6, 4)]:
+        monkeypatch.setattr(conv_module, "_FLAT_BYTES", block_bytes)
+        monkeypatch.setattr(conv_module, "workers", lambda: threads)
+        for got, ref in zip(run(), want):
+            np.testing.assert_allclose(got, ref, atol=1e-12)
+        monkeypatch.undo()
+    torch = pytest.importorskip("torch")
+    tx, tw, tb = (torch.tensor(a.astype(np.float32), requires_grad=True) for a in (x, w, b))
+    ty = torch.nn.functional.conv2d(tx, tw, tb, 1, padding, dilation)
+    ty.backward(torch.from_numpy(np.ones(ty.shape, np.float32) + np.arange(ty.numel(), dtype=np.float32).reshape(
+        ty.shape) % 3))
+    for got, ref in zip(run(np.float32), (ty, tx.grad, tw.grad, tb.grad)):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, ref.detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_shifted_view_path_is_taken_where_it_wins():
+    """Stride 1, one group, many input channels and few outputs, at most half as many; not otherwise."""
+    ok = conv_module._flat_ok
+    x, w = np.empty((1, 32, 8, 8), np.float32), np.empty((16, 32, 3, 3), np.float32)
+    assert ok(np, x, w, (1, 1), 1)
+    assert not ok(np, x, w, (2, 1), 1) and not ok(np, x, w[:, :16], (1, 1), 2)
+    assert not ok(np, x, np.empty((32, 32, 3, 3), np.float32), (1, 1), 1)      # as many outputs as inputs
+    assert not ok(np, np.empty((1, 64, 8, 8), np.float32), np.empty((32, 64, 3, 3), np.float32), (1, 1), 1)
+    assert not ok(np, x, np.empty((16, 32, 1, 1), np.float32), (1, 1), 1)      # 1x1: im2col is no copy
+    assert not ok(np, np.zeros(x.shape, np.float16), np.zeros(w.shape, np.float16), (1, 1), 1)  # no float16 BLAS
+
+
+@pytest.mark.parametrize("shape, args", [((2, 3, 8, 8), (2,)), ((2, 3, 7, 9), (2,)), ((2, 3, 9, 9), (3, 2)),
+                                         ((1, 2, 6, 7), ((2, 3), (1, 2)))])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_max_pool2d_indices_route_like_torch_with_many_ties(shape, args, dtype, rng):
+    """Without padding or NaN, backward routes by the indices forward kept: first maximum, as in PyTorch."""
+    torch = pytest.importorskip("torch")
+    x = np.maximum(np.round(rng.standard_normal(shape) * 2) / 2, 0).astype(dtype)  # zeros and repeated values
+    x[0, 0, 0, :3] = -np.inf
+    t = Tensor(x, requires_grad=True)
+    y = ops.max_pool2d(t, *args)
+    assert y._ctx.index is not None
+    g = rng.standard_normal(y.shape).astype(dtype)
+    y.backward(g)
+    tx = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.max_pool2d(tx, *args).backward(torch.from_numpy(g))
+    np.testing.assert_array_equal(y.numpy(), torch.nn.functional.max_pool2d(torch.from_numpy(x), *args).numpy())
+    np.testing.assert_allclose(t.grad, tx.grad.numpy(), rtol=1e-6, atol=1e-12)  # sums of overlaps: any order
+
+
 def test_max_pool2d_ties_go_to_the_first_maximum(xp):
     x = _t(xp, np.ones((1, 1, 4, 4)), grad=True)
     ops.max_pool2d(x, 2).sum().backward()

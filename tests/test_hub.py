@@ -25,6 +25,7 @@ import pytest
 
 import browser
 from browser import procs
+from procs import slurm_queue
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "00_quickstart.ipynb"
@@ -64,10 +65,6 @@ def hub_ready(slurm):
             pytest.fail(f"HPCAI_REQUIRE_SLURM=1 but {why}")
         pytest.skip(why)
     return proxy
-
-
-def _queue() -> set:
-    return set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split())
 
 
 def _config(tmp: Path, proxy: str, port: int, user: str, notebooks: Path) -> str:
@@ -114,10 +111,7 @@ def test_hub_spawns_lab_as_a_slurm_job_whose_panel_runs_on_slurm_engines(hub_rea
     artifacts.mkdir(parents=True, exist_ok=True)
     user, port = getpass.getuser(), browser.free_port()
     notebooks = browser.copy_notebooks(ROOT / "notebooks", tmp_path / "notebooks")
-    settings = tmp_path / "settings"
-    for name, values in browser.SETTINGS.items():
-        (settings / name).parent.mkdir(parents=True, exist_ok=True)
-        (settings / name).write_text(__import__("json").dumps(values))
+    settings = browser.write_settings(tmp_path / "settings")
     (tmp_path / "jupyterhub_config.py").write_text(_config(tmp_path, hub_ready, port, user, notebooks))
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
            "JUPYTERLAB_SETTINGS_DIR": str(settings)}
@@ -143,7 +137,7 @@ def test_hub_spawns_lab_as_a_slurm_job_whose_panel_runs_on_slurm_engines(hub_rea
                 page.screenshot(path=str(artifacts / "hub-profiles.png"))
                 page.click("form [type=submit]")
                 page.wait_for_url(f"**/user/{user}/lab**", timeout=240_000)
-                jobs = _queue()
+                jobs = slurm_queue()
                 assert len(jobs) == 1, f"the server is not one Slurm job: queue {jobs}"
                 page.goto(f"{url}/user/{user}/lab/tree/{NOTEBOOK}", wait_until="domcontentloaded")
                 page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
@@ -157,7 +151,7 @@ def test_hub_spawns_lab_as_a_slurm_job_whose_panel_runs_on_slurm_engines(hub_rea
                 seen = set()
 
                 def shot(name, where):
-                    seen.update(_queue())  # the engines' job shows up while the panel runs
+                    seen.update(slurm_queue())  # the engines' job shows up while the panel runs
                     full = {"full_page": True} if where is page else {}
                     where.screenshot(path=str(artifacts / f"hub-{name}.png"), **full)
                 status = browser.run_panel(page, {"app": "digits"}, 2, 240, shot)
@@ -165,9 +159,9 @@ def test_hub_spawns_lab_as_a_slurm_job_whose_panel_runs_on_slurm_engines(hub_rea
                 assert seen - jobs, f"the panel's engines were not a Slurm job: queue {seen}"
                 browser.shut_down_kernel(page)  # the kernel's engines stop with it: their job leaves the queue
                 deadline = time.monotonic() + 60
-                while _queue() - jobs and time.monotonic() < deadline:
+                while slurm_queue() - jobs and time.monotonic() < deadline:
                     time.sleep(1)
-                assert not _queue() - jobs, f"the engines' job outlived the kernel: queue {_queue()}"
+                assert not slurm_queue() - jobs, f"the engines' job outlived the kernel: queue {slurm_queue()}"
                 assert "test_accuracy" in page.inner_text(".hpcai-results .hpcai-metrics")
             except BaseException:
                 if page is not None:
@@ -183,11 +177,11 @@ def test_hub_spawns_lab_as_a_slurm_job_whose_panel_runs_on_slurm_engines(hub_rea
         except subprocess.TimeoutExpired:
             hub.kill()
         deadline = time.monotonic() + 60
-        while _queue() & jobs and time.monotonic() < deadline:
+        while slurm_queue() & jobs and time.monotonic() < deadline:
             time.sleep(1)
         watch.stop()
         left = procs.collect(watch.alive)
-        queued = _queue() & jobs
+        queued = slurm_queue() & jobs
         if queued:
             subprocess.run(["scancel", *queued])
     assert not queued, f"jobs left in the queue after the hub stopped (cancelled now): {queued}"

@@ -1,5 +1,7 @@
-"""Every notebook runs top to bottom at its CI parameters (papermill convention), is stored stripped, prints
-what it promises, and leaves no process behind (MPI engines, controllers, kernels).
+"""Every notebook runs top to bottom at its CI parameters (papermill convention), with its exercises filled in
+from their solutions (hpcai.teach.notebook.with_solutions) and every check passing, is stored stripped, prints
+what it promises, and leaves no process behind (MPI engines, controllers, kernels). Each run's time is printed
+(``-s`` shows it): the instructor guide's timings come from here.
 
 Processes are traced by a marker in the environment: the kernel inherits it from this test, and everything
 the kernel starts (ipyparallel controller, mpiexec, MPI proxies, engines) inherits it from the kernel, even
@@ -8,6 +10,7 @@ when a process outlives its parent. Other people's clusters on the same machine 
 import json
 import pathlib
 import sys
+import time
 import uuid
 
 import pytest
@@ -15,6 +18,8 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
+from hpcai.teach.notebook import exercise_cells, with_solutions
+
 try:
     import procs
 except ImportError:  # the process checks need psutil (hpcai[apps]); the notebooks still run without it
@@ -31,12 +36,10 @@ EXPECTED = {
     "03": (["rank 1 of", "[stdout:1]", "accuracy on each rank, pulled from the engines",
             "Seconds to training loss", "hogwild", "rma", "stopped"], 2),
     "04": (["held-out L2 error, restored", "other flow, L2 error", "at the same total bytes: SZ3", "codec sz3"], 4),
-    "05": (["rounds of the loop in", "learned stencil", "Exercise 1 solved", "in this kernel:",
-            "the same values under mpiexec as on the engines: True", "module 'simulate' (rank 0 of 1",
-            "Exercise 2 solved"], 1),
-    "06": (["exact T_c = 737 K", "held-out error", "from the surrogate", "reference energies",
-            "Exercise 1 solved"], 2),
-    "07": (["space group 225 (cubic)", "absent", "held-out materials: crystal-system top-1", "Exercise 1 solved"], 3),
+    "05": (["rounds of the loop in", "learned stencil", "The stricter model:", "in this kernel:",
+            "the same values under mpiexec as on the engines: True", "module 'simulate' (rank 0 of 1"], 1),
+    "06": (["exact T_c = 737 K", "held-out error", "from the surrogate", "reference energies"], 2),
+    "07": (["space group 225 (cubic)", "absent", "held-out materials: crystal-system top-1"], 3),
     "08": (["refused: learning_rate: not a field", "ranks [2, 3]", "resumed from digits.journal: 4 finished trials",
             "finished trials kept: True", "defaults (trial 0): test accuracy", "best (trial"], 2),
 }
@@ -69,6 +72,8 @@ def test_notebook_is_stored_without_outputs(path):
     first = nb["cells"][0]
     assert first["cell_type"] == "markdown" and "How long" in "".join(first["source"])
     assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"])
+    solutions = [c for c in nb["cells"] if "solution" in c.get("metadata", {}).get("tags", [])]
+    assert all(c["metadata"].get("jupyter", {}).get("source_hidden") is True for c in solutions)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -77,7 +82,10 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv(MARKER, token)
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))  # ipyparallel's cluster files and logs go here
     before = procs.descendants() if procs else {}
-    nb = _with_ci_parameters(nbformat.read(path, as_version=4), tmp_path)
+    stored = nbformat.read(path, as_version=4)
+    nb = _with_ci_parameters(with_solutions(stored), tmp_path)
+    checks = [i for i, c in enumerate(nb.cells) if "check" in c.metadata.get("tags", [])]
+    started = time.perf_counter()
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     try:
         client.execute()  # shuts the kernel down when done, also after a failing cell
@@ -90,6 +98,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
             else:
                 print(note, file=sys.stderr)
         raise
+    print(f"{path.name} ran in {time.perf_counter() - started:.0f} s")
     left = procs.collect(lambda: _leftovers(token, before)) if procs else []
     assert not left, f"{path.name} left {len(left)} process(es) running (killed now):\n  " + "\n  ".join(left)
 
@@ -103,3 +112,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     missing = [s for s in strings if s not in shown]
     assert not missing, f"{path.name} did not print {missing}"
     assert figures >= min_figures, f"{path.name} showed {figures} figure(s), expected at least {min_figures}"
+    assert len(checks) == len(exercise_cells(stored))
+    for i in checks:  # every exercise, filled in from its solution, passes its check
+        said = "\n".join(o.get("data", {}).get("text/plain", "") for o in nb.cells[i].outputs)
+        assert said.startswith("Right!"), f"{path.name}: the solution of {nb.cells[i].source!r} fails: {said}"

@@ -23,6 +23,9 @@ from hpcai.cluster import EngineError, Engines, EngineStartError  # noqa: E402
 from hpcai.cluster_batch import BatchJob  # noqa: E402
 from hpcai.runner import run_app  # noqa: E402
 
+import procs  # noqa: E402
+from procs import slurm_queue  # noqa: E402
+
 # The one-node cluster is a site whose ranks share one machine: UCX keeps to shared memory and loopback there
 # (its tcp transport on a virtual NIC of unknown bandwidth fails MPI_Init now and then: pmodels/mpich#7417)
 SITE = {"UCX_NET_DEVICES": "lo"}
@@ -30,31 +33,18 @@ ONE_THREAD = {**SITE, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_
 DIGITS = {"epochs": 2, "hidden": 32, "batch_size": 64, "seed": 3}
 
 
-def _queue() -> set:
-    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=20).stdout
-    return set(out.split())
-
-
-def _gone(pids, seconds=20.0) -> list:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        if not left:
-            return []
-        time.sleep(0.2)
-    return left
 
 
 def test_slurm_engines_train_like_local_ones_and_leave_nothing(slurm):
     engines = Engines(2, launcher="slurm", env=ONE_THREAD, timeout=120)
     with engines:
         job = engines.cluster.engine_set.job_id
-        assert job in _queue()
+        assert job in slurm_queue()
         assert [r.rank for r in engines.ranks] == [0, 1]  # start() checked they are one 2-rank MPI world
         pids = [r.pid for r in engines.ranks]
         on_slurm = run_app("digits", engines=engines, verbose=0, **DIGITS)
-    assert job not in _queue(), "stop() left the engines' job in the queue"
-    assert not _gone(pids), "engine processes outlived stop()"
+    assert job not in slurm_queue(), "stop() left the engines' job in the queue"
+    assert not procs.collect(lambda: pids, grace=20), "engine processes outlived stop()"
     here = run_app("digits", engines=2, verbose=0, **DIGITS)
     for name in ("test_accuracy", "test_loss"):
         assert np.array_equal(on_slurm.metrics[name], here.metrics[name]), name
@@ -66,14 +56,14 @@ def test_pending_job_ends_with_its_reason_within_the_timeout(slurm):
     with pytest.raises(EngineStartError, match=r"within timeout=6 s; Slurm job \d+ is PENDING \(reason: BeginTime\)"):
         engines.start_sync()
     assert time.monotonic() - t0 < 60
-    assert engines.client is None and not _queue(), "the pending job was not cancelled"
+    assert engines.client is None and not slurm_queue(), "the pending job was not cancelled"
 
 
 def test_impossible_request_ends_at_once_with_the_schedulers_reason(slurm):
     t0 = time.monotonic()
     with pytest.raises(EngineStartError, match=r"Slurm job \d+ is PENDING \(reason: PartitionConfig\), which it never"):
         Engines(64, launcher="slurm", timeout=300).start_sync()  # 64 tasks on a 4-slot node
-    assert time.monotonic() - t0 < 60 and not _queue()
+    assert time.monotonic() - t0 < 60 and not slurm_queue()
 
 
 def test_job_cancelled_mid_run_is_reported_in_seconds(slurm):
@@ -85,7 +75,7 @@ def test_job_cancelled_mid_run_is_reported_in_seconds(slurm):
         with pytest.raises(EngineError, match=rf"Slurm job {job} is (CANCELLED|COMPLETING)"):
             engines.run_sync(time.sleep, 120)
         assert time.monotonic() - t0 < 30
-    assert job not in _queue()
+    assert job not in slurm_queue()
 
 
 def test_rank_that_fails_to_start_is_reported_at_once(slurm, caplog):
@@ -93,7 +83,7 @@ def test_rank_that_fails_to_start_is_reported_at_once(slurm, caplog):
     t0 = time.monotonic()
     with pytest.raises(EngineStartError, match=r"(?s)(a rank of the batch job failed to start|Slurm job \d+ is FAILED).*Fatal error in"):
         Engines(2, launcher="slurm", env={"UCX_TLS": "no-such-transport"}, timeout=300).start_sync()
-    assert time.monotonic() - t0 < 90 and not _queue()
+    assert time.monotonic() - t0 < 90 and not slurm_queue()
     assert "starting the engines once more" in caplog.text
 
 
@@ -122,7 +112,7 @@ def test_site_kernel_sends_a_notebooks_engines_to_slurm(slurm, tmp_path, monkeyp
         km.shutdown_kernel(now=True)
     out = "".join(lines)
     assert "launcher slurm" in out and "ranks 2" in out, out
-    assert not _queue()
+    assert not slurm_queue()
 
 
 def test_client_killed_its_engines_job_is_cancelled(slurm):
@@ -135,7 +125,7 @@ def test_client_killed_its_engines_job_is_cancelled(slurm):
         line = client.stdout.readline()
         assert line.startswith("job "), line
         job = line.split()[1]
-        assert job in _queue()
+        assert job in slurm_queue()
     finally:
         client.kill()
         client.wait()
@@ -143,4 +133,4 @@ def test_client_killed_its_engines_job_is_cancelled(slurm):
     while batch.active() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert batch.state()[0] == "CANCELLED", f"the guard did not cancel the job: {batch.describe()}"
-    assert job not in _queue()
+    assert job not in slurm_queue()

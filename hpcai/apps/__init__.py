@@ -27,6 +27,9 @@ class App:
     for an application whose ranks play different parts, returns (a workflow control dict, the name of the
     module whose value is the run's Result): on several ranks the application runs as that workflow. An
     application that *is* its workflow, on one rank too, has ``run=None``; ``hpcai.runner.run_app`` runs it.
+    ``metric_info`` says what each metric of its Result is, ``{name: (group, unit)}`` (group: "accuracy",
+    "error", "storage", "timing", ...; unit "" for a plain number), so results can be shown grouped with
+    units; a metric it does not name is shown as it is.
     """
 
     name: str
@@ -36,21 +39,24 @@ class App:
     build_model: Callable
     example_batch: Callable
     workflow: Callable | None = None
+    metric_info: dict = dataclasses.field(default_factory=dict, hash=False)
 
 
 APPS = {
     "digits": App("digits", digits.Config, digits.run,
                   "Handwritten digits: any precision, optimizer and parallel strategy, in seconds",
-                  digits.build_model, digits.example_batch),
+                  digits.build_model, digits.example_batch, metric_info=digits.METRICS),
     "climate_sr": App("climate_sr", climate_sr.Config, climate_sr.run,
                       "Shallow-water jet on the sphere, DCT-compressed in situ, restored by a CNN",
-                      climate_sr.build_model, climate_sr.example_batch, climate_sr.workflow),
+                      climate_sr.build_model, climate_sr.example_batch, climate_sr.workflow,
+                      metric_info=climate_sr.METRICS),
     "alloy_surrogate": App("alloy_surrogate", alloy_surrogate.Config, None,
                            "Alloy order-disorder: a neural surrogate learned actively inside Monte Carlo, and T_c",
-                           alloy_surrogate.build_model, alloy_surrogate.example_batch, alloy_surrogate.workflow),
+                           alloy_surrogate.build_model, alloy_surrogate.example_batch, alloy_surrogate.workflow,
+                           metric_info=alloy_surrogate.METRICS),
     "cbed": App("cbed", cbed.Config, None,
                 "Electron diffraction (CBED) of random crystals, simulated in parallel; a CNN reads the symmetry",
-                cbed.build_model, cbed.example_batch, cbed.workflow),
+                cbed.build_model, cbed.example_batch, cbed.workflow, metric_info=cbed.METRICS),
 }
 
 

@@ -1,11 +1,13 @@
 """The alloy surrogate: an ensemble of per-site networks whose sum over the sites is a cell's energy.
 
-Each network maps one site's environment -- its species and the species counts of its neighbour shells
+Each network maps one site's environment -- its species, the species counts of its neighbour shells and,
+with ``triplets``, how many of its neighbour pairs are alike or unlike
 (:meth:`hpcai.sim.alloy.SiteEnergyModel.site_features`) -- to that site's energy, as in Behler &
 Parrinello (2007, PRL 98, 146401), with one set of weights per species of the site (the features are
 expanded species by species, so a site of species A never shares a weight with a site of species B).
-A linear term on the same features, fitted first by least squares, carries what a pair cluster expansion
-would (a pair model is exactly linear in them); the networks learn only the residual, beyond pairs.
+A linear term on the same features, fitted first by least squares, carries what a cluster expansion with
+pairs (and, with ``triplets``, three-site clusters through a site) would -- such a model is exactly linear
+in them; the networks learn only the residual beyond it.
 
 The spread of ``ensemble`` networks trained from different initialisations (Lakshminarayanan et al.
 2017, "Simple and scalable predictive uncertainty estimation using deep ensembles") is the uncertainty
@@ -50,15 +52,15 @@ class Surrogate:
     """
 
     def __init__(self, lattice: Lattice, n_species: int, hidden: int = 16, ensemble: int = 4, seed: int = 0,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", triplets: int = 0):
         self.lattice, self.n_species = lattice, n_species
         self.hidden = checks.integer("hidden", hidden, 1)
         self.size = checks.integer("ensemble", ensemble, 1)
         self.seed, self.precision = checks.integer("seed", seed, 0), precision
-        self.features = SiteEnergyModel(lattice, n_species, self._site_energies)  # the MC's view: mean of the ensemble
-        counts = self.features.n_features - n_species                # neighbour counts per species and shell
+        self.features = SiteEnergyModel(lattice, n_species, self._site_energies, triplets)  # the MC's view
+        counts = self.features.n_features - n_species                # neighbour (and neighbour-pair) counts
         self.n_inputs = n_species * (1 + counts)
-        self._scale = np.repeat(np.asarray(lattice.coordination, np.float64), n_species)  # counts -> fractions
+        self._scale = self.features.feature_scale                    # counts -> fractions
         self.w, self.mean, self.std = np.zeros(self.n_inputs), 0.0, 1.0
         self.nets = [SiteNet(self.n_inputs, self.hidden, self.seed + 7919 * k) for k in range(self.size)]
         self.history: list = []
@@ -66,7 +68,7 @@ class Surrogate:
     # -- inputs ------------------------------------------------------------------------------------------
     def expand(self, features: np.ndarray) -> np.ndarray:
         """Site feature rows (..., n_features) -> the networks' inputs (..., n_inputs), float32: for the site's
-        species, [1, neighbour fractions per shell and species]; zeros in the other species' block."""
+        species, [1, neighbour (and neighbour-pair) fractions]; zeros in the other species' block."""
         S = self.n_species
         own, counts = features[..., :S], features[..., S:] / self._scale
         block = np.concatenate([np.ones(features.shape[:-1] + (1,)), counts], axis=-1)

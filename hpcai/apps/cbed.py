@@ -40,31 +40,56 @@ PER_SYSTEM = (1, 2, 4, 14, 15, 3, 19, 62, 63, 74, 76, 129, 136, 139, 146, 148, 1
               198, 205, 221, 225, 227, 229)
 
 
+# what each metric of the Result is: {name: (group, unit)}; accuracies are fractions of the test materials
+METRICS = {"test_accuracy": ("accuracy", ""), "test_top5": ("accuracy", ""), "test_loss": ("accuracy", ""),
+           "system_accuracy": ("accuracy", ""), "system_macro_f1": ("accuracy", ""),
+           "majority_system_accuracy": ("baselines", ""), "nearest_neighbour_system_accuracy": ("baselines", ""),
+           "nearest_neighbour_group_accuracy": ("baselines", ""), "final_train_loss": ("training", ""),
+           "train_materials": ("data", "materials"), "test_materials": ("data", "materials"),
+           "seconds_training": ("timing", "s"), "ranks": ("run", "ranks"), "target": ("run", "")}
+
+
 @dataclasses.dataclass
 class Config:
     """The data set to generate (or read), the network and how it trains."""
 
-    groups: str = dataclasses.field(default="per_system", metadata={"choices": GROUP_SETS})
+    groups: str = dataclasses.field(default="per_system", metadata={
+        "choices": GROUP_SETS, "help": "which space groups are simulated: per_system, 4 of each of the 7 "
+        "crystal systems (28, quick), or all 230"})
     materials_per_group: int = dataclasses.field(default=6, metadata={
-        "low": 1, "high": 1000, "help": "random materials of every space group (split 80/10/10 by material)"})
+        "low": 1, "high": 1000, "unit": "materials",
+        "help": "random materials of every space group (split 80/10/10 by material into train/validation/test)"})
     pixels: int = dataclasses.field(default=128, metadata={
-        "low": 16, "high": 2048, "help": "detector N x N (the ORNL files: 512)"})
+        "low": 16, "high": 2048, "unit": "pixels", "help": "detector size N x N of the simulated patterns "
+        "(the ORNL files: 512)"})
     input_size: int = dataclasses.field(default=64, metadata={
-        "low": 8, "high": 2048, "help": "the network's input after the ORNL preprocessing (ORNL: 128), <= pixels"})
-    target: str = dataclasses.field(default="crystal_system", metadata={"choices": TARGETS})
+        "low": 8, "high": 2048, "unit": "pixels",
+        "help": "the network's input after the ORNL preprocessing (ORNL: 128), <= pixels"})
+    target: str = dataclasses.field(default="crystal_system", metadata={
+        "choices": TARGETS, "help": "what the network predicts: the crystal system (7 classes) or the space "
+        "group (harder)"})
     width: int = dataclasses.field(default=16, metadata={
-        "low": 1, "high": 256, "help": "channels of the first convolution (x2, x4 deeper)"})
-    epochs: int = dataclasses.field(default=20, metadata={"low": 1, "high": 10_000, "help": "passes over the data"})
-    batch_size: int = dataclasses.field(default=32, metadata={"low": 1, "high": 65_536, "help": "per rank"})
+        "low": 1, "high": 256, "help": "channels of the first convolution (x2, x4 deeper); wider learns more, "
+        "slower"})
+    epochs: int = dataclasses.field(default=20, metadata={
+        "low": 1, "high": 10_000, "help": "passes over the training patterns"})
+    batch_size: int = dataclasses.field(default=32, metadata={
+        "low": 1, "high": 65_536, "unit": "patterns", "help": "patterns per step on each rank"})
     lr: float = dataclasses.field(default=3e-3, metadata={
-        "low": 0.0, "low_open": True, "high": 100.0, "help": "learning rate"})
-    optimizer: str = dataclasses.field(default="adam", metadata={"choices": tuple(optim.OPTIMIZERS)})
-    precision: str = dataclasses.field(default="fp32", metadata={"choices": tuple(amp.POLICIES)})
+        "low": 0.0, "low_open": True, "high": 100.0, "help": "learning rate: how far each step moves the weights"})
+    optimizer: str = dataclasses.field(default="adam", metadata={
+        "choices": tuple(optim.OPTIMIZERS), "help": "the network's update rule (adam is a robust default)"})
+    precision: str = dataclasses.field(default="fp32", metadata={
+        "choices": tuple(amp.POLICIES), "help": "number format of the network's arithmetic (fp16/bf16 and "
+        "mixed-* emulate tensor-core half precision)"})
     data_dir: str | None = dataclasses.field(default=None, metadata={
-        "path": True, "help": "existing files in the ORNL layout: train on them, generate nothing"})
-    seed: int = dataclasses.field(default=0, metadata={"low": 0, "high": 2**32 - 1, "help": "random seed"})
+        "path": True, "help": "existing files in the ORNL layout: train on them, generate nothing (None: "
+        "simulate a new data set)"})
+    seed: int = dataclasses.field(default=0, metadata={
+        "low": 0, "high": 2**32 - 1, "help": "random seed of the crystals, the data split and the network"})
     output_dir: str | None = dataclasses.field(default=None, metadata={
-        "path": True, "help": "where the data set, metrics and figures go (None: the data set in a temporary folder)"})
+        "path": True, "help": "folder for the data set, metrics and figures (None: the data set in a temporary "
+        "folder)"})
 
     def validate(self) -> "Config":
         """Check every field, raising a ValueError that names it."""
@@ -167,7 +192,9 @@ def train(ctx) -> Result:
                   callbacks=[FitProgress(ctx.progress, steps)])
     seconds = time.perf_counter() - start
     if ctx.rank != 0:
+        ctx.progress.finish("trained; rank 0 evaluates")
         return Result({}, {})
+    ctx.progress.phase("evaluation", 0, "the held-out materials and the baselines")
     result = _evaluate(config, folder, model, history, seconds, ctx.size)
     if config.output_dir:
         _write(config, result, folder)
@@ -176,6 +203,7 @@ def train(ctx) -> Result:
         print(f"held-out materials: crystal system top-1 {m['system_accuracy']:.3f} (majority class "
               f"{m['majority_system_accuracy']:.3f}, nearest neighbour {m['nearest_neighbour_system_accuracy']:.3f}); "
               f"{m['train_materials']} training materials, {seconds:.0f} s", flush=True)
+    ctx.progress.finish(f"crystal system accuracy {result.metrics['system_accuracy']:.3f}")
     return result
 
 

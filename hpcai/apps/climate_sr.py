@@ -52,6 +52,25 @@ OTHER_FLOW = {"galewsky": {"h_hat": 60.0}, "williamson2": {"alpha": math.pi / 4}
 PEERS = ("sz3", "zfp")  # codecs the restored steps are compared with, at the same total bytes
 
 
+# what each metric of the Result is: {name: (group, unit)}. Errors are relative (latitude-weighted L2, or max
+# over the field's max), on the held-out steps unless "other flow"; "peers": SZ3 and ZFP at the same total bytes
+METRICS = {
+    **{f"{kind}_{what}": ("error", "") for kind in ("l2", "max") for what in ("compressed", "restored")},
+    "l2_improvement": ("error", "x"), "max_improvement": ("error", "x"),
+    **{f"{kind}_other_{what}": ("error, other flow", "") for kind in ("l2", "max")
+       for what in ("compressed", "restored")},
+    **{f"{kind}_{peer}": ("peers at the same bytes", "") for kind in ("l2", "max") for peer in PEERS},
+    "compression_ratio": ("storage", "x"), "compression_ratio_with_weights": ("storage", "x"),
+    "bytes_raw": ("storage", "B"), "bytes_stored": ("storage", "B"), "bytes_weights": ("storage", "B"),
+    "bytes_saved": ("storage", "B"),
+    "final_training_loss": ("training", ""), "training_iterations": ("training", "iterations"),
+    "output_steps": ("run", "steps"), "held_out_steps": ("run", "steps"), "training_steps": ("run", "steps"),
+    "ranks": ("run", "ranks"),
+    **{f"seconds_{part}": ("timing", "s") for part in ("total", "simulation", "simulation_wall", "simulation_other",
+                                                       "compression", "training", "sends")},
+}
+
+
 def _number(x) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -65,43 +84,73 @@ class Config:
     """What to simulate, how hard to compress, and how to train the restoration network."""
 
     nlon: int = dataclasses.field(default=128, metadata={
-        "low": 32, "high": 2048, "help": "longitudes, a multiple of 4; T = nlon // 3 (128 x 64 is T42, 256 x 128 T85)"})
-    nlat: int = dataclasses.field(default=64, metadata={"low": 16, "high": 1024, "help": "latitudes, a multiple of 4"})
+        "low": 32, "high": 2048, "unit": "points", "help": "grid points around a latitude circle, a multiple of 4; "
+        "the resolution is T = nlon // 3 (128 x 64 is T42, 256 x 128 T85); finer grids cost ~8x per doubling"})
+    nlat: int = dataclasses.field(default=64, metadata={
+        "low": 16, "high": 1024, "unit": "points", "help": "grid points from pole to pole, a multiple of 4 "
+        "(usually nlon / 2)"})
     days: float = dataclasses.field(default=6.0, metadata={
-        "low": 0.0, "low_open": True, "high": 365.0, "help": "model days simulated"})
-    initial_condition: str = dataclasses.field(default="galewsky", metadata={"choices": tuple(INITIAL_CONDITIONS)})
+        "low": 0.0, "low_open": True, "high": 365.0, "unit": "days",
+        "help": "model time simulated; the jet becomes unstable after ~4 days and fills with fine vortices"})
+    initial_condition: str = dataclasses.field(default="galewsky", metadata={
+        "choices": tuple(INITIAL_CONDITIONS), "help": "the flow: galewsky is the unstable mid-latitude jet "
+        "(Galewsky et al. 2004), williamson2 a steady zonal flow (Williamson et al. 1992, a check of the solver)"})
     dt: float | None = dataclasses.field(default=None, metadata={
-        "low": 0.0, "low_open": True, "high": 3600.0,
-        "help": "time step in s; None: the largest stable divisor of an hour"})
+        "low": 0.0, "low_open": True, "high": 3600.0, "unit": "s",
+        "help": "solver time step; None: the largest stable step that divides an hour"})
     output_hours: float = dataclasses.field(default=3.0, metadata={
-        "low": 0.0, "low_open": True, "high": 240.0,
-        "help": "an output step (compressed and stored) every this many model hours"})
-    field: str = dataclasses.field(default="vorticity", metadata={"choices": tuple(FIELDS)})  # compressed, restored
-    codec: str = dataclasses.field(default="truncate", metadata={"choices": tuple(_codec.CODECS)})
+        "low": 0.0, "low_open": True, "high": 240.0, "unit": "h",
+        "help": "model time between two output steps (each compressed, stored and a training pair); "
+        "smaller: more data, longer run"})
+    field: str = dataclasses.field(default="vorticity", metadata={
+        "choices": tuple(FIELDS), "help": "the variable compressed and restored: relative vorticity (1/s; "
+        "fine structure, the hard case) or the fluid depth h (m; smooth)"})
+    codec: str = dataclasses.field(default="truncate", metadata={
+        "choices": tuple(_codec.CODECS), "help": "the lossy compressor: truncate keeps the lowest global DCT "
+        "coefficients, block a JPEG-like block DCT; sz3 and zfp are the error-bounded HPC compressors "
+        "(need hdf5plugin)"})
     ratio: float = dataclasses.field(default=100.0, metadata={
-        "low": 1.0, "low_open": True, "high": 10_000.0,
-        "help": "target compression ratio in bytes (raw float64 / stored)"})
+        "low": 1.0, "low_open": True, "high": 10_000.0, "unit": "x",
+        "help": "target compression ratio: raw float64 bytes over stored bytes; higher loses more detail"})
     holdout_every: int = dataclasses.field(default=4, metadata={
-        "low": 2, "high": 1000, "help": "1 in k output steps is held out from training"})
-    holdout: str = dataclasses.field(default="later", metadata={"choices": ("later", "interleaved")})  # the last
-    #   1/k of the run (a later window, never seen in training) or every k-th step
+        "low": 2, "high": 1000, "help": "1 in k output steps is held out from training and used to measure "
+        "the errors (with holdout=later: the last 1/k of the run)"})
+    holdout: str = dataclasses.field(default="later", metadata={
+        "choices": ("later", "interleaved"), "help": "which steps are held out: later, the last 1/k of the run "
+        "(a later window never seen in training, the honest test), or interleaved, every k-th step (easier)"})
     channels: int = dataclasses.field(default=12, metadata={
-        "low": 1, "high": 256, "help": "U-Net width at full resolution (x2 at 1/2, x4 at 1/4 resolution)"})
+        "low": 1, "high": 256, "help": "U-Net width at full resolution (x2 at 1/2, x4 at 1/4 resolution); "
+        "wider restores more but its weights count against the compression"})
     blocks: int = dataclasses.field(default=1, metadata={
-        "low": 0, "high": 16, "help": "residual blocks at the coarsest level"})
-    precision: str = dataclasses.field(default="fp32", metadata={"choices": tuple(amp.POLICIES)})
-    optimizer: str = dataclasses.field(default="adam", metadata={"choices": tuple(optim.OPTIMIZERS)})
+        "low": 0, "high": 16, "help": "residual blocks at the coarsest level (network depth)"})
+    precision: str = dataclasses.field(default="fp32", metadata={
+        "choices": tuple(amp.POLICIES), "help": "number format of the network's arithmetic (fp16/bf16 and "
+        "mixed-* emulate tensor-core half precision); the simulation always runs in float64"})
+    optimizer: str = dataclasses.field(default="adam", metadata={
+        "choices": tuple(optim.OPTIMIZERS), "help": "the network's update rule (adam is a robust default)"})
     lr: float = dataclasses.field(default=3e-3, metadata={
         "low": 0.0, "low_open": True, "high": 100.0,
-        "help": "learning rate: constant while the simulation runs, cosine-decayed in the final phase"})
+        "help": "learning rate: constant while the simulation runs, cosine-decayed to 1/100 in the final phase"})
     iters_per_output: int = dataclasses.field(default=2, metadata={
-        "low": 0, "high": 1000, "help": "training iterations per new training step (in situ)"})
+        "low": 0, "high": 1000, "unit": "iterations", "help": "training iterations after each new training step "
+        "while the simulation runs (in situ); 0: train only at the end"})
     final_epochs: int = dataclasses.field(default=70, metadata={
-        "low": 0, "high": 10_000, "help": "passes over the stored pairs once the simulation has ended"})
-    batch_size: int = dataclasses.field(default=4, metadata={"low": 1, "high": 1024, "help": "per learner rank"})
-    seed: int = dataclasses.field(default=0, metadata={"low": 0, "high": 2**32 - 1, "help": "random seed"})
+        "low": 0, "high": 10_000, "unit": "epochs", "help": "passes over the stored training pairs once the "
+        "simulation has ended (most of the run's time); more: lower error, longer run"})
+    batch_size: int = dataclasses.field(default=4, metadata={
+        "low": 1, "high": 1024, "unit": "steps", "help": "training pairs (output steps) per iteration on each "
+        "learner rank"})
+    seed: int = dataclasses.field(default=0, metadata={
+        "low": 0, "high": 2**32 - 1, "help": "random seed of the network's initial weights and of the "
+        "minibatches (the simulation and compression do not depend on it). A run on one rank repeats exactly "
+        "when BLAS splits the network's float32 products the same way: the same BLAS threads (cores, "
+        "OMP_NUM_THREADS), called from the same kind of thread (the panel trains in a background thread, the "
+        "CLI and a notebook cell in the main one); otherwise errors differ in the 3rd-4th digit. "
+        "OMP_NUM_THREADS=1 makes them equal everywhere. On 2+ engines the coupled run trains as many in situ "
+        "iterations as fit while the simulation runs, so it differs more"})
     output_dir: str | None = dataclasses.field(default=None, metadata={
-        "path": True, "help": "where the compressed data + weights and figures go (None: nowhere)"})
+        "path": True, "help": "folder for the compressed data + weights (HDF5), the figures and metrics.json "
+        "(None: nothing written)"})
 
     def validate(self) -> "Config":
         """Check every field, raising a ValueError that names it."""
@@ -198,7 +247,9 @@ class _Learner:
         self.train(iterations, final=True, progress=progress)
 
     def train(self, iterations: int, final: bool = False, progress=None) -> None:
-        """``iterations`` steps on random minibatches; ``final``: learning rate cosine-decayed to lr/100."""
+        """``iterations`` steps on random minibatches; ``final``: learning rate cosine-decayed to lr/100, each
+        step a step of the progress phase. ``progress(done, total, loss)`` is told every
+        :data:`TELL_EVERY` iterations and at the last."""
         if not self.inputs:
             return
         start = time.perf_counter()
@@ -221,7 +272,7 @@ class _Learner:
                     self.progress.loss(result.loss)
             if final:
                 self.progress.update(loss=result.loss)
-            if progress is not None and self.losses and ((i + 1) % 50 == 0 or i + 1 == iterations):
+            if progress is not None and self.losses and ((i + 1) % TELL_EVERY == 0 or i + 1 == iterations):
                 progress(i + 1, iterations, float(np.mean(self.losses[-10:])))
         self.seconds += time.perf_counter() - start
 
@@ -370,8 +421,36 @@ def _block_step_for_ratio(field, ratio: float) -> float:
     return hi
 
 
+TELL_EVERY = 10  # iterations between two progress reports of the final training
+PRINT_EVERY = 50  # iterations between two printed lines of it
+
+
 def _progress(done, total, loss) -> None:
-    print(f"final training: iteration {done}/{total}, loss {loss:.3g}", flush=True)
+    if done % PRINT_EVERY == 0 or done == total:
+        print(f"final training: iteration {done}/{total}, loss {loss:.3g}", flush=True)
+
+
+def _training_pairs(producer) -> int:
+    """How many of the producer's output steps are training pairs (not held out)."""
+    return sum(not producer.held_out(k) for k in range(producer.outputs))
+
+
+SIMULATION_COST = 0.2  # an output step's simulation and compression, in training iterations (T42, 2 cores)
+
+
+def _final_iterations(config, producer, learners: int = 1) -> int:
+    """The final training's iterations: ``final_epochs`` passes over the training pairs, global batch."""
+    return math.ceil(config.final_epochs * _training_pairs(producer) / (config.batch_size * learners))
+
+
+def _plan(progress, config, producer, learners: int = 1, producer_rank: bool = True) -> None:
+    """The phases of this rank weighed in training iterations, so that one progress bar spans the run: the
+    simulation with in situ training, the other flow's simulation (the producer's rank only), the final
+    training and the evaluation."""
+    simulation = SIMULATION_COST * producer.outputs
+    in_situ = config.iters_per_output * _training_pairs(producer) / learners
+    weights = [simulation + in_situ + 1] + [simulation + 1] * producer_rank
+    progress.plan(*weights, _final_iterations(config, producer, learners) + 1, 10 + producer.outputs // 4)
 
 
 # -- the run --------------------------------------------------------------------------------------------
@@ -394,6 +473,7 @@ def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None
     producer = _Producer(config)
     learner = _Learner(config, producer.lat, producer.lon, progress=progress)
     held_out = []
+    _plan(progress, config, producer)
     progress.phase("simulation + in situ training", producer.outputs)
 
     def on_output(model):
@@ -410,11 +490,13 @@ def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None
         progress.update(k + 1, message=f"day {t / 86400:.2f}")
 
     producer.run(on_output)
+    progress.phase("simulation of the other flow", 0, "the generalisation test")
     other = []
     producer.run_other(lambda t, original, compressed: other.append((t, original, compressed)))
     t0 = time.perf_counter()
     learner.train_final(progress=_progress if verbose else None)
     producer.timers["training"] += time.perf_counter() - t0
+    progress.phase("evaluation", 0, "held-out steps, the other flow, SZ3 and ZFP at the same bytes")
     evaluation = learner.evaluate(held_out, producer.weights, other)
     result = _finish(config, producer, evaluation, start, ranks=1, verbose=verbose)
     progress.finish(f"held-out L2 error {result.metrics['l2_compressed']:.3g} -> {result.metrics['l2_restored']:.3g}")
@@ -552,22 +634,29 @@ def simulate(ctx) -> Result:
             producer.report(k, t, held)
         ctx.progress.update(k + 1, message=f"day {t / 86400:.2f}")
 
+    _plan(ctx.progress, config, producer, fields.peer_size)
+    final = _final_iterations(config, producer, fields.peer_size)
     ctx.progress.phase("simulation", producer.outputs)
     producer.run(on_output)
+    ctx.progress.phase("simulation of the other flow", 0, "the generalisation test")
     producer.run_other(lambda t, original, compressed: pending.append(fields.isend(
         np.concatenate([[-1, t], compressed.ravel(), original.ravel()]), 0, meta={"kind": "other"})))
-    ctx.progress.phase("waiting for the learners", 0)
     for rank in learners:
         fields.send({"kind": "end"}, rank)
     for p in pending:
         p.wait()
-    while (message := fields.recv(rank=0)).meta.get("kind") == "progress":
+    ctx.progress.phase("final training (learners)", final, "the learners finish their in situ training")
+    while (message := fields.recv(rank=0)).meta.get("kind") == "progress":  # the learners' final training
+        done, total, loss = (message.value[k] for k in ("done", "total", "loss"))
+        ctx.progress.update(done, message=f"loss {loss:.3g}")
         if verbose:
-            _progress(message.value["done"], message.value["total"], message.value["loss"])
+            _progress(done, total, loss)
+    ctx.progress.phase("evaluation", 0, "held-out steps, the other flow, SZ3 and ZFP at the same bytes")
     evaluation = fields.recv_tree(header=message)
     producer.timers["training"] = evaluation.pop("seconds_training")
     result = _finish(config, producer, evaluation, start, ranks=1 + fields.peer_size, verbose=verbose)
-    ctx.progress.finish()
+    ctx.progress.finish(f"held-out L2 error {result.metrics['l2_compressed']:.3g} -> "
+                        f"{result.metrics['l2_restored']:.3g}")
     return result
 
 
@@ -586,7 +675,9 @@ def learn(ctx) -> dict:
     fields, comm = ctx.channel("fields"), ctx.comm
     lat, lon = fields.recv(rank=0).value, fields.recv(rank=0).value
     learner = _Learner(config, lat, lon, comm=comm, seed=config.seed + 1000 * (comm.rank + 1), progress=ctx.progress)
-    ctx.progress.phase("in situ training", 0)
+    producer = _Producer(config)  # the plan of output steps (the solver's checks, ~0.1 s; nothing runs)
+    _plan(ctx.progress, config, producer, comm.size, producer_rank=False)
+    ctx.progress.phase("in situ training", _training_pairs(producer), "training pairs received")
     shape, n = (config.nlat, config.nlon), config.nlat * config.nlon
     held_out, other, ended, agreed = [], [], False, np.zeros(2)
     while True:
@@ -598,6 +689,7 @@ def learn(ctx) -> dict:
             compressed, original = buf[2:2 + n].reshape(shape), buf[2 + n:].reshape(shape)
             if got.meta["kind"] == "pair":
                 learner.add(compressed, original)
+                ctx.progress.update(len(learner.inputs), message=f"{len(learner.losses)} iterations")
             elif got.meta["kind"] == "other":
                 other.append((buf[1], original, compressed))
             else:
@@ -616,9 +708,10 @@ def learn(ctx) -> dict:
 
     def tell(done, total, loss):
         fields.send({"done": done, "total": total, "loss": loss}, rank=0, meta={"kind": "progress"})
-    learner.train_final(progress=tell if root and verbose else None)
+    learner.train_final(progress=tell if root else None)
     if root:
+        ctx.progress.phase("evaluation", 0, "held-out steps and the other flow")
         evaluation = learner.evaluate(held_out, np.cos(np.radians(lat))[:, None], other)
         fields.send_tree({**evaluation, "seconds_training": learner.seconds}, rank=0)
-    ctx.progress.finish()
+    ctx.progress.finish(f"{len(learner.losses)} training iterations")
     return {"iterations": len(learner.losses)}

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from .. import amp, datasets, io, nn, optim
-from ..parallel.asynchronous import ASYNC_PRECISIONS, METHODS, train_async
+from ..parallel.asynchronous import ASYNC_PRECISIONS, METHODS, async_precision_problem, train_async
 from ..parallel.comm import default_comm
 from ..train import Callback, evaluate, fit, predict
 from ..train.plot import new_figure, save_png
@@ -38,22 +38,38 @@ MODELS = ("mlp", "cnn")
 class Config:
     """What to train, in which precision, with which optimizer and parallel strategy."""
 
-    model: str = dataclasses.field(default="mlp", metadata={"choices": MODELS, "help": "an MLP or a small CNN"})
+    model: str = dataclasses.field(default="mlp", metadata={"choices": MODELS, "help": (
+        "the network: an MLP (fully connected, fastest) or a small CNN (convolutions, more accurate per epoch)")})
     hidden: int = dataclasses.field(default=128, metadata={
-        "low": 1, "high": 4096, "help": "MLP hidden width / CNN channels of the first convolution"})
-    precision: str = dataclasses.field(default="fp32", metadata={"choices": tuple(amp.POLICIES)})
-    optimizer: str = dataclasses.field(default="adam", metadata={"choices": tuple(optim.OPTIMIZERS)})
-    strategy: str = dataclasses.field(default="sync", metadata={"choices": tuple(METHODS)})
+        "low": 1, "high": 4096, "help": "network size: the MLP's hidden width, or the CNN's channels in its "
+        "second convolution; larger learns more but runs slower"})
+    precision: str = dataclasses.field(default="fp32", metadata={"choices": tuple(amp.POLICIES), "help": (
+        "number format of the arithmetic: fp32/fp64 full precision; fp16/bf16 and mixed-* emulate tensor-core "
+        "half precision, to see what it costs in accuracy")})
+    optimizer: str = dataclasses.field(default="adam", metadata={"choices": tuple(optim.OPTIMIZERS), "help": (
+        "the update rule (adam is a robust default; the asynchronous strategies need sgd)")})
+    strategy: str = dataclasses.field(default="sync", metadata={"choices": tuple(METHODS), "help": (
+        "how workers share the training: sync averages gradients every step (allreduce); hogwild, ps "
+        "(parameter server) and rma (one-sided MPI) update shared weights without waiting for each other")})
     epochs: int = dataclasses.field(default=20, metadata={
-        "low": 1, "high": 10_000, "help": "passes over the training set (all workers together)"})
-    batch_size: int = dataclasses.field(default=32, metadata={"low": 1, "high": 1437, "help": "per worker"})
+        "low": 1, "high": 10_000, "help": "passes over the training set (all workers together); more: "
+        "higher accuracy, longer run"})
+    batch_size: int = dataclasses.field(default=32, metadata={
+        "low": 1, "high": 1437, "unit": "images", "help": "images per step on each worker; larger steps are "
+        "faster per image but fewer"})
     lr: float | None = dataclasses.field(default=None, metadata={
-        "low": 0.0, "low_open": True, "high": 100.0, "help": "learning rate; None: a good default for the optimizer"})
+        "low": 0.0, "low_open": True, "high": 100.0,
+        "help": "learning rate: how far each step moves the weights; None: a good default for the optimizer"})
     straggler: float = dataclasses.field(default=1.0, metadata={
-        "low": 1.0, "high": 100.0, "help": "worker 1 takes this many times longer per step (1: no straggler)"})
-    seed: int = dataclasses.field(default=0, metadata={"low": 0, "high": 2**32 - 1, "help": "random seed"})
+        "low": 1.0, "high": 100.0, "unit": "x", "help": "worker 1 takes this many times longer per step (1: no "
+        "straggler), to see synchronous training wait for a slow node and asynchronous training not"})
+    seed: int = dataclasses.field(default=0, metadata={
+        "low": 0, "high": 2**32 - 1, "help": "random seed of the data split, the initial weights and the "
+        "batches: sync training repeats exactly with the same seed, settings, workers and BLAS threads "
+        "(OMP_NUM_THREADS=1 makes the panel, the CLI and a notebook agree); the asynchronous strategies depend "
+        "on timing too"})
     output_dir: str | None = dataclasses.field(default=None, metadata={
-        "path": True, "help": "where metrics and figures go (None: nowhere)"})
+        "path": True, "help": "folder for metrics.json and the figures (None: nothing written)"})
 
     def validate(self) -> "Config":
         """Check every field, raising a ValueError that names it."""
@@ -62,10 +78,18 @@ class Config:
             if self.optimizer != "sgd":
                 raise ValueError(f"optimizer: the asynchronous strategy {self.strategy!r} applies plain SGD "
                                  f"updates to shared weights; expected 'sgd', got {self.optimizer!r}")
-            if self.precision not in ASYNC_PRECISIONS:
-                raise ValueError(f"precision: the asynchronous strategy {self.strategy!r} keeps full-precision "
-                                 f"shared weights; expected one of {list(ASYNC_PRECISIONS)}, got {self.precision!r}")
+            if async_precision_problem(self.precision):
+                raise ValueError(f"precision: not with the asynchronous strategy {self.strategy!r}: "
+                                 f"{async_precision_problem(self.precision)}; expected one of "
+                                 f"{list(ASYNC_PRECISIONS)}, got {self.precision!r}")
         return self
+
+
+# what each metric of the Result is: {name: (group, unit)}; "" is a plain number (a fraction, a loss, a name)
+METRICS = {"test_accuracy": ("accuracy", ""), "test_loss": ("accuracy", ""),
+           "final_training_loss": ("training", ""), "staleness_mean": ("training", "updates"),
+           "staleness_max": ("training", "updates"), "seconds": ("timing", "s"), "workers": ("run", "workers"),
+           "strategy": ("run", ""), "precision": ("run", ""), "optimizer": ("run", ""), "lr": ("run", "")}
 
 
 LEARNING_RATES = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "lars": 0.05}  # others: 3e-3

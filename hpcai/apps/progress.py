@@ -1,8 +1,10 @@
 """How far an application run is, told to whoever watches: the control panel, a notebook, the engines' client.
 
 An application calls ``progress.phase("simulation", total)`` when it starts a stage and
-``progress.update(done, loss=...)`` as it goes. :class:`Progress` keeps the state (phase, step of total,
-elapsed time, the loss curve so far) and hands a snapshot -- a plain dict, cheap to send between processes --
+``progress.update(done, loss=...)`` as it goes; one with several stages may first say how they weigh,
+``progress.plan(1, 4)``, so one bar (``overall``) runs across them all. :class:`Progress` keeps the state
+(phase, step of total, elapsed time, rate and time left, the loss curve so far) and hands a snapshot -- a
+plain dict, cheap to send between processes --
 to its sinks at most every ``every`` seconds (always on a phase change and at the end). Sinks are plain
 callables: the panel's widgets in this process, or ``ipyparallel.datapub.publish_data`` on an MPI engine,
 which the client reads from ``AsyncResult.data`` while the run goes on.
@@ -49,8 +51,19 @@ class Progress:
         self._start = time.perf_counter()
         self._sent = -math.inf
         self.name, self.done, self.total, self.message, self.finished = "starting", 0, 0, "", False
+        self._phase_start = self._start
+        self._weights: tuple[float, ...] = ()  # the planned phases' weights (:meth:`plan`)
+        self._phases = 0  # phases begun since the plan
         self.losses: list[tuple[int, float]] = []  # (training step, loss) over the whole run
         self._step = 0  # training steps seen, across phases
+
+    def plan(self, *weights: float) -> None:
+        """The phases to come, by their relative weight (say, expected seconds): the next ``len(weights)``
+        :meth:`phase` calls are those phases, in order, and ``overall`` in the snapshot spans them all."""
+        if not weights or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0 for w in weights):
+            raise ValueError(f"weights: expected one number > 0 per phase, got {weights!r}")
+        with self._lock:
+            self._weights, self._phases = tuple(float(w) for w in weights), 0
 
     def phase(self, name: str, total: int, message: str = "") -> None:
         """Begin stage ``name`` of ``total`` steps (a simulation's output steps, training iterations, ...)."""
@@ -58,6 +71,8 @@ class Progress:
         total = checks.integer("total (steps; 0: unknown)", total, 0)
         with self._lock:
             self.name, self.done, self.total, self.message = name, 0, total, message
+            self._phase_start = time.perf_counter()
+            self._phases += 1
         self._send(force=True)
 
     def update(self, done: int | None = None, loss: float | None = None, message: str | None = None) -> None:
@@ -90,16 +105,36 @@ class Progress:
         self._send(force=True)
 
     def snapshot(self) -> dict:
-        """``{"phase", "done", "total", "fraction", "elapsed", "message", "finished", "steps", "losses"}``."""
+        """``{"phase", "done", "total", "fraction", "overall", "elapsed", "rate", "eta", "message", "finished",
+        "steps", "losses"}``: ``fraction`` of the current phase, ``overall`` of the whole run (the planned
+        phases, else the current one), ``elapsed`` seconds since the start, ``rate`` the phase's steps per
+        second and ``eta`` the seconds left (None while unknown)."""
+        now = time.perf_counter()
         with self._lock:
             points = self.losses
             if len(points) > MAX_POINTS:  # thin evenly, keeping the newest point
                 stride = math.ceil(len(points) / MAX_POINTS)
                 points = points[len(points) - 1::-stride][::-1]
-            return {"phase": self.name, "done": self.done, "total": self.total,
-                    "fraction": min(1.0, self.done / self.total) if self.total else 0.0,
-                    "elapsed": time.perf_counter() - self._start, "message": self.message,
+            fraction = min(1.0, self.done / self.total) if self.total else 0.0
+            overall = 1.0 if self.finished else self._overall(fraction)
+            spent, elapsed = now - self._phase_start, now - self._start
+            rate = self.done / spent if self.done > 0 and spent > 0 else None
+            eta = 0.0 if self.finished else None
+            if eta is None and self._weights and 0 < overall < 1:
+                eta = elapsed * (1 - overall) / overall  # the planned phases at the pace so far
+            elif eta is None and rate and self.total:
+                eta = max(0, self.total - self.done) / rate
+            return {"phase": self.name, "done": self.done, "total": self.total, "fraction": fraction,
+                    "overall": overall, "elapsed": elapsed, "rate": rate, "eta": eta, "message": self.message,
                     "finished": self.finished, "steps": [p[0] for p in points], "losses": [p[1] for p in points]}
+
+    def _overall(self, fraction: float) -> float:
+        """The whole run's fraction done: the planned phases before this one, and this one's share."""
+        if not self._weights or self._phases < 1:
+            return fraction
+        i = min(self._phases, len(self._weights)) - 1
+        before, total = sum(self._weights[:i]), sum(self._weights)
+        return min(1.0, (before + self._weights[i] * fraction) / total)
 
     def _check_stop(self) -> None:
         if self.stop is not None and self.stop.is_set():

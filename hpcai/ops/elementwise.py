@@ -261,29 +261,29 @@ class Sigmoid(Function):
 
 class Relu(Function):
     """max(x, 0), which keeps NaN (and takes -inf to 0); the gradient passes where x is not <= 0, NaN
-    included, as in PyTorch. Both passes share the batch among CPU threads."""
+    included, as in PyTorch. That is exactly where y != 0, so forward is one pass that keeps only y, and
+    backward rebuilds the mask from y block by block, in cache. Both share the batch among CPU threads."""
 
     def forward(self, x):
         xp = self.xp
         if x.ndim == 0:
-            self.mask = ~(x <= 0)
-            return xp.maximum(x, 0)
-        self.mask, y = xp.empty(x.shape, bool), xp.empty(x.shape, x.dtype)
-
-        def part(s):
-            xp.less_equal(x[s], 0, out=self.mask[s])
-            xp.logical_not(self.mask[s], out=self.mask[s])
-            xp.maximum(x[s], 0, out=y[s])
-
-        over_batch(xp, part, x.shape[0], x.size)
+            self.y = xp.maximum(x, 0)
+            return self.y
+        y = xp.empty(x.shape, x.dtype)
+        over_batch(xp, lambda s: xp.maximum(x[s], 0, out=y[s]), x.shape[0], x.size)
+        self.y = y
         return y
 
     def backward(self, gy):
-        xp = self.xp
+        xp, y = self.xp, self.y
         if gy.ndim == 0:
-            return gy * self.mask
+            return gy * (y != 0)
         gx = xp.empty(gy.shape, gy.dtype)
-        over_batch(xp, lambda s: xp.multiply(gy[s], self.mask[s], out=gx[s]), gy.shape[0], gy.size)
+
+        def part(s):
+            xp.multiply(gy[s], y[s] != 0, out=gx[s])
+
+        over_batch(xp, part, gy.shape[0], gy.size)
         return gx
 
 

@@ -35,8 +35,22 @@ from ..train import TrainStep, get_loss
 from ..train.data import DataLoader
 from .comm import SerialCommunicator, world
 
+
+def async_precision_problem(precision: str) -> str | None:
+    """Why asynchronous updates cannot train in amp policy ``precision`` (None when they can): the one rule,
+    read by :func:`train_async`, the applications' Config checks and the panel (which offers only what passes)."""
+    policy = get_policy(precision)
+    if policy.loss_scaling:
+        return (f"{policy.name} needs dynamic loss scaling (a step skipped when a gradient overflows), and "
+                f"asynchronous workers apply each gradient to the shared weights at once, with no step to skip")
+    if policy.pure:
+        return (f"{policy.name} rounds the weights themselves to {policy.compute}, and asynchronous updates "
+                f"need full-precision shared weights")
+    return None
+
+
 # the amp policies train_async accepts: full-precision shared weights, no loss scaling
-ASYNC_PRECISIONS = tuple(name for name, p in POLICIES.items() if not (p.pure or p.loss_scaling))
+ASYNC_PRECISIONS = tuple(name for name in POLICIES if async_precision_problem(name) is None)
 
 
 @dataclass(frozen=True)
@@ -332,9 +346,9 @@ def train_async(method: str, model_fn: Callable, data, loss="cross_entropy", lr=
         raise ValueError("data: expected a pair (x, y) of arrays with the same first dimension")
     loss_fn = get_loss(loss)  # a name in hpcai.train.LOSSES, or a function
     policy = get_policy(precision)
-    if policy.pure or policy.loss_scaling:
-        raise ValueError(f"precision: asynchronous updates keep full-precision shared weights without loss "
-                         f"scaling; expected one of {ASYNC_PRECISIONS}, got {policy.name!r}")
+    if async_precision_problem(policy.name):
+        raise ValueError(f"precision: asynchronous updates cannot use it: {async_precision_problem(policy.name)}; "
+                         f"expected one of {ASYNC_PRECISIONS}, got {policy.name!r}")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress: expected a function progress(worker, updates, loss), got {progress!r}")
     steps, threads = checks.integer("steps", steps, 1), checks.integer("threads", threads, 1)

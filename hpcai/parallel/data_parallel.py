@@ -13,18 +13,25 @@ Allreduce per step tells every rank which parameters have a gradient on any rank
 on some ranks counts as zeros there, one None on all ranks stays None (the optimizer skips it, as in serial
 training), and the sequence of collectives never depends on what a rank's backward produced.
 
-Compression ``"fp16"``/``"bf16"`` exchanges and reduces each bucket in that 2-byte format (half the bytes).
+Compression ``"fp16"``/``"bf16"`` sends each bucket in that 2-byte format (half the bytes), packed and
+unpacked in preallocated per-bucket words by :mod:`.compression`'s codecs (integer kernels, several GB/s).
 For fp16 the bucket is first multiplied by the power of two ``s = 2**floor(log2(65504 / (2 N M)))``, ``M``
-the largest ``|g|`` in the bucket over all ``N`` ranks: the sum cannot overflow, and small values stay
-above the subnormals. bf16 has float32's range and needs no scale. There are N roundings to the format
-(one to send, one per addition), each a relative error of at most the unit roundoff ``u`` (2**-11 fp16,
-2**-8 bf16), so by the summation bound (Higham 2002, Lemma 3.1, eq. 4.4) every element of the averaged
-gradient satisfies::
+the largest ``|g|`` in the bucket over all ``N`` ranks: neither the values nor their sum can overflow, and
+small values stay above the subnormals. bf16 has float32's range and needs no scale. Up to
+:data:`GATHER_RANKS` ranks the words are allgathered (no more bytes than a float32 ring allreduce) and
+every rank sums them in its bucket's dtype, in rank order: one rounding per value, and the same result on
+every rank. Beyond, MPI reduces them in the 2-byte format: N roundings (one to send, one per addition).
+Each rounding is a relative error of at most the unit roundoff ``u`` (2**-11 fp16, 2**-8 bf16), so by the
+summation bound (Higham 2002, Lemma 3.1, eq. 4.4) every element of the averaged gradient satisfies::
 
     |g_exchanged - g_mean| <= gamma_N * mean_r |g_r| + N * M * 2**-38  (+ 2 ulp of g_mean in its dtype)
 
 with ``gamma_N = N u / (1 - N u)``; the middle term covers fp16's subnormal spacing after scaling (bf16:
 ``2**-134``). Relative to the gradient: about N * 0.05 % (fp16) or N * 0.4 % (bf16).
+
+``error_feedback=True`` keeps each rank's rounding error ``e = (g + e) - Q(g + e)`` per bucket element and
+adds it to the next step's gradient (error feedback, Seide et al. 2014; Karimireddy et al. 2019, Alg. 2):
+no part of a gradient is lost for good, only delayed, so compressed SGD follows the uncompressed one.
 
 Run ``mpiexec -n 4 python -m hpcai.parallel.data_parallel --epochs 10`` to train the digits MLP on 4 ranks.
 """
@@ -44,10 +51,12 @@ from ..autograd.tensor import Tensor
 from ..nn.module import Module
 from ..optim.optimizer import Optimizer
 from .comm import install_abort_hook, stall_setting, world
+from .compression import get_codec
 
 COMPRESSIONS = ("none", "fp16", "bf16")
 REDUCE_OPS = ("average", "sum")
 UNIT_ROUNDOFF = {"fp16": 2.0 ** -11, "bf16": 2.0 ** -8}
+GATHER_RANKS = 4  # compressed words are allgathered up to this many ranks: (N-1) * 2 bytes <= 8 (N-1) / N
 _DEFAULT_COMM = None
 
 
@@ -195,6 +204,7 @@ class DistributedOptimizer(Optimizer):
             own (and clears ``p.grad``); every k-th call exchanges them and steps. With mean losses the result
             is one step on a batch k times larger.
         op: "average" (the mean over ranks and passes: the gradient of the global batch) or "sum".
+        error_feedback: with compression, carry each rank's rounding error into its next step's gradient.
 
     Call ``zero_grad()`` before each backward (as ``fit`` does). ``scaler.step(optimizer)`` synchronizes
     first, so every rank checks the same exchanged gradients for overflow (an inf or NaN on any rank reaches
@@ -202,12 +212,14 @@ class DistributedOptimizer(Optimizer):
     """
 
     def __init__(self, optimizer, comm=None, compression: str = "none", bucket_bytes: int = 25 * 2 ** 20,
-                 backward_passes_per_step: int = 1, op: str = "average"):
+                 backward_passes_per_step: int = 1, op: str = "average", error_feedback: bool = False):
         if not isinstance(optimizer, Optimizer) or isinstance(optimizer, DistributedOptimizer):
             raise TypeError(f"optimizer: expected an hpcai Optimizer (not yet distributed), got "
                             f"{type(optimizer).__name__}")
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression: expected one of {COMPRESSIONS}, got {compression!r}")
+        if not isinstance(error_feedback, bool):
+            raise TypeError(f"error_feedback: expected True or False, got {error_feedback!r}")
         if op not in REDUCE_OPS:
             raise ValueError(f"op: expected one of {REDUCE_OPS}, got {op!r}")
         for name, value in (("bucket_bytes", bucket_bytes), ("backward_passes_per_step", backward_passes_per_step)):
@@ -216,8 +228,11 @@ class DistributedOptimizer(Optimizer):
         self.optimizer, self.comm = optimizer, _comm(comm)
         self.compression, self.op = compression, op
         self.bucket_bytes, self.backward_passes_per_step = int(bucket_bytes), int(backward_passes_per_step)
+        self.error_feedback = error_feedback and compression != "none"
+        self.codec = get_codec(compression) if compression != "none" else None
         self.buckets: list = []
         self._key, self._bufs, self._seen, self._passes, self._ready = None, None, None, 0, False
+        self._words, self._residuals = [], []  # per bucket: reusable 2-byte words; rounding errors kept
 
     # the wrapped optimizer's groups, state and defaults are this one's
     param_groups = property(lambda self: self.optimizer.param_groups)
@@ -245,6 +260,8 @@ class DistributedOptimizer(Optimizer):
         if key != self._key:
             self._key, self.buckets = key, plan_buckets(params, self.bucket_bytes)
             self._bufs, self._passes = None, 0
+            self._words = [np.empty(b.numel, np.uint16) for b in self.buckets] if self.codec else []
+            self._residuals = [b.xp.zeros(b.numel, b.dtype) for b in self.buckets] if self.error_feedback else []
         return params
 
     def _accumulate(self, params) -> None:
@@ -268,30 +285,62 @@ class DistributedOptimizer(Optimizer):
                 params[i].grad = None
         self._passes += 1
 
-    def _allreduce_bucket(self, buf, max_abs: float) -> None:
+    def _allreduce_bucket(self, buf, max_abs: float, j: int = 0, divisor: int = 1) -> None:
+        """Sum bucket ``j``'s buffer over ranks, in place, and divide it by ``divisor``."""
         if self.compression == "none":
             self.comm.allreduce_(buf, "sum")
-            return
+        elif backend.get_array_module(buf) is not np:  # cupy: round on the device, exchange in the 2-byte dtype
+            s = _fp16_scale(max_abs, self.comm.size, buf.dtype) if self.compression == "fp16" else 1.0
+            low = _precision.cast(buf * s if s != 1.0 else buf, self.compression)
+            if self.error_feedback:
+                self._residuals[j][...] = buf - low.astype(buf.dtype) * (1.0 / s) if math.isfinite(max_abs) else 0
+            self.comm.allreduce_(low, "sum")
+            buf[...] = low  # exact: every fp16/bf16 value is a float32 value
+            if s != 1.0:
+                buf *= 1.0 / s  # exact: a power of two
+        else:
+            return self._finish(buf, *self._send_words(buf, max_abs, j), divisor)
+        if divisor != 1:
+            buf /= divisor
+
+    def _send_words(self, buf, max_abs: float, j: int):
+        """Pack bucket ``j`` into its words (keeping the rounding error) and exchange them; returns the scale
+        and the words to sum, one row per rank (or one row MPI already summed)."""
         s = _fp16_scale(max_abs, self.comm.size, buf.dtype) if self.compression == "fp16" else 1.0
-        low = _precision.cast(buf * s if s != 1.0 else buf, self.compression)
-        self.comm.allreduce_(low, "sum")
-        buf[...] = low  # exact: every fp16/bf16 value is a float32 value
-        if s != 1.0:
-            buf *= 1.0 / s  # exact: a power of two
+        words = self.codec.pack(buf, self._words[j], s)
+        if self.error_feedback:  # e = g - Q(g), in the bucket's units; no inf/NaN is carried on
+            res = self._residuals[j]
+            self.codec.unpack(words, res, -1.0 / s)
+            res += buf
+            if not math.isfinite(max_abs):
+                res[...] = 0
+        if 1 < self.comm.size <= GATHER_RANKS:
+            return s, self.comm.allgather(words)
+        if self.comm.size > 1:
+            self.comm.allreduce_(words.view(self.codec.dtype), "sum")
+        return s, words[None]
+
+    def _finish(self, buf, s: float, rows, divisor: int) -> None:
+        """``buf = sum of rows / (s * divisor)``, summed in buf's dtype in rank order (the same on all ranks)."""
+        exact = divisor & (divisor - 1) == 0  # a power of two: folded into the factor without a rounding
+        self.codec.unpack_sum(rows, buf, 1.0 / (s * divisor) if exact else 1.0 / s)
+        if not exact:
+            buf /= divisor
 
     def _exchange(self, params) -> None:
-        n, fp16 = len(params), self.compression == "fp16"
-        meta = np.zeros(n + fp16 * len(self.buckets))  # [has a gradient, per parameter; (fp16) max |g|, per bucket]
+        n, scaled = len(params), self.compression != "none"
+        if self.error_feedback:
+            for buf, res in zip(self._bufs, self._residuals):
+                buf += res
+        meta = np.zeros(n + scaled * len(self.buckets))  # [has a gradient, per parameter; max |g|, per bucket]
         meta[:n] = self._seen
-        for j, buf in enumerate(self._bufs if fp16 else ()):
-            m = float(abs(buf).max()) if buf.size else 0.0
+        for j, buf in enumerate(self._bufs if scaled else ()):
+            m = max(float(buf.max()), -float(buf.min())) if buf.size else 0.0  # NaN propagates
             meta[n + j] = math.inf if math.isnan(m) else m
         self.comm.allreduce_(meta, "max")
         divisor = self._passes * (self.comm.size if self.op == "average" else 1)
         for j, (b, buf) in enumerate(zip(self.buckets, self._bufs)):
-            self._allreduce_bucket(buf, meta[n + j] if fp16 else 0.0)
-            if divisor != 1:
-                buf /= divisor
+            self._allreduce_bucket(buf, meta[n + j] if scaled else 0.0, j, divisor)
             for i, lo, hi in b.entries:  # gradients become views of the (never reused) bucket buffer
                 params[i].grad = buf[lo:hi].reshape(params[i].shape) if meta[i] > 0 else None
         self._bufs, self._passes = None, 0
@@ -326,13 +375,14 @@ class DistributedOptimizer(Optimizer):
     def __repr__(self) -> str:
         return (f"DistributedOptimizer({type(self.optimizer).__name__}, size={self.comm.size}, "
                 f"compression={self.compression!r}, buckets={len(self.buckets)}, "
-                f"backward_passes_per_step={self.backward_passes_per_step}, op={self.op!r})")
+                f"backward_passes_per_step={self.backward_passes_per_step}, op={self.op!r}"
+                f"{', error_feedback=True' if self.error_feedback else ''})")
 
 
 # -- a batch job -----------------------------------------------------------------------------------------
 def train_digits(epochs: int = 10, batch_size: int = 32, precision: str = "fp32", optimizer: str = "adam",
                  lr: float = 3e-3, compression: str = "none", hidden: int = 128, seed: int = 0, verbose: int = 2,
-                 comm=None) -> dict:
+                 comm=None, error_feedback: bool = False) -> dict:
     """Train an MLP 64-hidden-10 on scikit-learn's digits over all ranks of ``comm``; every rank returns
     ``{"accuracy", "history", "seconds", "size"}`` (test accuracy of the shared weights).
 
@@ -346,7 +396,7 @@ def train_digits(epochs: int = 10, batch_size: int = 32, precision: str = "fp32"
     model = nn.Sequential(nn.Linear(64, hidden, rng=seed + 2 * comm.rank), nn.ReLU(),
                           nn.Linear(hidden, 10, rng=seed + 2 * comm.rank + 1))
     opt = DistributedOptimizer(optim.get_optimizer(optimizer, model.parameters(), lr=lr), comm=comm,
-                               compression=compression)
+                               compression=compression, error_feedback=error_feedback)
     broadcast_parameters(model, 0, comm)
     broadcast_optimizer_state(opt, 0, comm)
     start = time.perf_counter()
@@ -369,6 +419,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS))
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--compression", default="none", choices=COMPRESSIONS)
+    parser.add_argument("--error-feedback", action="store_true", help="carry compression's rounding errors forward")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -378,7 +429,7 @@ def main(argv=None) -> dict:
               f"lr {args.lr:g}, global batch {args.batch_size * comm.size}, precision {args.precision}, "
               f"compression {args.compression}", flush=True)
     result = train_digits(args.epochs, args.batch_size, args.precision, args.optimizer, args.lr, args.compression,
-                          args.hidden, args.seed, verbose=2, comm=comm)
+                          args.hidden, args.seed, verbose=2, comm=comm, error_feedback=args.error_feedback)
     if comm.rank == 0:
         print(f"test accuracy {result['accuracy']:.4f} after {args.epochs} epochs in {result['seconds']:.2f} s",
               flush=True)

@@ -254,17 +254,17 @@ class ShallowWater:
         sh, xp = self.sh, self.xp
         im, rc = sh._im, sh._rcos
         psi, chi = s[..., 0] * sh.inverse_laplacian, s[..., 1] * sh.inverse_laplacian
-        nP, sP = sh._synthesise(xp.stack([s[..., 0], s[..., 2], im * chi, im * psi], axis=-1), "P")
-        nH, sH = sh._synthesise(xp.stack([psi, chi], axis=-1), "H")
-        north = xp.concatenate([nP[..., :2], nP[..., 2:3] - nH[..., :1], nP[..., 3:] + nH[..., 1:]], axis=-1)
-        south = xp.concatenate([sP[..., :2], sP[..., 2:3] - sH[..., :1], sP[..., 3:] + sH[..., 1:]], axis=-1)
-        g = sh._grids(north, south)
+        # one Legendre synthesis of (zeta, Phi, a u cos, a v cos), the winds as P-sums one degree higher
+        coef = xp.concatenate([sh._pad(s[..., [0, 2]]), sh._wind_coefficients(psi[..., None], chi[..., None])],
+                              axis=-1)
+        g = sh._grids(sh._synthesise(coef))
         zeta, phi, u, v = g[0], g[1], g[2] * rc, g[3] * rc
         eta = zeta + self.coriolis
-        # Fields in the order [Phi v, eta u, eta v, Phi u, K] so both analyses read contiguous slices.
+        # Fields in the order [Phi v, eta u, eta v, Phi u, K]: H-sums of the first three, P-sums of the last four.
         S = sh._fourier(xp.stack([phi * v * rc, eta * u * rc, eta * v * rc, phi * u * rc, 0.5 * (u * u + v * v)]))
-        aH = sh._analyse(S[..., 0:6], "H")   # H-quadrature of Phi v, eta u, eta v
-        aP = sh._analyse(S[..., 2:10], "P")  # P-quadrature of eta u, eta v, Phi u, K
+        Q = sh._analyse(S, sh.T + 1)         # one Legendre analysis of all five, up to degree T+1
+        aH = sh._h_sums(Q[..., 0:3])         # H-quadrature of Phi v, eta u, eta v
+        aP = Q[:, :, :sh.L, 1:5]             # P-quadrature of eta u, eta v, Phi u, K (n > T: times 0 below)
         N = xp.stack([
             -(im * aP[..., 0] - aH[..., 2]),                                  # -div(eta v)
             im * aP[..., 1] + aH[..., 1] - sh.laplacian_eigenvalues * aP[..., 3],  # curl(eta v) - lap K

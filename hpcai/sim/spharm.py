@@ -14,10 +14,15 @@ by Gauss–Legendre quadrature in latitude; synthesis the reverse. With ``nlon >
 Latitudes run **north to south** (``lat[0] > 0``), longitudes east from 0 degrees.
 
 Storage and speed. The Legendre sums dominate the cost. They are done as batched matrix products, one small
-real GEMM per (parity, m), using the equatorial symmetry :math:`\bar P_n^m(-\mu) = (-1)^{n+m}\bar P_n^m(\mu)`
-to halve the work [Hack & Jakob 1992, sec. 5d]: a spectral array has shape ``(2, T+1, L)`` (parity
-``p = (n-m) mod 2``, order ``m``, index ``l`` with ``n = m + 2l + p``), padded with zeros where ``n > T``.
-:meth:`SphericalHarmonics.index` and :meth:`SphericalHarmonics.to_triangle` translate to ``(n, m)``.
+real GEMM per (parity, m) with the real and imaginary parts of every field as its columns, using the
+equatorial symmetry :math:`\bar P_n^m(-\mu) = (-1)^{n+m}\bar P_n^m(\mu)` to halve the work [Hack & Jakob
+1992, sec. 5d]: a spectral array has shape ``(2, T+1, L)`` (parity ``p = (n-m) mod 2``, order ``m``, index
+``l`` with ``n = m + 2l + p``), padded with zeros where ``n > T``. :meth:`SphericalHarmonics.index` and
+:meth:`SphericalHarmonics.to_triangle` translate to ``(n, m)``. One precomputed table of
+:math:`\bar P_n^m` (degree up to T+1, 2 MB at T85, 15 MB at T170) serves every transform: the derivative
+functions :math:`H_n^m` are combinations of :math:`\bar P_{n\pm1}^m`, so the vector transforms are P-sums
+one degree higher. A single field reads the whole table for little arithmetic, so its speed is set by the
+memory bandwidth; the model transforms its 4 (synthesis) and 5 (analysis) fields of a step in one pass.
 
 References
 ----------
@@ -155,31 +160,39 @@ class SphericalHarmonics:
         self.lat = np.degrees(np.arcsin(self.mu))
         self.lon = 360.0 * np.arange(nlon) / nlon
         J, M, self.L = nlat // 2, T + 1, T // 2 + 1
-        P, H = legendre_functions(T, self.mu[:J])
-        # Parity blocks: l = n - m = 2*k + p. Padded to L with zeros.
-        Pb, Hb = np.zeros((2, M, self.L, J)), np.zeros((2, M, self.L, J))
+        self.L1 = (T + 1) // 2 + 1  # slots up to degree T+1, which the vector transforms need
+        P = legendre_functions(T + 1, self.mu[:J])[0][:M]  # [m, n - m, j], n <= T+1
+        Pb = np.zeros((2, M, self.L1, J))  # parity blocks: l = n - m = 2*k + p, padded with zeros
         for p in (0, 1):
             cnt = P[:, p::2].shape[1]
-            Pb[p, :, :cnt], Hb[p, :, :cnt] = P[:, p::2], H[:, p::2]
-        # Blocks of consecutive m share one padded length: the valid l-range shrinks as m grows, so
-        # blocking skips most of the zero padding (about 40 % of the flops at T85).
-        nblocks = max(1, min(8, M // 12))
+            Pb[p, :, :cnt] = P[:, p::2]
+        # One table serves analysis and synthesis (the quadrature weights go on the Fourier data), so it can
+        # stay in cache. Blocks of consecutive m share one padded length (the valid l-range shrinks as m grows)
+        # and one first latitude: rows nearer the pole where every function of the block is below 1e-30 (the
+        # polar evanescent region, up to 40 % of the rows at high m) are left out.
+        nblocks = max(1, min(16, M // 10))
         edges = np.linspace(0, M, nblocks + 1).round().astype(int)
-        w = self.weights[:J] / nlon  # the 1/nlon of the forward FFT is folded into the quadrature
         self._blocks = []
         for a, b in zip(edges[:-1], edges[1:]):
-            Lb = (T - a) // 2 + 1
-            P_, H_ = Pb[:, a:b, :Lb], Hb[:, a:b, :Lb]
-            self._blocks.append((a, b, Lb, *(xp.asarray(np.ascontiguousarray(A)) for A in (
-                P_ * w, H_ * w, P_.transpose(0, 1, 3, 2), H_.transpose(0, 1, 3, 2)))))
+            Lb, Lb1 = (T - a) // 2 + 1, (T + 1 - a) // 2 + 1
+            big = np.abs(Pb[:, a:b, :Lb1]).max(axis=(0, 1, 2)) > 1e-30
+            j0 = int(np.argmax(big)) if big.any() else J
+            self._blocks.append((a, b, Lb, Lb1, j0, xp.asarray(np.ascontiguousarray(Pb[:, a:b, :Lb1, j0:]))))
+        self._w = xp.asarray(self.weights[:J] / nlon)[:, None]  # the 1/nlon of the forward FFT folded in
         mm = np.broadcast_to(np.arange(M)[None, :, None], (2, M, self.L))
         nn = mm + 2 * np.arange(self.L)[None, None, :] + np.arange(2)[:, None, None]
         self._n_host, self._m_host, self._valid_host = nn, mm, nn <= T
+        self._wide_cache = {}
+        self._valid_f = xp.asarray((nn <= T)[..., None].astype(np.float64))
+        # H_n^m = A_n P_{n+1}^m + B_n P_{n-1}^m turns H-sums into P-sums one degree higher [Hack & Jakob 1992,
+        # sec. 2a], so the vector transforms reuse the P table.
+        self._A = xp.asarray(np.where(nn <= T, -nn * _eps(nn + 1, mm), 0.0)[..., None])
+        self._B = xp.asarray(np.where(nn <= T, (nn + 1) * _eps(nn, mm), 0.0)[..., None])
         self.n, self.m, self.valid = xp.asarray(nn), xp.asarray(mm), xp.asarray(nn <= T)
         lap = np.where(nn <= T, -nn * (nn + 1.0) / self.radius ** 2, 0.0)
         self.laplacian_eigenvalues = xp.asarray(lap)
         self.inverse_laplacian = xp.asarray(np.where(lap != 0, 1.0 / np.where(lap != 0, lap, 1.0), 0.0))
-        self._im = xp.asarray(1j * mm)  # d/dlambda
+        self._im = xp.asarray(1j * mm * (nn <= T))  # d/dlambda (zero where n > T)
         self._rcos = xp.asarray(1.0 / (self.radius * np.sqrt(1.0 - self.mu ** 2)))[:, None]  # 1/(a cos)
         if xp is np:
             import scipy.fft
@@ -210,43 +223,100 @@ class SphericalHarmonics:
 
     # ----------------------------------------------------------------- Legendre + FFT kernels
     def _fourier(self, grids):
-        """Grids ``(k, nlat, nlon)`` -> real ``(2, M, J, 2k)``: [symmetric, antisymmetric] Fourier halves."""
+        """Grids ``(k, nlat, nlon)`` -> real ``(2, M, J, 2k)``: [symmetric, antisymmetric] Fourier halves times
+        the quadrature weights (``[..., 2i:2i+2]`` are the real and imaginary parts of field ``i``).
+
+        One field at a time, so the FFT output is combined while it is still in cache."""
         xp, J, M = self.xp, self.nlat // 2, self.T + 1
-        F = self._fft.rfft(grids, axis=-1)[..., :M]
-        north, south = F[:, :J], F[:, ::-1][:, :J]  # south[:, j] is the row at -mu_j
-        S = xp.stack([north + south, north - south])  # (2, k, J, M)
-        S = xp.ascontiguousarray(S.transpose(0, 3, 2, 1))  # (2, M, J, k)
+        S = xp.empty((2, M, J, grids.shape[0]), dtype=xp.complex128)
+        for i in range(grids.shape[0]):
+            F = self._fft.rfft(grids[i], axis=-1)
+            north, south = F[:J, :M].T, F[:J - 1:-1, :M].T  # south[:, j] is the row at -mu_j
+            xp.add(north, south, out=S[0, :, :, i])
+            xp.subtract(north, south, out=S[1, :, :, i])
+        S *= self._w
         return S.view(xp.float64)
 
-    def _grids(self, north, south):
-        """Fourier halves ``(M, J, k)`` complex (north, mirrored south) -> grids ``(k, nlat, nlon)``."""
+    def _grids(self, halves):
+        """[symmetric, antisymmetric] Fourier halves ``(2, M, J, k)`` complex -> grids ``(k, nlat, nlon)``."""
         xp, J, M = self.xp, self.nlat // 2, self.T + 1
-        k = north.shape[-1]
+        k = halves.shape[-1]
         F = xp.zeros((k, self.nlat, self.nlon // 2 + 1), dtype=xp.complex128)
-        F[:, :J, :M] = north.transpose(2, 1, 0)
-        F[:, J:, :M] = south.transpose(2, 1, 0)[:, ::-1]
-        return self._fft.irfft(F, n=self.nlon, axis=-1) * self.nlon
+        for i in range(k):
+            xp.add(halves[0, :, :, i], halves[1, :, :, i], out=F[i, :J, :M].T)
+            xp.subtract(halves[0, :, :, i], halves[1, :, :, i], out=F[i, :J - 1:-1, :M].T)
+        return self._fft.irfft(F, n=self.nlon, axis=-1, norm="forward")
 
-    def _analyse(self, S, which: str):
-        """Quadrature ``(2, M, J, 2k)`` -> spectral ``(2, M, L, k)``; ``which`` is ``"P"`` or ``"H"``."""
+    def _analyse(self, S, degree: int | None = None):
+        """Quadrature ``(2, M, J, 2k)`` -> P-sums ``(2, M, L, k)`` complex for ``n <= T``, or ``(2, M, L1, k)``
+        for ``n <= T+1`` with ``degree=T+1`` (what :meth:`_h_sums` needs)."""
         xp = self.xp
-        X = S if which == "P" else S[::-1]  # H_n^m has the opposite parity in mu to P_n^m
-        out = xp.zeros(X.shape[:2] + (self.L, X.shape[-1]))
-        for a, b, Lb, Pa, Ha, _, _ in self._blocks:
-            out[:, a:b, :Lb] = xp.matmul(Pa if which == "P" else Ha, X[:, a:b])
+        extra = degree is not None and degree > self.T
+        out = xp.zeros(S.shape[:2] + (self.L1 if extra else self.L, S.shape[-1]))
+        for a, b, Lb, Lb1, j0, P in self._blocks:
+            n = Lb1 if extra else Lb
+            out[:, a:b, :n] = xp.matmul(P[:, :, :n], S[:, a:b, j0:])
+        if not extra:
+            out *= self._wide(out.shape[-1])[2]  # the table holds degree T+1 too: those are not coefficients
         return out.view(xp.complex128)
 
-    def _synthesise(self, spec, which: str):
-        """Spectral ``(2, M, L, k)`` -> Fourier halves (north, south) each ``(M, J, k)`` complex."""
+    def _synthesise(self, spec):
+        """Spectral ``(2, M, L or L1, k)`` (P-coefficients) -> [symmetric, antisymmetric] halves
+        ``(2, M, J, k)`` complex."""
         xp = self.xp
         X = xp.ascontiguousarray(spec).view(xp.float64)
+        Lx = X.shape[2]
         out = xp.empty((2, self.T + 1, self.nlat // 2, X.shape[-1]))
-        for a, b, Lb, _, _, Ps, Hs in self._blocks:
-            out[:, a:b] = xp.matmul(Ps if which == "P" else Hs, X[:, a:b, :Lb])
-        out = out.view(xp.complex128)
-        if which == "P":
-            return out[0] + out[1], out[0] - out[1]
-        return out[0] + out[1], out[1] - out[0]
+        for a, b, Lb, Lb1, j0, P in self._blocks:
+            n = min(Lb1, Lx)
+            out[:, a:b, j0:] = xp.matmul(P[:, :, :n].transpose(0, 1, 3, 2), X[:, a:b, :n])
+            out[:, a:b, :j0] = 0.0
+        return out.view(xp.complex128)
+
+    def _wide(self, width: int):
+        """``(A, B, valid)`` broadcast to ``(2, M, L, width)`` and contiguous (so the elementwise loops run long)."""
+        if width not in self._wide_cache:
+            xp = self.xp
+            self._wide_cache[width] = tuple(xp.ascontiguousarray(xp.broadcast_to(a, a.shape[:3] + (width,)))
+                                            for a in (self._A, self._B, self._valid_f))
+        return self._wide_cache[width]
+
+    def _h_sums(self, Q):
+        """P-sums ``(2, M, L1, k)`` up to degree T+1 -> H-sums ``(2, M, L, k)`` (``sum_j w_j g_j H_n^m(mu_j)``):
+        ``n - m`` even takes ``Q`` at ``n +- 1`` from the odd slots and vice versa."""
+        xp, L = self.xp, self.L
+        Qr = xp.ascontiguousarray(Q).view(xp.float64)
+        A, B, _ = self._wide(Qr.shape[-1])
+        out = xp.empty(Q.shape[:2] + (L, Qr.shape[-1]))
+        xp.multiply(A[0], Qr[1, :, :L], out=out[0])
+        out[0, :, 1:] += B[0, :, 1:] * Qr[1, :, :L - 1]
+        top = min(L, Qr.shape[2] - 1)
+        xp.multiply(A[1, :, :top], Qr[0, :, 1:top + 1], out=out[1, :, :top])
+        out[1, :, top:] = 0.0
+        out[1] += B[1] * Qr[0, :, :L]
+        return out.view(xp.complex128)
+
+    def _h_coefficients(self, spec):
+        """Coefficients ``(2, M, L, k)`` of a sum of H_n^m -> the P-coefficients ``(2, M, L1, k)`` of the same
+        function (degree up to T+1): ``c_n = A_{n-1} s_{n-1} + B_{n+1} s_{n+1}``, parities swapped."""
+        xp, L, L1 = self.xp, self.L, self.L1
+        sr = xp.ascontiguousarray(spec).view(xp.float64)
+        A, B, _ = self._wide(sr.shape[-1])
+        out = xp.zeros(sr.shape[:2] + (L1, sr.shape[-1]))
+        n1 = min(L, L1 - 1)
+        xp.multiply(A[1, :, :n1], sr[1, :, :n1], out=out[0, :, 1:n1 + 1])
+        out[0, :, :L] += B[1] * sr[1]
+        xp.multiply(A[0], sr[0], out=out[1, :, :L])
+        out[1, :, :L - 1] += B[0, :, 1:] * sr[0, :, 1:]
+        return out.view(xp.complex128)
+
+    def _pad(self, spec):
+        """Spectral ``(2, M, L, ...)`` -> ``(2, M, L1, ...)`` with zeros."""
+        xp = self.xp
+        if self.L1 == self.L:
+            return spec
+        return xp.concatenate([spec, xp.zeros(spec.shape[:2] + (self.L1 - self.L,) + spec.shape[3:], spec.dtype)],
+                              axis=2)
 
     # ----------------------------------------------------------------- public transforms
     def _as_stack(self, grid):
@@ -259,7 +329,7 @@ class SphericalHarmonics:
     def grid_to_spec(self, grid):
         """Analysis: grid ``(..., nlat, nlon)`` -> spectral ``(..., 2, T+1, L)`` complex128."""
         g, lead = self._as_stack(grid)
-        spec = self._analyse(self._fourier(g), "P")
+        spec = self._analyse(self._fourier(g))
         return self.xp.moveaxis(spec, -1, 0).reshape(lead + self.spectral_shape)
 
     def spec_to_grid(self, spec):
@@ -268,11 +338,11 @@ class SphericalHarmonics:
         s = xp.asarray(spec, dtype=xp.complex128)
         lead = s.shape[:-3]
         s = xp.moveaxis(s.reshape((-1,) + self.spectral_shape), 0, -1)
-        north, south = self._synthesise(s, "P")
-        return self._grids(north, south).reshape(lead + (self.nlat, self.nlon))
+        return self._grids(self._synthesise(s)).reshape(lead + (self.nlat, self.nlon))
 
     def vrtdiv(self, u, v):
-        r"""Vorticity and divergence spectra of the wind ``(u, v)`` (grids in m/s).
+        r"""Vorticity and divergence spectra ``(..., 2, T+1, L)`` of the wind ``(u, v)`` (grids
+        ``(..., nlat, nlon)`` in m/s; several wind fields share one pass over the Legendre table).
 
         Uses :math:`\zeta_n^m = \sum_j \frac{w_j}{a\cos\varphi_j}[im\,v_m\bar P_n^m + u_m H_n^m]` and
         :math:`\delta_n^m = \sum_j \frac{w_j}{a\cos\varphi_j}[im\,u_m\bar P_n^m - v_m H_n^m]`, the
@@ -280,15 +350,20 @@ class SphericalHarmonics:
         [Hack & Jakob 1992, sec. 5a].
         """
         xp = self.xp
-        g, lead = self._as_stack(xp.stack([xp.asarray(u), xp.asarray(v)]))
-        S = self._fourier(g * self._rcos)
-        sP, sH = self._analyse(S, "P"), self._analyse(S, "H")
-        vrt = self._im * sP[..., 1] + sH[..., 0]
-        div = self._im * sP[..., 0] - sH[..., 1]
-        return vrt, div
+        gu, lead = self._as_stack(u)
+        gv, lead_v = self._as_stack(v)
+        if lead != lead_v:
+            raise ValueError(f"u, v: expected the same shape, got {xp.asarray(u).shape} and {xp.asarray(v).shape}")
+        k = gu.shape[0]
+        Q = self._analyse(self._fourier(xp.concatenate([gu, gv]) * self._rcos), self.T + 1)
+        sP, sH = Q[:, :, :self.L], self._h_sums(Q)  # sP only enters times self._im, zero where n > T
+        im = self._im[..., None]
+        vrt = im * sP[..., k:] + sH[..., :k]
+        div = im * sP[..., :k] - sH[..., k:]
+        return tuple(xp.moveaxis(x, -1, 0).reshape(lead + self.spectral_shape) for x in (vrt, div))
 
     def uv(self, vrt, div):
-        r"""Winds ``(u, v)`` on the grid from vorticity and divergence spectra.
+        r"""Winds ``(u, v)`` on the grid from vorticity and divergence spectra (``(..., 2, T+1, L)``).
 
         With streamfunction :math:`\psi = \nabla^{-2}\zeta` and velocity potential :math:`\chi = \nabla^{-2}\delta`,
         :math:`u\cos\varphi = \frac1a[\partial_\lambda\chi - (1-\mu^2)\partial_\mu\psi]`,
@@ -304,12 +379,24 @@ class SphericalHarmonics:
     def uv_from_potentials(self, psi, chi):
         """Winds from streamfunction and velocity-potential spectra (see :meth:`uv`)."""
         xp = self.xp
-        nP, sP = self._synthesise(xp.stack([self._im * chi, self._im * psi], axis=-1), "P")
-        nH, sH = self._synthesise(xp.stack([psi, chi], axis=-1), "H")
-        north = xp.stack([nP[..., 0] - nH[..., 0], nP[..., 1] + nH[..., 1]], axis=-1)
-        south = xp.stack([sP[..., 0] - sH[..., 0], sP[..., 1] + sH[..., 1]], axis=-1)
-        g = self._grids(north, south) * self._rcos
-        return g[0], g[1]
+        psi, chi = xp.asarray(psi, dtype=xp.complex128), xp.asarray(chi, dtype=xp.complex128)
+        if psi.shape != chi.shape or psi.shape[-3:] != self.spectral_shape:
+            raise ValueError(f"psi, chi: expected two arrays of shape (..., {', '.join(map(str, self.spectral_shape))})"
+                             f", got {psi.shape} and {chi.shape}")
+        lead = psi.shape[:-3]
+        psi, chi = (xp.moveaxis(x.reshape((-1,) + self.spectral_shape), 0, -1) for x in (psi, chi))
+        g = self._grids(self._synthesise(self._wind_coefficients(psi, chi))) * self._rcos
+        k = psi.shape[-1]
+        return g[:k].reshape(lead + g.shape[1:]), g[k:].reshape(lead + g.shape[1:])
+
+    def _wind_coefficients(self, psi, chi):
+        """P-coefficients ``(2, M, L1, 2k)`` of ``a u cos`` then ``a v cos`` from potentials ``(2, M, L, k)``
+        (see :meth:`uv`)."""
+        xp, L, k = self.xp, self.L, psi.shape[-1]
+        c = self._h_coefficients(xp.concatenate([-psi, chi], axis=-1))
+        c[:, :, :L, :k] += self._im[..., None] * chi
+        c[:, :, :L, k:] += self._im[..., None] * psi
+        return c
 
     def gradient(self, spec):
         """Gradient ``(d/dx, d/dy)`` on the grid of a scalar spectrum (the winds of potential ``spec``)."""

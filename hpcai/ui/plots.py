@@ -1,6 +1,8 @@
 """Pictures for the panel, rendered to PNG bytes (an ``ipywidgets.Image`` shows them; no ipympl, no pyplot)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..train.plot import new_figure, png_bytes
@@ -36,3 +38,11 @@ def loss_png(snapshots: list[dict], width: float = 5.0, height: float = 2.6) -> 
     if len(curves) > 1:
         ax.legend(fontsize="small")
     return png_bytes(fig, dpi=90)
+
+
+def shown_path(path) -> str:
+    """``path`` as a notebook user reads it: relative to the kernel's folder when inside it (where the file
+    browser opens), else absolute."""
+    full = os.path.abspath(os.fspath(path))
+    here = os.getcwd()
+    return os.path.relpath(full, here) if full.startswith(here + os.sep) else full

@@ -89,9 +89,15 @@ class SiteEnergyModel:
         ``function(features) -> energies``: features ``(M, n_features)`` float64 rows (see
         :meth:`site_features`), energies ``(M,)``. Called on whole cells by :meth:`energies` and on
         ``2 * B * (2 + 2 * sum(coordination))`` rows per :meth:`swap_deltas`.
+    triplets : int
+        0: pair features only (species counts per shell). ``k > 0`` also counts, per species pair, the
+        pairs of the site's neighbours in its first ``k`` shells that are neighbours of each other
+        (:meth:`Lattice.neighbour_pairs`): three-site clusters, which a cluster expansion has and counts
+        alone cannot express (how the neighbours are arranged, not only how many there are).
     """
 
-    def __init__(self, lattice: Lattice, n_species: int, function: Callable[[np.ndarray], np.ndarray]):
+    def __init__(self, lattice: Lattice, n_species: int, function: Callable[[np.ndarray], np.ndarray],
+                 triplets: int = 0):
         if not isinstance(lattice, Lattice):
             raise TypeError(f"lattice: expected a Lattice, got {type(lattice).__name__}")
         if not callable(function):
@@ -100,24 +106,39 @@ class SiteEnergyModel:
         self.n_species = checks.integer("n_species", n_species, low=2, high=127)
         self.function = function
         self._shell_matrix = np.eye(lattice.n_shells)[lattice.shell_of_column]   # (Z, shells): column -> shell
+        self.triplets = checks.integer("triplets", triplets, low=0, high=lattice.n_shells)
+        self._pairs = lattice.neighbour_pairs(self.triplets)
+        self._species_pairs = [(t, u) for t in range(self.n_species) for u in range(t, self.n_species)]
 
     @property
     def n_features(self) -> int:
-        """Length of a feature row: ``n_species * (1 + lattice.n_shells)``."""
-        return self.n_species * (1 + self.lattice.n_shells)
+        """Length of a feature row: ``n_species * (1 + lattice.n_shells)``, plus ``n_species (n_species + 1) / 2``
+        per neighbour-pair group with ``triplets``."""
+        return self.n_species * (1 + self.lattice.n_shells) + len(self._pairs) * len(self._species_pairs)
 
     @property
     def feature_names(self) -> list[str]:
-        """Column names: ``species=t`` (one-hot of the site), then ``shell<s>:count<t>``."""
+        """Column names: ``species=t`` (one-hot of the site), then ``shell<s>:count<t>``, then
+        ``pairs<s1><s2>@<s>:<t><u>`` (neighbours in shells s1, s2, s-th neighbours of each other, species t, u)."""
         species = range(self.n_species)
         return [f"species={t}" for t in species] + \
-            [f"shell{s + 1}:count{t}" for s in range(self.lattice.n_shells) for t in species]
+            [f"shell{s + 1}:count{t}" for s in range(self.lattice.n_shells) for t in species] + \
+            [f"pairs{a + 1}{b + 1}@{s + 1}:{t}{u}" for (a, b, s), _ in self._pairs for t, u in self._species_pairs]
+
+    @property
+    def feature_scale(self) -> np.ndarray:
+        """The largest value of each column after the species one-hot (a shell's coordination, a group's pair
+        count): dividing by it gives fractions."""
+        counts = np.repeat(np.asarray(self.lattice.coordination, np.float64), self.n_species)
+        pairs = np.repeat([float(len(columns)) for _, columns in self._pairs], len(self._species_pairs))
+        return np.concatenate([counts, pairs])
 
     def site_features(self, occupation) -> np.ndarray:
         """Feature rows of every site, shape ``(..., n_sites, n_features)``, float64.
 
         Column ``t`` is 1 if the site holds species ``t``; column ``n_species * (1 + s) + t`` counts the
-        neighbours of species ``t`` in shell ``s + 1`` (periodic images included).
+        neighbours of species ``t`` in shell ``s + 1`` (periodic images included); with ``triplets``, the
+        neighbour-pair counts follow (see :attr:`feature_names`).
         """
         occupation = check_occupation("occupation", occupation, self.lattice, self.n_species)
         return self._features(occupation, occupation[..., self.lattice.neighborhood])
@@ -160,12 +181,19 @@ class SiteEnergyModel:
     def _features(self, own: np.ndarray, neigh: np.ndarray) -> np.ndarray:
         """Feature rows from each site's species ``own (...)`` and its neighbours' species ``neigh (..., Z)``."""
         S, k = self.n_species, self.lattice.n_shells
-        out = np.empty(own.shape + (S * (1 + k),))
+        out = np.empty(own.shape + (self.n_features,))
         rows = neigh.reshape(-1, neigh.shape[-1])
         for t in range(S):
             out[..., t] = own == t
             counts = (rows == t).astype(np.float64) @ self._shell_matrix          # per-shell sums, one GEMM
-            out[..., S + t::S] = counts.reshape(own.shape + (k,))
+            out[..., S + t:S * (1 + k):S] = counts.reshape(own.shape + (k,))
+        at = S * (1 + k)
+        for _, columns in self._pairs:
+            a, b = neigh[..., columns[:, 0]], neigh[..., columns[:, 1]]
+            for t, u in self._species_pairs:
+                hits = (a == t) & (b == u) if t == u else ((a == t) & (b == u)) | ((a == u) & (b == t))
+                out[..., at] = hits.sum(-1)
+                at += 1
         return out
 
 

@@ -94,7 +94,29 @@ class Lattice:
         self.coordination = tuple(len(vec) for vec in vectors)
         self.neighborhood = _frozen(np.concatenate(self.neighbors, axis=1))
         self.shell_of_column = _frozen(np.repeat(np.arange(self.n_shells), self.coordination))
+        self._radii2 = radii2
         _frozen(self.positions)
+
+    def neighbour_pairs(self, inner: int) -> tuple:
+        """Pairs of a site's neighbours that are themselves neighbours: the three-site clusters (triangles,
+        and bent or straight triplets) through a site, grouped by geometry.
+
+        Returns ``((key, columns), ...)``: ``key = (s1, s2, s)`` -- the two neighbours lie in shells ``s1 <= s2
+        < inner`` of the site and are ``s``-th shell neighbours of each other (all 0-based); ``columns`` is
+        an ``(m, 2)`` array of column pairs of :attr:`neighborhood`, each unordered pair once. Only
+        separations among the tabulated shells count. The same for every site (columns are displacements).
+        """
+        inner = checks.integer("inner", inner, low=0, high=self.n_shells)
+        vec = np.concatenate([2 * v for v in self.offsets[:inner]]).astype(int) if inner else np.zeros((0, 3), int)
+        first, second = np.triu_indices(len(vec), k=1)
+        d2 = ((vec[first] - vec[second]) ** 2).sum(1)
+        shell = np.searchsorted(self._radii2, d2)
+        known = (shell < self.n_shells) & (self._radii2[np.minimum(shell, self.n_shells - 1)] == d2)
+        groups: dict = {}
+        for a, b, s in zip(first[known], second[known], shell[known]):
+            key = (int(self.shell_of_column[a]), int(self.shell_of_column[b]), int(s))
+            groups.setdefault(key, []).append((a, b))
+        return tuple((key, _frozen(np.array(groups[key], dtype=np.intp))) for key in sorted(groups))
 
     @property
     def doubled_coordinates(self) -> np.ndarray:

@@ -1,0 +1,97 @@
+"""Compressed gradient exchange on float32 models: error feedback telescopes (nothing is lost, only delayed),
+and compressed SGD with error feedback ends where uncompressed SGD ends. Runs unchanged on 1, 2 and 4 ranks."""
+import numpy as np
+import pytest
+
+from hpcai import Tensor, nn, optim
+from hpcai.ops.loss import cross_entropy
+from hpcai.parallel import data_parallel
+from hpcai.parallel.data_parallel import UNIT_ROUNDOFF, DistributedOptimizer
+
+B = 48  # global batch, divisible by 1, 2, 3 and 4 ranks
+
+
+def problem(seed=0, n=480):
+    """A separable 5-class problem in 12 dimensions (float32), the same on every rank."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 12)).astype(np.float32)
+    y = np.argmax(x @ rng.standard_normal((12, 5)), axis=1)
+    return x, y
+
+
+def model():
+    return nn.Sequential(nn.Linear(12, 32, rng=1), nn.Tanh(), nn.Linear(32, 5, rng=2))
+
+
+def train(comm, compression, error_feedback, steps=60, lr=0.5):
+    x, y = problem()
+    net = model()
+    opt = DistributedOptimizer(optim.SGD(net.parameters(), lr=lr), comm=comm, compression=compression,
+                               error_feedback=error_feedback)
+    n = B // comm.size
+    for t in range(steps):
+        lo = (t * B) % len(x) + comm.rank * n
+        opt.zero_grad()
+        cross_entropy(net(Tensor(x[lo:lo + n])), Tensor(y[lo:lo + n])).backward()
+        opt.step()
+    return float(cross_entropy(net(Tensor(x)), Tensor(y)).item())
+
+
+@pytest.mark.parametrize("compression", ["fp16", "bf16"])
+def test_error_feedback_telescopes(comm, compression):
+    """With fixed weights (lr 0) the exchanged gradients of T steps sum to T times the exact mean gradient,
+    minus the residuals left at the end: the error stays bounded instead of growing with T."""
+    x, y = problem(1, 60)
+    n = 12
+    xs, ys = x[comm.rank * n:(comm.rank + 1) * n], y[comm.rank * n:(comm.rank + 1) * n]
+    sums, T = {}, 40
+    for ef in (False, True):
+        net = model()
+        opt = DistributedOptimizer(optim.SGD(net.parameters(), lr=0.0), comm=comm, compression=compression,
+                                   error_feedback=ef)
+        total = 0.0
+        for _ in range(T):
+            opt.zero_grad()
+            cross_entropy(net(Tensor(xs)), Tensor(ys)).backward()
+            exact = np.concatenate([p.grad.ravel() for p in net.parameters()]).astype(np.float64)
+            opt.step()
+            total = total + np.concatenate([p.grad.ravel() for p in net.parameters()])
+        sums[ef] = total
+    mean = comm.allgather(exact).mean(0)  # the same gradient every step
+    err = {ef: np.abs(sums[ef] - T * mean).max() for ef in sums}
+    one_step = np.abs(mean).max() * 2.0 ** -7  # a few roundings of one step's gradient
+    assert err[True] <= one_step, err
+    assert err[False] > 4 * err[True]  # without feedback the same rounding error piles up T times
+
+
+@pytest.mark.parametrize("gather", [True, False])  # words allgathered and summed in float32, or reduced by MPI
+@pytest.mark.parametrize("loss_scale", [1e-6, 1.0, 1e6])
+@pytest.mark.parametrize("compression", ["fp16", "bf16"])
+def test_float32_exchange_stays_within_its_error_bound(comm, monkeypatch, compression, loss_scale, gather):
+    monkeypatch.setattr(data_parallel, "GATHER_RANKS", 64 if gather else 1)
+    net = model()
+    rng = np.random.default_rng(100 + comm.rank)  # every rank its own data: different gradients
+    x, y = rng.standard_normal((6, 12)).astype(np.float32), rng.integers(0, 5, 6)
+    (cross_entropy(net(Tensor(x)), Tensor(y)) * loss_scale).backward()
+    local = np.concatenate([p.grad.ravel() for p in net.parameters()])
+    grads = comm.allgather(local).astype(np.float64)
+    opt = DistributedOptimizer(optim.SGD(net.parameters(), lr=0.0), comm=comm, compression=compression)
+    opt.synchronize()
+    got = np.concatenate([p.grad.ravel() for p in net.parameters()]).astype(np.float64)
+    n, u = comm.size, UNIT_ROUNDOFF[compression]
+    mean, m = grads.mean(0), np.abs(grads).max()
+    floor = n * m * 2.0 ** -38 if compression == "fp16" else 2.0 ** -134
+    bound = n * u / (1 - n * u) * np.abs(grads).mean(0) + floor + 4 * 2.0 ** -24 * np.abs(mean)
+    err = np.abs(got - mean)
+    assert local.dtype == np.float32 and np.all(err <= bound), f"worst error / bound {np.max(err / bound):.3g}"
+    assert err.max() > 0  # it really was rounded
+
+
+@pytest.mark.parametrize("gather", [True, False])
+@pytest.mark.parametrize("compression", ["fp16", "bf16"])
+def test_compressed_sgd_with_error_feedback_converges_like_uncompressed(comm, monkeypatch, compression, gather):
+    monkeypatch.setattr(data_parallel, "GATHER_RANKS", 64 if gather else 1)
+    plain = train(comm, "none", False)
+    squeezed = train(comm, compression, True)
+    assert plain < 0.5 * train(comm, "none", False, steps=1)  # it did learn
+    assert abs(squeezed - plain) <= 0.02 * plain + 1e-3, (squeezed, plain)
