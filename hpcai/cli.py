@@ -217,7 +217,7 @@ class ProgressPrinter:
         if isinstance(every, bool) or not isinstance(every, (int, float)) or not every >= 0:
             raise ValueError(f"every: expected seconds >= 0, got {every!r}")
         self.out, self.every, self.clock = out, float(every), clock
-        self._last = {}  # rank: (phase, finished, when printed, steps done, losses seen)
+        self._last = {}  # rank: (phase, finished, when printed, steps done, last loss's step)
 
     def __call__(self, snapshots: list) -> None:
         now, out = self.clock(), self.out or sys.stderr
@@ -229,7 +229,8 @@ class ProgressPrinter:
             changed = last is None or last[:2] != state
             if not changed and (now - last[2] < self.every or snap.get("done") == last[3] or state[1]):
                 continue
-            seen = len(snap.get("losses") or ())
+            steps = snap.get("steps")  # the last loss's step number: the loss list is thinned, its length stalls
+            seen = steps[-1] if steps else len(snap.get("losses") or ())
             loss = snap["losses"][-1] if not changed and seen != last[4] else None  # trained since the last line
             prefix = f"rank {rank}: " if len(snapshots) > 1 else ""
             print(f"[progress] {prefix}{self.line(snap, loss)}", file=out, flush=True)
@@ -404,7 +405,8 @@ def _is_root() -> bool:
 
 def lab(notebook_dir=None, ip: str = "127.0.0.1", port: int = 8888, token=None, browser: bool = True,
         allow_root: bool = False) -> int:
-    """Start JupyterLab on the notebooks, wait for it, and leave no process of it behind (see :func:`supervise`)."""
+    """Start JupyterLab on the notebooks, wait for it, and leave no process of it behind (POSIX, see
+    :func:`supervise`; on Windows it runs as a plain child, and Ctrl-C reaches it through the console)."""
     command, env, url = lab_command(notebook_dir, ip, port, token, browser, allow_root)
     root = next(a.split("=", 1)[1] for a in command if a.startswith("--ServerApp.root_dir="))
     if _is_root() and not allow_root:

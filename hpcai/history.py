@@ -1,8 +1,9 @@
 """Run history: one JSON line per application run, appended to ``history.jsonl`` in the results folder.
 
-Every run that goes through :func:`hpcai.runner.run_app` -- the panel's, the CLI's, a notebook's -- is recorded
-there by rank 0, finished, failed or stopped: the application, its configuration, metrics, timings, output
-paths and the hpcai version. Read it back to compare runs side by side::
+Every run that goes through :func:`hpcai.runner.run_app` with a results folder -- its ``history`` argument, else
+the Config's ``output_dir`` when set (the panel's and the CLI's runs always; a notebook's when it sets one) --
+is recorded there by rank 0, finished, failed or stopped: the application, its configuration, metrics,
+timings, output paths and the hpcai version. Read it back to compare runs side by side::
 
     records = history.load("hpcai-results")
     print(history.compare(records))              # the settings that differ between runs, and key metrics
@@ -33,11 +34,6 @@ except ImportError:  # not POSIX: O_APPEND alone keeps one write in one piece on
 
 FILE = "history.jsonl"
 STATUSES = ("finished", "failed", "stopped")
-# the metrics a table shows by default, per application (others: the first few numbers a run reported)
-KEY_METRICS = {"digits": ("test_accuracy", "test_loss"),
-               "climate_sr": ("compression_ratio", "l2_compressed", "l2_restored", "l2_improvement"),
-               "alloy_surrogate": ("tc", "tc_error", "reference_calls"),
-               "cbed": ("test_accuracy", "test_top5")}
 DEFAULT_METRICS = 3
 BASIC = ("start", "app", "status", "seconds")  # the columns every table starts with
 UNCOMPARED = ("output_dir",)  # differs between runs by design: compare() leaves it out unless asked
@@ -112,12 +108,12 @@ def _append(path: str, line: bytes) -> None:
     writer left without its newline is ended first, so this record stays readable; a write that fails (a full
     disk) is taken back."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)  # Windows: no \r
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
+        if size and _byte_at(fd, size - 1) != b"\n":
             line = b"\n" + line
         view = memoryview(line)
         try:
@@ -130,6 +126,14 @@ def _append(path: str, line: bytes) -> None:
             raise
     finally:
         os.close(fd)  # releases the lock
+
+
+def _byte_at(fd: int, offset: int) -> bytes:
+    """The byte of ``fd`` at ``offset`` (``os.pread`` is POSIX only; O_APPEND writes go to the end anyway)."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, 1, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, 1)
 
 
 def load(folder) -> list[dict]:
@@ -151,8 +155,8 @@ def load(folder) -> list[dict]:
             continue
         try:
             entry = json.loads(line)
-            if not isinstance(entry, dict) or not isinstance(entry.get("app"), str) or \
-                    not isinstance(entry.get("config"), dict):
+            if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("id", "app", "start")) \
+                    or not isinstance(entry.get("config"), dict):  # what the view and compare() rely on
                 raise ValueError("not a run record")
         except ValueError as e:
             shown = line[:60].decode(errors="replace") + ("..." if len(line) > 60 else "")
@@ -229,12 +233,19 @@ def differing(records: list[dict], keys=None) -> list[str]:
             if len({json.dumps(entry.get("config", {}).get(k, missing), default=repr) for entry in records}) > 1]
 
 
+def _apps() -> dict:
+    """The application registry (imported when first needed: reading a history needs no application)."""
+    from .apps import APPS
+    return APPS
+
+
 def key_metrics(records: list[dict]) -> list[str]:
-    """The metrics a table shows by default: each application's :data:`KEY_METRICS`, else the first
-    :data:`DEFAULT_METRICS` numbers its runs reported."""
+    """The metrics a table shows by default: each application's ``key_metrics`` (:class:`hpcai.apps.App`),
+    else the first :data:`DEFAULT_METRICS` numbers its runs reported."""
     names = []
     for entry in records:
-        preferred = KEY_METRICS.get(entry.get("app"))
+        app = _apps().get(entry.get("app"))
+        preferred = app.key_metrics if app is not None else ()
         numbers = [k for k, v in entry.get("metrics", {}).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
         names += [k for k in (preferred or numbers[:DEFAULT_METRICS]) if k not in names]
@@ -257,9 +268,11 @@ def compare(records: list[dict], keys=None, metrics=None, always=ALWAYS) -> Tabl
 def table(folder, columns=None, app: str | None = None) -> Table:
     """The runs recorded in ``folder`` (of application ``app``, default all), oldest first, as a Table of
     ``columns`` (names as :func:`value` reads them); without ``columns``, as :func:`compare` shows them."""
+    if app is not None:
+        checks.text("app", app)
     records = load(folder)
     if app is not None:
-        records = [r for r in records if r["app"] == checks.text("app", app)]
+        records = [r for r in records if r["app"] == app]
     if columns is None:
         return compare(records)
     columns = _names("columns", columns)

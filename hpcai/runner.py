@@ -215,7 +215,7 @@ def _on_engines(engines, fn, args, verbose, progress, stop, label):
     def watch():  # a stop asked for once every rank has finished is not needed: the results are on their way
         while not done.is_set():
             if stop.wait(0.1):
-                if not finished.wait(_FINISH_GRACE):
+                if not finished.wait(_FINISH_GRACE) and not done.is_set():  # not once the run has returned
                     engines.interrupt_sync()
                 return
 

@@ -57,6 +57,8 @@ def test_every_metric_a_run_returns_is_described(name, overrides):
     result = run_app(name, overrides, verbose=0)
     missing = sorted(set(result.metrics) - set(APPS[name].metric_info))
     assert not missing, f"{name}: metrics without (group, unit) in metric_info: {missing}"
+    absent = sorted(set(APPS[name].key_metrics) - set(result.metrics))  # the run history's first columns
+    assert APPS[name].key_metrics and not absent, f"{name}: key_metrics the run does not return: {absent}"
     numbers = [v for v in result.metrics.values() if isinstance(v, float)]
     assert numbers and any(math.isfinite(v) for v in numbers)
 

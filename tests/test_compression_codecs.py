@@ -63,3 +63,14 @@ def test_float64_and_odd_inputs_take_the_exact_path(name):
     np.testing.assert_array_equal(words.view(get_codec(name).dtype).astype(np.float64), expect)
     with pytest.raises(ValueError, match="codec"):
         get_codec("int8")
+
+
+@pytest.mark.parametrize("name, scale", [("fp16", 1.0), ("fp16", 2.0 ** 9), ("fp16", 2.0 ** -7), ("bf16", 1.0)])
+def test_finite_float32_in_range_takes_the_integer_kernels(name, scale, monkeypatch):
+    """The comparisons above hold for the fast kernels, not only for the exact cast they fall back to (bf16
+    is only ever scaled by 1: a scaled bf16 takes the exact cast by design)."""
+    codec = get_codec(name)
+    monkeypatch.setattr(codec, "_pack_reference", lambda *a: pytest.fail("fell back to the exact cast"))
+    x = inputs()["small_bits"]
+    words = codec.pack(x, np.empty(x.size, np.uint16), scale)
+    np.testing.assert_array_equal(words, reference(x, name, scale).view(np.uint16))

@@ -36,10 +36,16 @@ def test_statistics_are_taken_over_the_seeds():
 def test_conclusion_claims_a_difference_only_where_the_spreads_do_not_overlap():
     result = study("simulated", strategies=("sync", "hogwild"), slowdowns=(1, 4), seeds=5, trial=fake)
     text = result.conclusion()
-    assert "k=1: no significant difference" in text
+    assert "k=1: no difference beyond the seeds' spread" in text
     assert f"k=4: hogwild reaches the target {48 / 13:.2f}x sooner than sync" in text
     assert "sync x4.00" in text  # 48 / 12
-    assert "final accuracy: no significant difference" in text
+    assert "final accuracy: no difference beyond the seeds' spread" in text
+
+
+def test_one_seed_claims_no_difference():
+    result = study("simulated", strategies=("sync", "hogwild"), slowdowns=(1, 4), seeds=[0], trial=fake)
+    text = result.conclusion()
+    assert "sooner" not in text and "differs" not in text and "one seed, no spread" in text, text
 
 
 def test_a_seed_that_never_reaches_the_target_is_not_averaged():

@@ -457,3 +457,16 @@ def test_an_engine_error_shows_its_headline_and_folds_the_tracebacks(tmp_path, m
     assert "<details class='hpcai-error-detail'>" in status and "open" not in status.split("<details")[1][:40]
     assert "Traceback" in status.split("<details")[1]  # kept, folded
     panel.close()
+
+
+def test_a_results_view_that_fails_leaves_the_panel_usable(tmp_path, monkeypatch):
+    panel = Panel(engines=0, output_dir=str(tmp_path), epochs=1)
+
+    def broken(name, result):
+        raise ValueError("figure file unreadable")
+    monkeypatch.setattr(panel, "_show", broken)
+    panel.run()
+    assert panel.wait(120) == "error", panel.status.value
+    assert "finished in" in panel.status.value and "figure file unreadable" in panel.status.value
+    assert panel.result is not None and not panel.run_button.disabled and panel.stop_button.disabled
+    panel.close()

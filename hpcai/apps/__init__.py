@@ -29,7 +29,7 @@ class App:
     application that *is* its workflow, on one rank too, has ``run=None``; ``hpcai.runner.run_app`` runs it.
     ``metric_info`` says what each metric of its Result is, ``{name: (group, unit)}`` (group: "accuracy",
     "error", "storage", "timing", ...; unit "" for a plain number), so results can be shown grouped with
-    units; a metric it does not name is shown as it is.
+    units; a metric it does not name is shown as it is. ``key_metrics`` are those a run history shows first.
     """
 
     name: str
@@ -40,23 +40,27 @@ class App:
     example_batch: Callable
     workflow: Callable | None = None
     metric_info: dict = dataclasses.field(default_factory=dict, hash=False)
+    key_metrics: tuple = ()  # the metrics a run history shows first (hpcai.history); default: its first numbers
 
 
 APPS = {
     "digits": App("digits", digits.Config, digits.run,
                   "Handwritten digits: any precision, optimizer and parallel strategy, in seconds",
-                  digits.build_model, digits.example_batch, metric_info=digits.METRICS),
+                  digits.build_model, digits.example_batch, metric_info=digits.METRICS,
+                  key_metrics=("test_accuracy", "test_loss")),
     "climate_sr": App("climate_sr", climate_sr.Config, climate_sr.run,
                       "Shallow-water jet on the sphere, DCT-compressed in situ, restored by a CNN",
                       climate_sr.build_model, climate_sr.example_batch, climate_sr.workflow,
-                      metric_info=climate_sr.METRICS),
+                      metric_info=climate_sr.METRICS,
+                      key_metrics=("compression_ratio", "l2_compressed", "l2_restored", "l2_improvement")),
     "alloy_surrogate": App("alloy_surrogate", alloy_surrogate.Config, None,
                            "Alloy order-disorder: a neural surrogate learned actively inside Monte Carlo, and T_c",
                            alloy_surrogate.build_model, alloy_surrogate.example_batch, alloy_surrogate.workflow,
-                           metric_info=alloy_surrogate.METRICS),
+                           metric_info=alloy_surrogate.METRICS, key_metrics=("tc", "tc_error", "reference_calls")),
     "cbed": App("cbed", cbed.Config, None,
                 "Electron diffraction (CBED) of random crystals, simulated in parallel; a CNN reads the symmetry",
-                cbed.build_model, cbed.example_batch, cbed.workflow, metric_info=cbed.METRICS),
+                cbed.build_model, cbed.example_batch, cbed.workflow, metric_info=cbed.METRICS,
+                key_metrics=("test_accuracy", "test_top5")),
 }
 
 

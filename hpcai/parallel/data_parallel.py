@@ -31,7 +31,9 @@ with ``gamma_N = N u / (1 - N u)``; the middle term covers fp16's subnormal spac
 
 ``error_feedback=True`` keeps each rank's rounding error ``e = (g + e) - Q(g + e)`` per bucket element and
 adds it to the next step's gradient (error feedback, Seide et al. 2014; Karimireddy et al. 2019, Alg. 2):
-no part of a gradient is lost for good, only delayed, so compressed SGD follows the uncompressed one.
+no part of a gradient is lost for good, only delayed, so compressed SGD follows the uncompressed one. Only
+the rounding to send is fed back: beyond :data:`GATHER_RANKS` ranks the roundings of MPI's 2-byte sum are
+not, and a step with an inf or NaN anywhere clears the errors kept.
 
 Run ``mpiexec -n 4 python -m hpcai.parallel.data_parallel --epochs 10`` to train the digits MLP on 4 ranks.
 """

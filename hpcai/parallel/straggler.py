@@ -211,7 +211,8 @@ class StudyResult:
 
     def conclusion(self) -> str:
         """What the data supports, per slowdown: the fastest asynchronous strategy against sync, a difference
-        claimed only where the seeds' [min, max] ranges of time to target do not overlap."""
+        claimed only where the seeds' [min, max] ranges of time to target do not overlap (and never from one
+        seed, whose range is a point)."""
         lines, n = [], len(self.rows[0]["seeds"]) if self.rows else 0
         slowdowns = sorted({r["slowdown"] for r in self.rows})
         for k in slowdowns:
@@ -228,12 +229,14 @@ class StudyResult:
                 continue
             spread = (f"sync {sync['time_mean']:.3g} [{sync['time_min']:.3g}, {sync['time_max']:.3g}], {name} "
                       f"{best['time_mean']:.3g} [{best['time_min']:.3g}, {best['time_max']:.3g}] {self.unit}")
-            if best["time_max"] < sync["time_min"]:
+            if n < 2:  # one seed: min = max = the value, so ranges never overlap; no spread to judge by
+                verdict = f"one seed, no spread: no difference between {name} and sync is claimed"
+            elif best["time_max"] < sync["time_min"]:
                 verdict = f"{name} reaches the target {sync['time_mean'] / best['time_mean']:.2f}x sooner than sync"
             elif sync["time_max"] < best["time_min"]:
                 verdict = f"sync reaches the target {best['time_mean'] / sync['time_mean']:.2f}x sooner than {name}"
             else:
-                verdict = f"no significant difference between {name} and sync: the seeds' ranges overlap"
+                verdict = f"no difference beyond the seeds' spread between {name} and sync (their ranges overlap)"
             lines.append(f"k={k:g}: {verdict} (mean over {n} seeds, [min, max]: {spread}).")
         if len(slowdowns) > 1:
             lo, hi = slowdowns[0], slowdowns[-1]
@@ -244,16 +247,16 @@ class StudyResult:
                 if a and b and math.isfinite(a["time_mean"]) and math.isfinite(b["time_mean"]) and a["time_mean"] > 0:
                     grow.append(f"{s} x{b['time_mean'] / a['time_mean']:.2f}")
             if grow:
-                lines.append(f"From k={lo:g} to k={hi:g} the mean time to target grows: {', '.join(grow)}.")
+                lines.append(f"From k={lo:g} to k={hi:g} the mean time to target changes: {', '.join(grow)}.")
         for k in slowdowns:
             here = [r for r in self.rows if r["slowdown"] == k]
             top = max(here, key=lambda r: r["accuracy_mean"])
             bottom = min(here, key=lambda r: r["accuracy_mean"])
-            if top is not bottom and bottom["accuracy_max"] < top["accuracy_min"]:
+            if n > 1 and top is not bottom and bottom["accuracy_max"] < top["accuracy_min"]:
                 lines.append(f"k={k:g}: final accuracy differs: {top['strategy']} {top['accuracy_mean']:.4f} vs "
                              f"{bottom['strategy']} {bottom['accuracy_mean']:.4f} (ranges do not overlap).")
             else:
-                lines.append(f"k={k:g}: final accuracy: no significant difference between strategies "
+                lines.append(f"k={k:g}: final accuracy: no difference beyond the seeds' spread between strategies "
                              f"({bottom['accuracy_mean']:.4f} to {top['accuracy_mean']:.4f}, ranges overlap).")
         return "\n".join(lines)
 

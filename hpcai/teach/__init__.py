@@ -64,13 +64,22 @@ def _register(ex: Exercise) -> Exercise:
 
 
 # -- answers compared by digest ---------------------------------------------------------------------------
+def _is_number(value) -> bool:
+    """A real number, numpy's and ml_dtypes' scalars (bfloat16, float8 ...) included; not a bool."""
+    import numpy as np
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    return (isinstance(value, (int, float, np.integer, np.floating))
+            or isinstance(value, np.generic) and type(value).__module__ == "ml_dtypes")
+
+
 def canonical(value, sig: int = 6) -> str:
     """The text a value is hashed as: numbers in scientific notation with ``sig`` significant digits,
     sequences in order, sets sorted, dtypes by name, strings stripped and lower-case."""
     import numpy as np
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
-    if isinstance(value, (int, float, np.integer, np.floating)):
+    if _is_number(value):
         x = float(value)
         return repr(x) if not math.isfinite(x) else f"{x:.{sig - 1}e}"
     if isinstance(value, str):
@@ -93,8 +102,7 @@ def digest(name: str, value, sig: int = 6) -> str:
 
 def _near(value, sig: int) -> list:
     """A number and its neighbours one unit away in the last of ``sig`` significant digits."""
-    import numpy as np
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not _is_number(value):
         return [value]
     x = float(value)
     if not math.isfinite(x) or x == 0:
@@ -110,9 +118,9 @@ def answer(name: str, title: str, expected: str, hint: str, sig: int = 6, mistak
     mistakes = dict(mistakes or {})
 
     def compare(value):
-        if any(digest(name, v, sig) == expected for v in _near(value, sig)):
-            return about or "that is it."
-        try:
+        try:  # a value canonical cannot take is a wrong answer, not an error of the student's code
+            if any(digest(name, v, sig) == expected for v in _near(value, sig)):
+                return about or "that is it."
             own = mistakes.get(digest(name, value, sig))
         except TypeError as e:
             raise Wrong(str(e)) from None

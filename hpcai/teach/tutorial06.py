@@ -8,7 +8,7 @@ answer("06.tc", "the exact T_c of a bcc alloy with V = 0.06 eV", "354ea9320ee590
             "k_B = 8.617e-5 eV/K (hpcai.sim.alloy.KB_EV). Answer in kelvin.",
        mistakes={"3a13a876279225b6": "the Ising coupling is J = -V/4: divide |V| by 4.",
                  "87bd99a04c10445e": "V = e_AA + e_BB - 2 e_AB counts the unlike bond twice."},
-       about="half again the 737 K of V = 0.04 eV: T_c is proportional to |V|.")
+       about="T_c is proportional to |V|: a stronger ordering energy needs more heat to undo.")
 
 answer("06.binder", "the Binder cumulant of a perfectly ordered alloy", "0eb2f4a30d71948f", sig=3,
        hint="U = 1 - <m^4> / (3 <m^2>^2); in a perfectly ordered state m is +1 or -1 in every sample.",

@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime
 import html
 import os
+import threading
 
-from .. import history
+from .. import checks, history
 from .plots import shown_path
 
 ROWS = 50      # newest runs shown
@@ -36,8 +37,9 @@ class HistoryView:
     def __init__(self, folder, app: str | None = None, rows: int = ROWS):
         w = _ipywidgets()
         self.folder = history.path_of(folder)
-        self.rows = rows
-        self.records, self.selected = [], None
+        self.rows = checks.integer("rows", rows, 1)
+        self.records, self.selected, self._refreshing = [], None, False
+        self._lock = threading.RLock()  # the panel refreshes from its run thread, a click from the kernel's
         self.header = w.HTML()
         if app is not None and not isinstance(app, str):
             raise TypeError(f"app: expected an application's name or None, got {app!r}")
@@ -49,16 +51,24 @@ class HistoryView:
         self.widget = w.VBox([w.HBox([self.header, self.app, self.refresh_button]), self.table, self.figures])
         self.widget.add_class("hpcai-history")
         self.refresh()
-        self.app.observe(lambda change: self._draw(), names="value")
+        self.app.observe(lambda change: self._refreshing or self._draw(), names="value")
         self.refresh_button.on_click(lambda button: self.refresh())
 
     def refresh(self) -> None:
         """Re-read the history file and redraw the table (the figures shown stay)."""
+        with self._lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
         self.records = history.load(self.folder)
         apps = sorted({r["app"] for r in self.records})
         keep = self.app.value
-        self.app.options = [ALL, *apps] + ([keep] if keep not in (ALL, *apps) else [])
-        self.app.value = keep
+        self._refreshing = True  # one redraw below, not one per change of the dropdown too
+        try:
+            self.app.options = [ALL, *apps] + ([keep] if keep not in (ALL, *apps) else [])
+            self.app.value = keep
+        finally:
+            self._refreshing = False
         self._draw()
 
     def shown(self) -> list[dict]:
@@ -68,6 +78,10 @@ class HistoryView:
         return records[::-1][:self.rows]
 
     def _draw(self) -> None:
+        with self._lock:
+            self._draw_table()
+
+    def _draw_table(self) -> None:
         w = _ipywidgets()
         records = self.shown()
         table = history.compare(records)
@@ -83,7 +97,9 @@ class HistoryView:
             button.on_click(lambda b, run=record["id"]: self.select(run))
             cells.append(button)
             cells += [w.HTML(_html(c, row[c], record)) for c in columns]
-        self.table.children = cells
+        previous, self.table.children = self.table.children, cells
+        for widget in previous:  # each holds a comm to the front end: closed, not left to pile up per redraw
+            _close_tree(widget)
         self.table.layout.grid_template_columns = f"repeat({len(columns) + 1}, max-content)"
 
     def select(self, run: str) -> dict:
@@ -107,16 +123,28 @@ class HistoryView:
                 items.append(w.HTML(f"{html.escape(name)}: <code>{html.escape(shown_path(path))}</code> {html.escape(note)}"))
         if not record.get("figures"):
             items.append(w.HTML("this run saved no figures"))
-        self.figures.children = [*items, w.HBox(images, layout=w.Layout(flex_flow="row wrap"))]
+        previous, self.figures.children = self.figures.children, [*items, w.HBox(images, layout=w.Layout(
+            flex_flow="row wrap"))]
+        for widget in previous:
+            _close_tree(widget)
         return record
 
     def close(self) -> None:
-        for widget in (*self.table.children, *self.figures.children, self.header, self.app, self.refresh_button,
-                       self.table, self.figures, self.widget):
-            widget.close()
+        _close_tree(self.widget)
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
+
+
+def _close_tree(widget) -> None:
+    """Close a widget and everything inside it (each holds a comm to the front end), its own layout and style
+    included (closing a widget leaves those open)."""
+    for child in getattr(widget, "children", ()):
+        _close_tree(child)
+    for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
+        if part is not None:
+            part.close()
+    widget.close()
 
 
 def _staleness(path: str, record: dict) -> str | None:

@@ -33,7 +33,7 @@ import time
 from .. import amp, optim
 from ..apps import APPS, Stopped, config_fields
 from ..runner import ensure_running, make_config, run_app
-from .history_view import HistoryView
+from .history_view import HistoryView, _close_tree
 from .plots import loss_png, shown_path
 
 TOP = ("precision", "optimizer", "strategy")  # fields shown as the panel's own dropdowns, not among the sizes
@@ -141,13 +141,6 @@ def _headline(error) -> str:
         return "; ".join(f"rank {r}: {line}" for r, line in sorted(last.items()))
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-
-
-def _close_tree(widget) -> None:
-    """Close a widget and everything inside it (each holds a comm to the front end)."""
-    for child in getattr(widget, "children", ()):
-        _close_tree(child)
-    widget.close()
 
 
 class Panel:
@@ -276,7 +269,7 @@ class Panel:
             self.fields[name] = widget
         self.sizes.children = list(self.fields.values())
         for widget in previous:  # the previous application's inputs, now off the page
-            widget.close()
+            _close_tree(widget)
         self._choices = {name: tuple(_choices(fields[name])) for name, widget in self._choice_widgets().items()}
         self._validate()
 
@@ -437,10 +430,16 @@ class Panel:
             self._set_state("error", f"error: {_headline(e)}", detail=str(e))
         else:  # finished, a Stop that came after every rank had finished included
             self.result = result
-            self._all_finished()
-            self._show(name, result)
             late = " (Stop came after the run had finished)" if self._stop.is_set() else ""
-            self._set_state("done", f"done in {time.perf_counter() - start:.1f} s{late}")
+            try:
+                self._all_finished()
+                self._show(name, result)
+            except Exception as e:  # noqa: BLE001 - the run finished; its results view failing must not hang Run
+                self.error = e
+                self._set_state("error", f"finished in {time.perf_counter() - start:.1f} s, but its results could not "
+                                f"be shown: {_headline(e)}", detail=str(e))
+            else:
+                self._set_state("done", f"done in {time.perf_counter() - start:.1f} s{late}")
         finally:
             self._refresh_history()
 
