@@ -223,7 +223,7 @@ def test_hpcai_teach_is_the_same_command(tmp_path, capsys):
                   str(tmp_path)]) == 0
     assert (tmp_path / "01_tensors_and_precision.ipynb").is_file()
     assert hpcai(["teach", "export-nbgrader", str(tmp_path / "missing"), str(tmp_path / "out")]) == 1
-    assert "hpcai teach:" in capsys.readouterr().err
+    assert "hpcai teach: src: expected a notebook or a folder of notebooks" in capsys.readouterr().err
 
 
 def test_exported_cells_grade(tmp_path):

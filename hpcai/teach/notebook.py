@@ -98,9 +98,11 @@ def export_nbgrader(src, dst, points: int = 1) -> list:
     the folder ``dst``; the paths written (notebooks without exercises are skipped)."""
     import nbformat
     src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise FileNotFoundError(f"src: expected a notebook or a folder of notebooks, {src} does not exist")
     paths = sorted(src.glob("*.ipynb")) if src.is_dir() else [src]
     if not paths:
-        raise FileNotFoundError(f"no notebooks in {src}")
+        raise FileNotFoundError(f"src: expected a notebook or a folder of notebooks, {src} holds no *.ipynb")
     dst.mkdir(parents=True, exist_ok=True)
     written = []
     for path in paths:
