@@ -77,7 +77,7 @@ def run_app(name: str, config=None, *, engines=0, verbose: int = 1, progress=Non
     except BaseException as e:
         if folder is not None:
             status = "failed" if isinstance(e, Exception) and not isinstance(e, Stopped) else "stopped"
-            _record(folder, name, config, status, start, t0, engines, ranks, None, _headline(e))
+            _record(folder, name, config, status, start, t0, engines, ranks, None, headline(e))
         raise
     if folder is not None:
         _record(folder, name, config, "finished", start, t0, engines, ranks, result, None)
@@ -95,10 +95,18 @@ def _history_folder(history, config) -> str | None:
     return os.fspath(history)
 
 
-def _headline(error: BaseException, limit: int = 500) -> str:
-    """``Type: message``, its first line, at most ``limit`` characters (engine errors carry whole outputs)."""
-    line = str(error).strip().partition("\n")[0]
-    text = f"{type(error).__name__}: {line}" if line else type(error).__name__
+def headline(error: BaseException, limit: int = 500) -> str:
+    """One line for a failed run, at most ``limit`` characters: ``Type: first line``, or for an EngineError
+    the failing ranks' last lines (what the panel's status and the run history show)."""
+    failures = getattr(error, "failures", None)
+    if failures:
+        last = {r: next((line.strip() for line in reversed(tb.splitlines()) if line.strip()), "")
+                for r, tb in failures.items()}
+        text = (f"rank(s) {sorted(last)}: {next(iter(last.values()))}" if len(set(last.values())) == 1 else
+                "; ".join(f"rank {r}: {line}" for r, line in sorted(last.items())))
+    else:
+        line = str(error).strip().partition("\n")[0]
+        text = f"{type(error).__name__}: {line}" if line else type(error).__name__
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

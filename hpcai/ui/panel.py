@@ -32,7 +32,7 @@ import time
 
 from .. import amp, optim
 from ..apps import APPS, Stopped, config_fields
-from ..runner import ensure_running, make_config, run_app
+from ..runner import ensure_running, headline, make_config, run_app
 from .history_view import HistoryView, _close_tree
 from .plots import loss_png, shown_path
 
@@ -128,19 +128,6 @@ def parse_engines(text) -> int:
     if not re.fullmatch(r"[0-9]+", word) or int(word) > MAX_ENGINES:
         raise ValueError(f"engines: expected a whole number from 0 to {MAX_ENGINES}, got {str(text)!r}")
     return int(word)
-
-
-def _headline(error) -> str:
-    """One line for the status: the exception, or for an EngineError the failing ranks' last lines."""
-    failures = getattr(error, "failures", None)
-    if failures:
-        last = {r: next((line.strip() for line in reversed(tb.splitlines()) if line.strip()), "")
-                for r, tb in failures.items()}
-        if len(set(last.values())) == 1:
-            return f"rank(s) {sorted(last)}: {next(iter(last.values()))}"
-        return "; ".join(f"rank {r}: {line}" for r, line in sorted(last.items()))
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 class Panel:
@@ -427,7 +414,7 @@ class Panel:
             self._set_state("stopped", f"stopped after {time.perf_counter() - start:.1f} s")
         except BaseException as e:  # noqa: BLE001 (any failure, an engine's included, is shown in the panel)
             self.error = e
-            self._set_state("error", f"error: {_headline(e)}", detail=str(e))
+            self._set_state("error", f"error: {headline(e)}", detail=str(e))
         else:  # finished, a Stop that came after every rank had finished included
             self.result = result
             late = " (Stop came after the run had finished)" if self._stop.is_set() else ""
@@ -437,7 +424,7 @@ class Panel:
             except Exception as e:  # noqa: BLE001 - the run finished; its results view failing must not hang Run
                 self.error = e
                 self._set_state("error", f"finished in {time.perf_counter() - start:.1f} s, but its results could not "
-                                f"be shown: {_headline(e)}", detail=str(e))
+                                f"be shown: {headline(e)}", detail=str(e))
             else:
                 self._set_state("done", f"done in {time.perf_counter() - start:.1f} s{late}")
         finally:
@@ -497,7 +484,7 @@ class Panel:
             tuner.wait()
         except BaseException as e:  # noqa: BLE001 (shown in the panel, as a run's error is)
             self.error = e
-            self._set_state("error", f"error: {_headline(e)}", detail=str(e))
+            self._set_state("error", f"error: {headline(e)}", detail=str(e))
         else:
             c, best = tuner.counts(), tuner.best_value
             what = "stopped" if self._stop.is_set() else "done"
