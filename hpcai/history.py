@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import html
 import json
 import math
 import os
 import secrets
+import threading
 import warnings
 
 from . import __version__, checks
@@ -106,26 +108,51 @@ def _relative(paths, base: str) -> dict:
 def _append(path: str, line: bytes) -> None:
     """``line`` at the end of ``path`` in one write, under an exclusive lock, fsynced; a last line that a killed
     writer left without its newline is ended first, so this record stays readable; a write that fails (a full
-    disk) is taken back."""
+    disk) is taken back.
+
+    The lock is a POSIX record lock (``lockf``), which NFS and parallel file systems carry between nodes
+    (``flock`` is local to one node on some systems); such locks are per process, so threads of one process
+    take a lock of their own first. A file system without locks gets the one unlocked append, with a warning.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)  # Windows: no \r
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        size = os.fstat(fd).st_size
-        if size and _byte_at(fd, size - 1) != b"\n":
-            line = b"\n" + line
-        view = memoryview(line)
+    with _THREADS:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)  # no \r
         try:
-            while view:  # a regular file takes it in one write; the loop is for the odd short write
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except OSError:  # a full disk: take back the part written, so no half line stays
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)
+            _lock(fd, path)
+            _write_line(fd, line)
+        finally:
+            os.close(fd)  # releases the lock
+
+
+_THREADS = threading.Lock()  # record locks do not exclude the threads of one process from each other
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+def _lock(fd: int, path: str) -> None:
+    if fcntl is None:
+        return
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+    except OSError as e:
+        if e.errno not in _NO_LOCKS:
             raise
-    finally:
-        os.close(fd)  # releases the lock
+        warnings.warn(f"run history: {path} is on a file system without locks ({e.strerror}); writing unlocked",
+                      RuntimeWarning, stacklevel=4)
+
+
+def _write_line(fd: int, line: bytes) -> None:
+    size = os.fstat(fd).st_size
+    if size and _byte_at(fd, size - 1) != b"\n":
+        line = b"\n" + line
+    view = memoryview(line)
+    try:
+        while view:  # a regular file takes it in one write; the loop is for the odd short write
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError:  # a full disk: take back the part written, so no half line stays
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise
 
 
 def _byte_at(fd: int, offset: int) -> bytes:
@@ -221,8 +248,9 @@ def value(entry: dict, column: str):
 
 
 def differing(records: list[dict], keys=None) -> list[str]:
-    """The config fields (of ``keys``, default all) whose values are not the same in every record, in the order
-    the first record lists them; a field some records lack counts as differing."""
+    """The config fields whose values are not the same in every record; a field some records lack counts as
+    differing. Of ``keys`` in their order when given; else of all fields, in the order they first appear (the
+    first record's, then those only later records have)."""
     names = []
     for entry in records:
         names += [k for k in entry.get("config", {}) if k not in names]

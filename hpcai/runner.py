@@ -33,7 +33,7 @@ import numpy as np
 from . import checks
 from .apps import APPS, Result, make_config
 from .apps.progress import Progress, Stopped, publish_to_client
-from .parallel.comm import SerialCommunicator, launched_by_mpi
+from .parallel.comm import SerialCommunicator, launched_by_mpi, launcher_rank
 
 # the line a failing module leaves in the engines' output (and the last line of a one-rank ModuleFailed)
 _MODULE_FAILED = re.compile(r"^(?:[\w.]*\.)?ModuleFailed: (module '.+)$", re.MULTILINE)
@@ -64,6 +64,8 @@ def run_app(name: str, config=None, *, engines=0, verbose: int = 1, progress=Non
     try:
         if launched_by_mpi():
             from .parallel import install_abort_hook, world
+            if launcher_rank() not in (0, None):
+                folder = None  # rank 0 records the run, even one whose MPI failed to start
             comm = world()
             install_abort_hook(comm)  # an error on one rank ends the job instead of leaving the others waiting
             ranks, folder = comm.size, folder if comm.rank == 0 else None
@@ -218,6 +220,8 @@ def _on_engines(engines, fn, args, verbose, progress, stop, label):
         with Engines(n=engines) as cluster:
             return _on_engines(cluster, fn, args, verbose, progress, stop, label)
     engines = ensure_running(engines)
+    if stop is not None and stop.is_set():
+        raise Stopped("stopped before the run began")
     done, finished = threading.Event(), threading.Event()  # finished: every rank reported its run finished
 
     def watch():  # a stop asked for once every rank has finished is not needed: the results are on their way

@@ -5,7 +5,7 @@ import json
 
 from hpcai import cli
 from hpcai.apps import climate_sr, make_config
-from hpcai.apps.progress import Progress
+from hpcai.apps.progress import Progress, duration
 from mpijob import mpirun
 
 CLIMATE = {"nlon": 32, "nlat": 16, "days": 1.0, "ratio": 10.0, "iters_per_output": 1, "final_epochs": 30,
@@ -132,4 +132,5 @@ def test_progress_printer_names_ranks_and_skips_those_not_reporting():
     assert out.getvalue().splitlines() == [
         "[progress] rank 0: simulation 1/9 (11%) -- 1s elapsed",
         "[progress] rank 1: in situ training 2/7 (28%): training pairs received -- 1s elapsed"]
-    assert cli._duration(3725) == "1h02m" and cli._duration(125) == "2m05s" and cli._duration(0.4) == "0s"
+    assert duration(3725, compact=True) == "1h02m" and duration(125, compact=True) == "2m05s"
+    assert duration(0.4, compact=True) == "0s" and duration(125) == "2 min 05 s" and duration(3725) == "1 h 02 min"

@@ -109,6 +109,32 @@ def test_concurrent_appends_from_several_processes_never_interleave(tmp_path):
         assert [r["config"]["i"] for r in records if r["config"]["worker"] == w] == list(range(25))
 
 
+def test_concurrent_appends_from_threads_of_one_process_never_interleave(tmp_path):
+    """POSIX record locks belong to the process: its threads must still take turns."""
+    threads = [threading.Thread(target=_append_many, args=(str(tmp_path), w, 10, 100_000)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        records = history.load(tmp_path)
+    assert sorted((r["config"]["worker"], r["config"]["i"]) for r in records) == [
+        (w, i) for w in range(4) for i in range(10)]
+
+
+@pytest.mark.skipif(history.fcntl is None, reason="POSIX record locks only")
+def test_a_file_system_without_locks_gets_an_unlocked_append_and_a_warning(tmp_path, monkeypatch):
+    import errno
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(history.fcntl, "lockf", no_locks)
+    with pytest.warns(RuntimeWarning, match="without locks"):
+        history.record(tmp_path, "digits", {"a": 1}, status="finished", start=time.time(), seconds=1.0)
+    assert [r["config"] for r in history.load(tmp_path)] == [{"a": 1}]
+
+
 def test_a_truncated_line_is_skipped_with_a_warning_and_the_next_record_starts_fresh(tmp_path):
     for precision in ("fp32", "bf16"):
         history.record(tmp_path, "digits", {"precision": precision}, status="finished", start=time.time(),

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from browser import free_port
-from hpcai import cli
+from hpcai import cli, lab
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def test_lab_token_loopback_and_clean_ctrl_c(tmp_path):
         assert _get(base + "/api/status", Authorization=f"token {token}") == 200
         assert _get(f"{base}/api/status?token={token}") == 200
         server = _server(psutil, proc.pid)  # hpcai lab's child, which it watches
-        assert server.cmdline()[1:3] == ["-c", cli.LAB_MAIN] and token not in " ".join(server.cmdline())
+        assert server.cmdline()[1:3] == ["-c", lab.LAB_MAIN] and token not in " ".join(server.cmdline())
         connections = getattr(server, "net_connections", None) or server.connections  # psutil < 6: connections
         listening = {c.laddr.ip for c in connections("inet") if c.status == psutil.CONN_LISTEN}
         assert listening == {"127.0.0.1"}
@@ -95,7 +95,7 @@ def _server(psutil, pid, timeout=30):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for child in psutil.Process(pid).children():
-            if child.cmdline()[1:3] == ["-c", cli.LAB_MAIN]:
+            if child.cmdline()[1:3] == ["-c", lab.LAB_MAIN]:
                 return child
         time.sleep(0.1)
     raise AssertionError("hpcai lab started no JupyterLab server")
@@ -183,7 +183,7 @@ def test_supervise_ends_what_the_server_left_behind(tmp_path, sig):
     pytest.importorskip("psutil")
     import procs
     mark, ready = secrets.token_hex(8), tmp_path / "ready"
-    code = (f"import sys; from hpcai.cli import supervise; "
+    code = (f"import sys; from hpcai.lab import supervise; "
             f"sys.exit(supervise([sys.executable, '-c', {LEAVES_PROCESSES!r}, {str(ready)!r}], tree_grace=1))")
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "HPCAI_LAB_TEST": mark})
@@ -211,26 +211,26 @@ def test_lab_is_root_friendly_serves_the_current_copy_and_opens_the_quickstart(t
     pytest.importorskip("jupyterlab")
     copy = tmp_path / "copy"
     (copy / "notebooks").mkdir(parents=True)
-    (copy / "notebooks" / cli.QUICKSTART).write_text("{}")
+    (copy / "notebooks" / lab.QUICKSTART).write_text("{}")
     (copy / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
     (copy / "sub").mkdir()
     monkeypatch.chdir(copy / "sub")  # anywhere inside a copy of the repository: that copy's notebooks
-    command, _, url = cli.lab_command(token="t", browser=False)
+    command, _, url = lab.lab_command(token="t", browser=False)
     assert f"--ServerApp.root_dir={copy / 'notebooks'}" in command
-    assert url == f"http://127.0.0.1:8888/lab/tree/{cli.QUICKSTART}?token=t"
-    assert f"--ServerApp.default_url=/lab/tree/{cli.QUICKSTART}" in command
+    assert url == f"http://127.0.0.1:8888/lab/tree/{lab.QUICKSTART}?token=t"
+    assert f"--ServerApp.default_url=/lab/tree/{lab.QUICKSTART}" in command
     monkeypatch.chdir(tmp_path)  # not in a copy: the source tree hpcai runs from
-    command, _, _ = cli.lab_command(token="t", browser=False)
+    command, _, _ = lab.lab_command(token="t", browser=False)
     assert f"--ServerApp.root_dir={ROOT / 'notebooks'}" in command
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "other"\n')
     (tmp_path / "notebooks").mkdir()
-    command, _, _ = cli.lab_command(token="t", browser=False)  # another project's notebooks are not ours
+    command, _, _ = lab.lab_command(token="t", browser=False)  # another project's notebooks are not ours
     assert f"--ServerApp.root_dir={ROOT / 'notebooks'}" in command
     monkeypatch.setattr(cli.os, "geteuid", lambda: 0)  # root, as in a container: no --allow-root needed
-    command, _, _ = cli.lab_command(notebook_dir=str(tmp_path), token="t", browser=False)
+    command, _, _ = lab.lab_command(notebook_dir=str(tmp_path), token="t", browser=False)
     assert "--allow-root" in command and "--ServerApp.default_url=/lab" in command
     monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
-    assert "--allow-root" not in cli.lab_command(token="t", browser=False)[0]
+    assert "--allow-root" not in lab.lab_command(token="t", browser=False)[0]
 
 
 def test_the_help_examples_parse(capsys):
@@ -280,20 +280,20 @@ def test_lab_never_runs_without_a_token(capsys):
         cli.main(["lab", "--token", " ", "--no-browser"])
     assert "--token" in capsys.readouterr().err
     pytest.importorskip("jupyterlab")
-    command, env, url = cli.lab_command(browser=False)
+    command, env, url = lab.lab_command(browser=False)
     assert len(env["JUPYTER_TOKEN"]) >= 24 and url.endswith(env["JUPYTER_TOKEN"])
-    assert url.startswith(f"http://127.0.0.1:8888/lab/tree/{cli.QUICKSTART}?token=")  # opens on the quickstart
+    assert url.startswith(f"http://127.0.0.1:8888/lab/tree/{lab.QUICKSTART}?token=")  # opens on the quickstart
     assert not any(env["JUPYTER_TOKEN"] in a for a in command)
-    assert command[:3] == [sys.executable, "-c", cli.LAB_MAIN] and "--ServerApp.ip=127.0.0.1" in command
+    assert command[:3] == [sys.executable, "-c", lab.LAB_MAIN] and "--ServerApp.ip=127.0.0.1" in command
     assert f"--ServerApp.root_dir={ROOT / 'notebooks'}" in command  # the source tree's notebooks by default
 
 
 def test_lab_warns_off_loopback(capsys):
     pytest.importorskip("jupyterlab")
-    command, _, url = cli.lab_command(ip="0.0.0.0", port=9999, token="t0k3n", browser=False)
-    assert "--ServerApp.ip=0.0.0.0" in command and url.endswith(f":9999/lab/tree/{cli.QUICKSTART}?token=t0k3n")
+    command, _, url = lab.lab_command(ip="0.0.0.0", port=9999, token="t0k3n", browser=False)
+    assert "--ServerApp.ip=0.0.0.0" in command and url.endswith(f":9999/lab/tree/{lab.QUICKSTART}?token=t0k3n")
     assert "warning" in capsys.readouterr().err
-    cli.lab_command(ip="::1", token="t0k3n")
+    lab.lab_command(ip="::1", token="t0k3n")
     assert capsys.readouterr().err == ""
 
 
@@ -339,8 +339,8 @@ def test_bench_needs_the_source_tree(tmp_path, capsys):
     assert e.value.code == 2 and "ship with the source" in capsys.readouterr().err
     code = textwrap.dedent("""
         import sys
-        from hpcai import cli
-        cli._source_dir = lambda name: None  # as when installed from a wheel
+        from hpcai import cli, lab
+        lab.source_dir = lambda name: None  # as when installed from a wheel
         sys.exit(cli.main(["bench", "--list"]))
     """)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)

@@ -169,3 +169,21 @@ def test_run_app_on_engines_names_the_application_in_errors():
 
     with pytest.raises(EngineError, match=r"^run_app\('digits'\) failed on 1 of 2"):
         run_app("digits", engines=Running(), verbose=0)
+
+
+@pytest.mark.parametrize("rank, records", [("0", 1), ("1", 0)])
+def test_mpi_that_fails_to_start_is_recorded_by_rank_0_only(tmp_path, monkeypatch, rank, records):
+    """Under mpiexec, a world that cannot be made fails the run on every rank; rank 0 -- known from the
+    launcher's environment, since MPI never came up -- records it, once."""
+    import hpcai.parallel
+    from hpcai import history
+
+    def no_mpi():
+        raise RuntimeError("MPI_Init failed")
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setenv("PMI_RANK", rank)
+    monkeypatch.setattr(hpcai.parallel, "world", no_mpi)
+    with pytest.raises(RuntimeError, match="MPI_Init"):
+        run_app("digits", epochs=1, history=str(tmp_path))
+    runs = history.load(tmp_path) if (tmp_path / "history.jsonl").exists() else []
+    assert len(runs) == records and all(r["status"] == "failed" and "MPI_Init" in r["error"] for r in runs)

@@ -209,6 +209,22 @@ def test_engine_options_reach_the_engines_and_their_errors_the_panel(tmp_path):
     panel.close()
 
 
+def test_engines_that_fail_to_start_are_a_failed_run_in_the_history(tmp_path):
+    from hpcai import history
+    mpiexec = tmp_path / "mpiexec"
+    mpiexec.write_text("#!/bin/sh\necho 'no MPI on this node' >&2\nexit 3\n")
+    mpiexec.chmod(0o755)
+    panel = Panel(engines=2, output_dir=str(tmp_path), engine_options={"mpiexec": str(mpiexec), "timeout": 60},
+                  epochs=1)
+    try:
+        panel.run()
+        assert panel.wait(120) == "error", panel.status.value
+        (run,) = history.load(tmp_path)
+        assert run["status"] == "failed" and run["app"] == "digits" and run["ranks"] == 2 and run["error"]
+    finally:
+        panel.close()
+
+
 def test_tune_from_the_panel_shows_the_study_live_and_resumes(tmp_path):
     """panel.tune: a study of the selected application with the form's other fields fixed; its view is in
     the panel, the result in the status line, and a second call on the same file resumes the study."""

@@ -25,6 +25,19 @@ from ..train.callbacks import Callback
 MAX_POINTS = 400  # loss points kept in a snapshot (older ones thinned), so snapshots stay small
 
 
+def duration(seconds: float, compact: bool = False) -> str:
+    """A duration as people read it: ``42 s``, ``3 min 05 s``, ``1 h 02 min``; ``compact`` for a terminal
+    line: ``42s``, ``3m05s``, ``1h02m``. One rounding rule for the panel and the CLI."""
+    value = max(0, int(round(seconds)))
+    s, m, h = ("s", "m", "h") if compact else (" s", " min", " h")
+    gap = "" if compact else " "
+    if value < 60:
+        return f"{value}{s}"
+    if value < 3600:
+        return f"{value // 60}{m}{gap}{value % 60:02d}{s}"
+    return f"{value // 3600}{h}{gap}{value % 3600 // 60:02d}{m}"
+
+
 class Stopped(Exception):
     """Raised inside an application's run when it was asked to stop."""
 

@@ -40,6 +40,7 @@ ABORT_GRACE = 0.2  # seconds between a rank's last words and MPI_Abort, for the 
 SPIN_SECONDS, MIN_SPIN = 2e-3, 5e-5  # wait/probe: poll at full speed (yielding the core) at most/least this long,
 MAX_PAUSE = 1e-3                     # then sleep between polls, the pauses doubling from 10 us up to this
 LAUNCHER_SIZES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")  # ranks started, as MPI launchers tell them
+LAUNCHER_RANKS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")  # this process's rank, as they tell it
 STALL_WARNING = 60.0  # seconds in one collective before a StallWarning (Horovod's default), unless set
 STALL_QUIET = 0.5  # a wait shorter than this never looks at the stall channel (short waits pay nothing for it)
 STALL_ASK = 1.0  # seconds a stalled rank collects the other ranks' answers
@@ -566,6 +567,16 @@ def launched_by_mpi() -> bool:
     """Whether an MPI launcher (mpiexec, srun) started this process as one of several ranks; reads the
     launcher's environment only, so mpi4py is not imported."""
     return any(os.environ.get(v, "").strip().isdigit() and int(os.environ[v]) > 1 for v in LAUNCHER_SIZES)
+
+
+def launcher_rank() -> int | None:
+    """This process's rank as the MPI launcher's environment tells it (None: not told); known before MPI is
+    initialised, so it still names rank 0 when initialising fails."""
+    for v in LAUNCHER_RANKS:
+        value = os.environ.get(v, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
 
 
 def default_comm():

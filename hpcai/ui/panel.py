@@ -32,7 +32,8 @@ import time
 
 from .. import amp, optim
 from ..apps import APPS, Stopped, config_fields
-from ..runner import ensure_running, headline, make_config, run_app
+from ..apps.progress import duration
+from ..runner import headline, make_config, run_app
 from .history_view import HistoryView, _close_tree
 from .plots import loss_png, shown_path
 
@@ -65,16 +66,6 @@ def _format(value, unit: str = "") -> str:
         return f"{value:g} B"
     text = f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
     return f"{text} {html.escape(unit)}" if unit else text
-
-
-def _seconds(value: float) -> str:
-    """``42 s``, ``3 min 05 s``, ``1 h 02 min``: a duration as people read it."""
-    value = max(0, round(value))
-    if value < 60:
-        return f"{value} s"
-    if value < 3600:
-        return f"{value // 60} min {value % 60:02d} s"
-    return f"{value // 3600} h {value % 3600 // 60:02d} min"
 
 
 def _label(f: dataclasses.Field) -> str:
@@ -159,6 +150,7 @@ class Panel:
         self._renders = itertools.count(1)  # each live-plot render's number, in the order the reports came
         self._shown = self._floor = 0  # the render on show; renders numbered up to _floor belong to earlier runs
         self._finished = False  # every rank of the current run reported its run finished
+        self._running = ""  # the status of the run under way, once its engines are up
         self._warm = False  # the live plot's first render (loading matplotlib) was done ahead of time
         self._last: list = []  # the ranks' latest reports
         self._lock = threading.RLock()
@@ -346,6 +338,12 @@ class Panel:
         return make_config(self.app.value, self.values())
 
     def _validate(self) -> bool:
+        """Offer the choices the other settings allow and enable Run if the Config validates. Under the lock:
+        the run's worker thread calls it when a run ends, while the user may be editing in the kernel's."""
+        with self._lock:
+            return self._validate_locked()
+
+    def _validate_locked(self) -> bool:
         if self._building:
             return False
         self._offer()
@@ -403,12 +401,13 @@ class Panel:
 
     def _job(self, name, config, n) -> None:
         start = time.perf_counter()
+        self._running = f"running {name} on {n} MPI engine(s)" if n else f"running {name} in this kernel"
         try:
-            engines = ensure_running(self._engines_of(n)) if n else 0
-            if self._stop.is_set():
-                raise Stopped("stopped before the run began")
-            self._set_state("running", f"running {name} on {n} MPI engine(s)" if n else f"running {name} in this kernel")
-            result = run_app(name, config, engines=engines, verbose=0, progress=self._on_progress, stop=self._stop,
+            if not n:
+                self._set_state("running", self._running)
+            # run_app starts the engines (the state says "running" at their first report): a start that fails
+            # is a failed run, recorded in the run history like any other
+            result = run_app(name, config, engines=self._engines_of(n) if n else 0, verbose=0, progress=self._on_progress, stop=self._stop,
                              history=self.output_dir)
         except Stopped:
             self._set_state("stopped", f"stopped after {time.perf_counter() - start:.1f} s")
@@ -495,6 +494,8 @@ class Panel:
             view.refresh()
 
     def _on_progress(self, snapshots: list) -> None:
+        if self.state == "starting":  # the engines are up and the application has begun
+            self._set_state("running", self._running)
         reporting = [s for s in snapshots if s.get("total") or s.get("finished") or s.get("overall")]
         self.progress.value = (sum(s.get("overall", s.get("fraction", 0.0)) for s in reporting) / len(reporting)
                                if reporting else 0.0)
@@ -533,7 +534,7 @@ class Panel:
         if not known:
             return ""
         elapsed = max(s.get("elapsed", 0.0) for s in known)
-        parts = [f"elapsed {_seconds(elapsed)}"]
+        parts = [f"elapsed {duration(elapsed)}"]
         rates = [s["rate"] for s in known if s.get("rate")]
         if rates and not all(s.get("finished") for s in known):
             parts.append(f"{min(rates):.3g} steps/s")
@@ -541,7 +542,7 @@ class Panel:
         if all(s.get("finished") for s in known):
             parts.append("finished")
         elif etas and all(e is not None for e in etas):
-            parts.append(f"about {_seconds(max(etas))} left")
+            parts.append(f"about {duration(max(etas))} left")
         return "<span class='hpcai-timing-text'>" + " &middot; ".join(parts) + "</span>"
 
     def _render(self, snapshots, number: int) -> None:
