@@ -11,7 +11,9 @@ Three sections, each printing rows (name, value, note):
    chain of the batch by one swap per step). The peer, measured in the same run when ``clease`` is
    installed (``pip install clease``; a benchmark-only dependency): CLEASE's own canonical Monte Carlo
    (C++ energy updates) on the same cell with the same model -- a cluster expansion whose only ECI is the
-   nearest-neighbour pair, checked to give our energy differences -- at the same temperature (1.2 T_c).
+   nearest-neighbour pair, checked to give our energy differences -- at the same temperature (1.2 T_c),
+   measured alternately with ours (three rounds; ratios as ranges). One chain takes the plain-Python path
+   of the per-chain environment indices (``hpcai.sim.alloy.local``), batches the numpy one.
    Goal: >= 0.5x CLEASE.
 2. T_c of the bcc and sc 50/50 ordering pair model from Binder-cumulant crossings of three sizes (replica
    exchange, many replicas per temperature, curves by multiple-histogram reweighting), against
@@ -112,29 +114,40 @@ def clease_swaps_per_second(mc, seconds: float = 2.0) -> tuple[float, float]:
     return rate, float(mc.get_thermodynamic_quantities()["accept_rate"])
 
 
-def throughput(report=report, sizes=(8, 12, 16), batches=(1, 64, 256), seconds=2.0) -> None:
+def throughput(report=report, sizes=(8, 12, 16), batches=(1, 64, 256), seconds=2.0, repeats=3) -> None:
+    """Swaps per second, CLEASE and hpcai measured alternately ``repeats`` times (ratios as ranges)."""
     print("trial swaps per second, bcc 50/50 nearest-neighbour pair model at 1.2 T_c")
     with tempfile.TemporaryDirectory() as folder:
         for L in sizes:
             model = pair_model("bcc", L)
             kT = 1.2 * alloy.ising_critical_temperature(model)
             peer, why = clease_monte_carlo(model, kT, folder)
-            peer_rate = None
-            if peer is not None:
-                peer_rate, peer_acc = clease_swaps_per_second(peer, seconds)
-                report(f"bcc L={L} ({model.lattice.n_sites} sites): CLEASE swaps/s", peer_rate,
-                       f"1 chain, acceptance {peer_acc:.2f}")
-            elif L == sizes[0]:
+            if peer is None and L == sizes[0]:
                 print(f"  (no peer: {why})")
+            rates: dict = {}
+            for _ in range(repeats):
+                if peer is not None:
+                    rates.setdefault("clease", []).append(clease_swaps_per_second(peer, seconds / repeats))
+                for batch in batches:
+                    rates.setdefault(batch, []).append(hpcai_swaps_per_second(model, batch, kT, seconds / repeats))
+            if peer is not None:
+                r = [rate for rate, _ in rates["clease"]]
+                report(f"bcc L={L} ({model.lattice.n_sites} sites): CLEASE swaps/s", float(np.median(r)),
+                       f"1 chain, acceptance {rates['clease'][0][1]:.2f}; range {min(r):.3g}-{max(r):.3g}")
             for batch in batches:
-                rate, acc = hpcai_swaps_per_second(model, batch, kT, seconds)
-                ratio = "" if peer_rate is None else f"; {rate / peer_rate:.2f}x CLEASE"
-                report(f"bcc L={L}: hpcai swaps/s, {batch} chain(s)", rate, f"acceptance {acc:.2f}{ratio}")
+                r = [rate for rate, _ in rates[batch]]
+                ratio = ""
+                if peer is not None:
+                    x = [a / b for (a, _), (b, _) in zip(rates[batch], rates["clease"])]
+                    ratio = f"; {min(x):.2f}-{max(x):.2f}x CLEASE (alternating)"
+                report(f"bcc L={L}: hpcai swaps/s, {batch} chain(s)", float(np.median(r)),
+                       f"acceptance {rates[batch][0][1]:.2f}{ratio}")
         model = alloy.SiteEnergyModel(alloy.Lattice("bcc", sizes[0], shells=2), 2,
                                       lambda f: np.tanh(f @ np.linspace(-0.01, 0.01, f.shape[1])))
-        rate, _ = hpcai_swaps_per_second(model, batches[-1], 0.05, seconds)
-        report(f"bcc L={sizes[0]}: generic per-site model swaps/s, {batches[-1]} chains", rate,
-               "2 shells, the path a neural surrogate takes (its network excluded: tanh of a dot product)")
+        for batch in (1, batches[-1]):
+            rate, _ = hpcai_swaps_per_second(model, batch, 0.05, seconds)
+            report(f"bcc L={sizes[0]}: generic per-site model swaps/s, {batch} chain(s)", rate,
+                   "2 shells, the path a neural surrogate takes (environment table, per-chain indices)")
 
 
 def critical_temperatures(report=report, quick=False) -> None:

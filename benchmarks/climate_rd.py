@@ -4,6 +4,7 @@ total stored bytes on Galewsky vorticity.
   python benchmarks/climate_rd.py --grids T85                          # ~35 min on 2 busy cores
   python benchmarks/climate_rd.py --grids T170 --t170-days 1 --iters 500  # ~20 min
   python benchmarks/climate_rd.py --quick    # T42, 2 days, fewer training iterations (~2 minutes)
+  python benchmarks/climate_rd.py --grids T85 --ratios 20 --base block sz3 --no-generalisation  # one ratio
 
 For each total compression ratio (raw float64 bytes / every byte stored: payload, headers, network weights,
 corrections) 20, 50, 100, 200, over every output step: latitude-weighted relative L2 error and relative max
@@ -110,13 +111,13 @@ def learned(fields, lat, ratio, weights, iters, bound, base="block"):
     return (*measure(hi), learner)
 
 
-def table(label, fields, lat, iters, bases=("block",)):
+def table(label, fields, lat, iters, bases=("block",), ratios=RATIOS):
     weights = np.cos(np.radians(lat))[:, None]
     print(f"\n{label}: {len(fields)} steps of {fields.shape[1]}x{fields.shape[2]}, raw {fields.nbytes / 1e6:.1f} MB",
           flush=True)
     print(f"  {'target':>6} {'method':<9} {'ratio':>7} {'rel L2':>10} {'rel max':>10}   notes")
     learners = {}
-    for ratio in RATIOS:
+    for ratio in ratios:
         rows = {}
         for name, kw in (("truncate", {}), ("block", {}), ("sz3", {}), ("zfp-acc", {}), ("zfp-rate", {})):
             t = time.perf_counter()
@@ -170,17 +171,20 @@ def main(argv=None):
     p.add_argument("--base", nargs="+", default=["block"], choices=["block", "sz3"], help="codecs under the network")
     p.add_argument("--grids", nargs="+", default=["T85", "T170"], choices=["T85", "T170"], help="which runs")
     p.add_argument("--t170-days", type=float, default=2.0, help="length of the T170 run (model days)")
+    p.add_argument("--t85-days", type=float, default=6.0, help="length of the T85 run (model days)")
+    p.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS), help="total compression ratios")
+    p.add_argument("--no-generalisation", action="store_true", help="skip the generalisation table")
     args = p.parse_args(argv)
     iters = args.iters or (300 if args.quick else 1000)
-    runs = {"T85": ("T85 Galewsky, 6 days hourly", 256, 128, 6.0),
+    runs = {"T85": (f"T85 Galewsky, {args.t85_days:g} days hourly", 256, 128, args.t85_days),
             "T170": (f"T170 Galewsky, {args.t170_days:g} days hourly", 512, 256, args.t170_days)}
     runs = [("T42 Galewsky, 2 days hourly", 128, 64, 2.0)] if args.quick else [runs[g] for g in args.grids]
     for i, (label, nlon, nlat, days) in enumerate(runs):
         t = time.perf_counter()
         fields, lat = galewsky(nlon, nlat, days)
         print(f"\n{label}: simulated in {time.perf_counter() - t:.0f} s", flush=True)
-        table(label, fields, lat, iters, tuple(args.base))
-        if i == 0 and "T170" not in label:
+        table(label, fields, lat, iters, tuple(args.base), tuple(args.ratios))
+        if i == 0 and "T170" not in label and not args.no_generalisation:
             other, _ = galewsky(nlon, nlat, days, h_hat=60.0)
             generalisation(fields, other, lat, int(len(fields) * 2 / 3), iters)
 

@@ -7,11 +7,14 @@ largest difference of the results relative to the largest value.
 
   python benchmarks/spharm.py            # about 15 s on 2 cores; needs `pip install ducc0`
   python benchmarks/spharm.py --quick    # fewer rounds
+  python benchmarks/spharm.py --path table   # hpcai's table path for every row (as before the factored path)
 
 Each row: the ratio of median wall times; the note gives both medians, the ratio of median CPU times of this
 process (with one thread the cleaner figure on a busy machine), the ratio of the fastest rounds (nearest to
-an idle machine: hpcai's Legendre tables, 2 MB at T85 and 15 MB at T170, are read from cache, or from memory
-when other processes evict them, while ducc0 recomputes the functions) and the agreement.
+an idle machine: hpcai reads precomputed Legendre data, from cache or, when other processes evict it, from
+memory, while ducc0 recomputes the functions) and the agreement. A single scalar or wind field takes hpcai's
+factored Legendre path (bases and coefficients, 1.3 MB at T85 and 8.6 MB at T170), the model step's batched
+fields the table path (2.1 and 15 MB); ``--path table`` or ``--path factored`` forces one for every row.
 
 Transforms (those the model uses every step):
   scalar analysis     grid -> spectrum (one field)
@@ -100,9 +103,11 @@ def rel(a, b):
     return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
 
 
-def run_grid(name, nlon, nlat, threads, rounds, rng):
+def run_grid(name, nlon, nlat, threads, rounds, rng, path="auto"):
     from threadpoolctl import threadpool_limits
     sh = SphericalHarmonics(nlon, nlat)
+    if path != "auto":
+        sh.factored_columns = 0 if path == "table" else 10 ** 6
     dt = DuccTransforms(sh)
     dt.nthreads = threads
 
@@ -170,6 +175,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds")
     ap.add_argument("--grids", default="T85,T170", help="comma-separated, from " + ",".join(GRIDS))
+    ap.add_argument("--path", default="auto", choices=("auto", "table", "factored"),
+                    help="hpcai's Legendre path (auto: factored for one field, table for several)")
     args = ap.parse_args(argv)
     try:
         import ducc0
@@ -178,12 +185,12 @@ def main(argv=None):
         return
     rng = np.random.default_rng(0)
     print(f"hpcai SphericalHarmonics vs ducc0 {ducc0.__version__}: time ratio hpcai/ducc0 (goal <= 1.5), "
-          "max relative difference")
+          f"max relative difference; hpcai's Legendre path: {args.path}")
     for name in args.grids.split(","):
         nlon, nlat = GRIDS[name]
         for threads in (1, 2):
             rounds = (7 if name == "T85" else 5) if args.quick else (31 if name == "T85" else 15)
-            run_grid(name, nlon, nlat, threads, rounds, rng)
+            run_grid(name, nlon, nlat, threads, rounds, rng, args.path)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
   python benchmarks/train_vs_torch.py                 # all four cases, a few minutes on 2 cores
   python benchmarks/train_vs_torch.py mlp cnn --rounds 5
+  python benchmarks/train_vs_torch.py --threads 1 --clock cpu   # on a busy machine: CPU time, one thread each
 
 Each measurement runs in its own process, alternating hpcai and PyTorch, so the two frameworks' idle
 worker threads never spin against each other (on 2 cores that alone costs 1.6-1.9x). One step is
@@ -98,20 +99,26 @@ def step_flops(case):
     return sum(_flops(layer, shape) * (2 if i == 0 else 3) for i, (layer, shape) in enumerate(_shapes(case)))
 
 
-def gemm_rate(n: int = 2048, repeats: int = 5) -> float:
+def _clock(kind: str):
+    """The timer of ``--clock``: wall time, or the process's CPU time (all its threads; with one thread
+    each, a comparison that other processes on a busy machine disturb far less)."""
+    return time.process_time if kind == "cpu" else time.perf_counter
+
+
+def gemm_rate(n: int = 2048, repeats: int = 5, clock=time.perf_counter) -> float:
     """numpy's float32 GEMM speed (FLOP/s, best of ``repeats``) on n×n matrices, all of BLAS's threads."""
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
     c = a @ b
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         np.matmul(a, b, out=c)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return 2 * n ** 3 / best
 
 
-def layer_rates(case: str, repeats: int = 3) -> list:
+def layer_rates(case: str, repeats: int = 3, clock=time.perf_counter) -> list:
     """hpcai's [(name, forward, backward-data, backward-weight FLOP/s)] for each conv layer of ``case``."""
     import hpcai
     from hpcai import ops
@@ -131,9 +138,9 @@ def layer_rates(case: str, repeats: int = 3) -> list:
             fn()
             times = []
             for _ in range(repeats):
-                start = time.perf_counter()
+                start = clock()
                 fn()
-                times.append(time.perf_counter() - start)
+                times.append(clock() - start)
             return _flops(layer, shape) / statistics.median(times)
 
         def grad(which):
@@ -146,7 +153,7 @@ def layer_rates(case: str, repeats: int = 3) -> list:
     return out
 
 
-def worker(framework: str, case: str, steps: int) -> float:
+def worker(framework: str, case: str, steps: int, threads: int, clock=time.perf_counter) -> float:
     """Median seconds per training step of ``case`` in ``framework`` (run in a fresh process)."""
     shape, batch, (target_kind, classes), layers = CASES[case]
     rng = np.random.default_rng(0)
@@ -155,7 +162,7 @@ def worker(framework: str, case: str, steps: int) -> float:
         np.float32)
     if framework == "torch":
         import torch
-        torch.set_num_threads(os.cpu_count())
+        torch.set_num_threads(threads)
         model = build_torch(layers)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
@@ -181,16 +188,19 @@ def worker(framework: str, case: str, steps: int) -> float:
         step()
     times = []
     for _ in range(steps):
-        start = time.perf_counter()
+        start = clock()
         step()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
-def measure(framework: str, case: str, steps: int):
-    """The worker's answer (seconds per step; FLOP/s for "gemm"; rates for "layers"), from a fresh process."""
-    out = subprocess.run([sys.executable, __file__, "--worker", framework, "--steps", str(steps), case],
-                         capture_output=True, text=True, cwd=ROOT, check=True)
+def measure(framework: str, case: str, steps: int, threads: int, clock: str = "wall"):
+    """The worker's answer (seconds per step; FLOP/s for "gemm"; rates for "layers"), from a fresh process
+    whose BLAS and OpenMP use ``threads`` threads (hpcai follows BLAS's setting)."""
+    env = dict(os.environ, **{k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+    out = subprocess.run([sys.executable, __file__, "--worker", framework, "--steps", str(steps), "--threads",
+                          str(threads), "--clock", clock, case], capture_output=True, text=True, cwd=ROOT, check=True,
+                         env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["result"]
 
 
@@ -200,6 +210,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating process pairs per case")
     parser.add_argument("--steps", type=int, default=0, help="timed steps per process (default: by case)")
     parser.add_argument("--layers", action="store_true", help="also hpcai's GFLOP/s per conv layer and pass")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of each framework (all cores)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time, or process CPU time (use with --threads 1 on a busy machine)")
     parser.add_argument("--worker", choices=["hpcai", "torch", "gemm", "layers"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     unknown = [c for c in args.cases if c not in CASES]
@@ -207,15 +220,16 @@ def main() -> None:
         parser.error(f"cases: expected some of {list(CASES)}, got {unknown}")
     if args.worker:
         sys.path.insert(0, ROOT)
-        jobs = {"gemm": lambda: gemm_rate(), "layers": lambda: layer_rates(args.cases[0]),
-                "hpcai": lambda: worker("hpcai", args.cases[0], args.steps or 5),
-                "torch": lambda: worker("torch", args.cases[0], args.steps or 5)}
+        clock = _clock(args.clock)
+        jobs = {"gemm": lambda: gemm_rate(clock=clock), "layers": lambda: layer_rates(args.cases[0], clock=clock),
+                "hpcai": lambda: worker("hpcai", args.cases[0], args.steps or 5, args.threads, clock),
+                "torch": lambda: worker("torch", args.cases[0], args.steps or 5, args.threads, clock)}
         print(json.dumps({"result": jobs[args.worker]()}))
         return
     if importlib.util.find_spec("torch") is None:
         raise SystemExit("this benchmark compares with PyTorch: pip install torch")
-    print(f"training step (forward + backward + SGD momentum), {os.cpu_count()} threads each, "
-          f"median over {args.rounds} alternating process pairs")
+    print(f"training step (forward + backward + SGD momentum), {args.threads} threads each, "
+          f"median over {args.rounds} alternating process pairs, {args.clock} time")
     print("  GEMM %: the step's FLOPs per second over the fp32 GEMM peak measured alongside (numpy, 2048^3)")
     print(f"  {'case':<8}{'GFLOP':>8}{'hpcai ms':>10}{'torch ms':>10}{'hpcai/torch':>13}{'hpcai GEMM %':>14}"
           f"{'torch GEMM %':>14}")
@@ -223,15 +237,15 @@ def main() -> None:
     for case in args.cases:
         steps = args.steps or {"mlp": 50, "cnn": 10, "cbed": 3, "srcnn": 2}[case]
         ours, theirs = [], []
-        peaks.append(measure("gemm", case, 0))
+        peaks.append(measure("gemm", case, 0, args.threads, args.clock))
         for _ in range(args.rounds):
-            ours.append(measure("hpcai", case, steps))
-            theirs.append(measure("torch", case, steps))
+            ours.append(measure("hpcai", case, steps, args.threads, args.clock))
+            theirs.append(measure("torch", case, steps, args.threads, args.clock))
         o, t, peak, flops = statistics.median(ours), statistics.median(theirs), max(peaks), step_flops(case)
         print(f"  {case:<8}{flops / 1e9:>8.2f}{o * 1e3:>10.1f}{t * 1e3:>10.1f}{o / t:>13.2f}"
               f"{100 * flops / o / peak:>13.0f}%{100 * flops / t / peak:>13.0f}%", flush=True)
         if args.layers and any(layer[0] == "conv" for layer in CASES[case][3]):
-            layers[case] = measure("layers", case, 0)
+            layers[case] = measure("layers", case, 0, args.threads, args.clock)
     print(f"  fp32 GEMM peak: {max(peaks) / 1e9:.0f} GFLOP/s (best of {len(peaks)} runs; "
           f"median {statistics.median(peaks) / 1e9:.0f})")
     if layers:

@@ -83,6 +83,25 @@ def test_triplet_features_make_a_three_site_cluster_energy_exact():
     assert alloy.swap_delta_mismatch(surrogate.features, x[60:64], seed=0) < 1e-10
 
 
+def test_the_monte_carlo_table_follows_training_and_loaded_weights():
+    """The environment table the Monte Carlo looks up is rebuilt after every fit and load_vector: the model
+    the Monte Carlo sees always gives the ensemble's current energies."""
+    lattice = alloy.Lattice("bcc", 3)
+    x, e = labelled(three_body(lattice), 40, 11)
+    surrogate = Surrogate(lattice, 2, hidden=8, ensemble=2, seed=0)
+    surrogate.fit(x[:20], e[:20], epochs=2)
+    before = surrogate.features.energies(x[30:])
+    assert surrogate.features.tabulated and surrogate.features.site_table_geometry.size == 18
+    surrogate.fit(x[:30], e[:30], epochs=30, lr=0.01)
+    after = surrogate.features.energies(x[30:])
+    assert np.abs(after - before).max() > 1e-4
+    np.testing.assert_allclose(after, surrogate.energies(x[30:]), atol=1e-6)
+    other = Surrogate(lattice, 2, hidden=8, ensemble=2, seed=5)
+    other.features.energies(x[30:])                          # builds the untrained table
+    other.load_vector(surrogate.vector())
+    np.testing.assert_allclose(other.features.energies(x[30:]), after, atol=1e-9)
+
+
 def test_weights_round_trip_through_one_vector_for_any_cell_size():
     lattice = alloy.Lattice("bcc", 3)
     x, e = labelled(alloy.PairModel.from_bonds(lattice, 0.0, 0.0, -0.02), 20, 5)

@@ -225,6 +225,80 @@ def test_energy_levels_of_bcc_cell_follow_boltzmann():
     assert chi_square_p(np.round(mc.energies, 9), levels, degeneracy / degeneracy.sum()) < 1e-6
 
 
+def test_one_chain_detailed_balance_on_the_plain_python_path():
+    """A single chain runs the plain-Python trials of the environment table (no numpy per step): its thinned
+    trajectory on sc L=2 (8 sites, ternary, 560 states) follows the exact Boltzmann weights."""
+    lattice = A.Lattice("sc", 2)
+    w = np.random.default_rng(16).normal(size=6) * 0.3
+    model = A.SiteEnergyModel(lattice, 3, lambda f: np.cos(f @ w))
+    assert model.swap_state(np.arange(8, dtype=np.int8)[None] % 3) is not None
+    states = enumerate_states(8, (2, 3, 3))
+    p = boltzmann(model.energies(states), 0.5)
+    mc = A.MonteCarlo(model, A.random_occupation(lattice, (2 / 8, 3 / 8, 3 / 8), seed=17), 0.5, seed=18)
+    mc.step(200)
+    samples = []
+    for _ in range(3000):
+        mc.step(25)
+        samples.append(mc.occupation.copy())
+    codes = state_codes(states, 3)
+    assert chi_square_p(state_codes(np.array(samples), 3), codes, p) > 1e-3
+    assert chi_square_p(state_codes(np.array(samples), 3), codes, np.full(len(p), 1 / len(p))) < 1e-6
+    assert abs(mc.refresh_energies()) < 1e-9
+
+
+class GeneralRoute:
+    """Only ``energies`` and ``swap_deltas`` of a model: the Monte Carlo cannot keep a swap state for it."""
+
+    def __init__(self, model):
+        self.model, self.lattice, self.n_species = model, model.lattice, model.n_species
+
+    def energies(self, occupation):
+        return self.model.energies(occupation)
+
+    def swap_deltas(self, occupation, i, j):
+        return self.model.swap_deltas(occupation, i, j)
+
+
+@pytest.mark.parametrize("kind, size, shells, n_species, chains", [
+    ("fcc", 4, 1, 2, 1), ("fcc", 4, 1, 2, 4), ("fcc", 2, 2, 2, 1), ("bcc", 4, 2, 2, 3), ("sc", 4, 2, 3, 1),
+    ("sc", 4, 2, 3, 4)])
+def test_swap_state_stays_exact_after_many_accepted_swaps(kind, size, shells, n_species, chains):
+    """The per-chain environment indices, updated on every accepted swap (one chain: plain Python; several:
+    numpy, with replica exchange reordering them), equal indices computed afresh; the Monte Carlo takes the
+    very same trajectory as on the general route (features gathered per trial); its local energy changes
+    equal differences of full energies after thousands of accepted swaps."""
+    lattice = A.Lattice(kind, size, shells=shells)
+    rng = np.random.default_rng(size * 10 + n_species)
+    w = rng.normal(size=n_species * (1 + shells)) * 0.4
+    function = lambda f: np.tanh(f @ w) + 0.05 * (f @ w) ** 2  # noqa: E731
+    model = A.SiteEnergyModel(lattice, n_species, function)
+    plain = A.SiteEnergyModel(lattice, n_species, function, tabulate=False)
+    assert model.tabulated and not plain.tabulated and plain.swap_state(np.zeros((1, lattice.n_sites))) is None
+    composition = np.full(n_species, 1 / n_species) if lattice.n_sites % n_species == 0 else (0.25, 0.25, 0.5)
+    start = A.random_occupation(lattice, composition, (chains,), seed=1)
+    kT = np.linspace(0.6, 1.2, chains)
+    fast, slow = (A.MonteCarlo(m, start, kT, seed=2) for m in (model, GeneralRoute(plain)))
+    assert fast._state is not None and slow._state is None
+    for _ in range(6):
+        for mc in (fast, slow):
+            mc.step(500)
+            if chains > 1:
+                mc.exchange()
+    assert (fast.acceptance > 0.1).all()  # thousands of accepted swaps
+    np.testing.assert_array_equal(fast.occupation, slow.occupation)
+    state = fast._state
+    np.testing.assert_array_equal(state.index, model.site_table_geometry.index(fast._occ))
+    np.testing.assert_allclose(fast.energies, model.energies(fast.occupation), atol=1e-9)
+    occ = fast._occ
+    for _ in range(5):
+        i, j = rng.integers(0, lattice.n_sites, (2, chains))
+        after = occ.copy()
+        rows = np.arange(chains)
+        after[rows, i], after[rows, j] = occ[rows, j], occ[rows, i]
+        np.testing.assert_allclose(state.deltas(occ, i, j), model.energies(after) - model.energies(occ), atol=1e-10)
+        np.testing.assert_allclose(model.swap_deltas(occ, i, j), plain.swap_deltas(occ, i, j), atol=1e-10)
+
+
 def test_exchange_permutation_accepts_with_the_metropolis_ratio():
     rng = np.random.default_rng(11)
     E = np.broadcast_to([-10.0, -9.0, -9.5], (20000, 3))

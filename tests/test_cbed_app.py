@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("spglib")
 pytest.importorskip("h5py")
 
+from hpcai import optim  # noqa: E402
 from hpcai.apps import cbed as app  # noqa: E402
 from hpcai.runner import run_app  # noqa: E402
 from hpcai.sim import cbed  # noqa: E402
@@ -23,6 +24,37 @@ def test_system_index_matches_the_international_tables():
     groups = np.array([1, 2, 3, 15, 16, 74, 75, 142, 143, 167, 168, 194, 195, 230])
     assert list(app.system_index(groups)) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
     assert {app.SYSTEMS[i] for i in app.system_index(app.PER_SYSTEM)} == set(app.SYSTEMS)  # all 7 systems
+
+
+def test_baselines_on_a_case_worked_by_hand():
+    """Stacks of constant value v (distance between two stacks: |v - w| times a constant)."""
+    def stacks(values):
+        return np.array(values, np.float32)[:, None, None, None] * np.ones((1, 3, 4, 4), np.float32)
+    train_groups = np.array([225, 225, 194, 2])  # cubic, cubic, hexagonal, triclinic: cubic is the majority
+    test_groups = np.array([221, 1, 225])  # cubic, triclinic, cubic
+    got = app.baselines(stacks([0, 1, 2, 3]), train_groups, stacks([0.1, 2.9, 1.8]), test_groups)
+    # nearest training stacks: 0 (225, cubic), 3 (2, triclinic), 2 (194, hexagonal)
+    assert got == {"majority_system_accuracy": pytest.approx(2 / 3),
+                   "nearest_neighbour_system_accuracy": pytest.approx(2 / 3),
+                   "nearest_neighbour_group_accuracy": 0.0}
+    with pytest.raises(ValueError, match="x_train, groups_train, x_test, groups_test: expected"):
+        app.baselines(stacks([0, 1]), train_groups, stacks([0.1]), test_groups[:1])
+    with pytest.raises(ValueError, match="x_test: expected stacks of the training shape"):
+        app.baselines(stacks([0, 1, 2, 3]), train_groups, np.zeros((3, 3, 2, 2)), test_groups)
+
+
+def test_learning_rate_schedule_is_pytorchs_cosine_annealing():
+    config = app.Config(epochs=4, lr=0.01, width=2)
+    opt = optim.Adam(app.build_model(config).parameters(), lr=config.lr)
+    schedule = app.lr_schedule(config, opt)
+    rates = [opt.param_groups[0]["lr"]]
+    for _ in range(config.epochs):
+        schedule.step()
+        rates.append(opt.param_groups[0]["lr"])
+    # torch.optim.lr_scheduler.CosineAnnealingLR, closed form: lr (1 + cos(pi e / T)) / 2
+    np.testing.assert_allclose(rates, [0.01 * (1 + np.cos(np.pi * e / 4)) / 2 for e in range(5)], atol=1e-15)
+    assert rates[-1] < 1e-15
+    assert app.lr_schedule(app.Config(schedule="constant"), opt) is None
 
 
 def test_generate_and_train_in_this_process(tmp_path):
@@ -78,6 +110,7 @@ def test_generation_and_data_parallel_training_on_two_ranks(tmp_path):
     ({"pixels": 4}, "pixels: expected an integer in \\[16, 2048\\]"),
     ({"input_size": 256, "pixels": 128}, "input_size: expected at most pixels = 128"),
     ({"lr": 0.0}, "lr: expected a number in \\(0, 100\\]"),
+    ({"schedule": "linear"}, "schedule: expected one of"),
     ({"data_dir": "/nonexistent/cbed"}, "data_dir: no batch_train_.*h5 files"),
 ])
 def test_bad_input_names_the_field(bad, match):

@@ -317,6 +317,23 @@ def test_preprocess_is_log_clip_resize():
     assert cbed.preprocess(stack, size=100).shape == (3, 100, 100)
 
 
+def test_y_direction_is_the_plane_normal_by_the_textbook_formulas():
+    """The real-space direction along the detector's +y is the normal of the reference plane (hkl): in a
+    hexagonal cell [2h + k, h + 2k, 3 a^2 l / (2 c^2)] (its reciprocal metric tensor written out), in a cubic
+    one [hkl]."""
+    a, c = 3.21, 5.21
+    hexagonal = cellpar_to_cell([a, a, c, 90, 90, 120])
+    for uvw, (h, k, l) in [((0, 0, 1), (1, 0, 0)), ((0, 0, 1), (1, 1, 0)), ((1, 0, 0), (0, 1, 1)),
+                           ((1, -1, 0), (1, 1, 2))]:
+        expected = np.array([2 * h + k, h + 2 * k, 3 * a * a * l / (2 * c * c)], float)
+        got = cbed.zone_axis(hexagonal, uvw, y_hkl=(h, k, l)).y_direction
+        np.testing.assert_allclose(got, expected / np.abs(expected).max(), rtol=0, atol=1e-12)
+    cubic = cellpar_to_cell([4.05, 4.05, 4.05, 90, 90, 90])
+    for uvw, hkl in [((0, 0, 1), (0, 1, 0)), ((1, 1, 1), (1, -1, 0)), ((0, 1, 1), (2, 1, -1))]:
+        np.testing.assert_allclose(cbed.zone_axis(cubic, uvw, y_hkl=hkl).y_direction,
+                                   np.array(hkl) / np.abs(hkl).max(), rtol=0, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------- data set
 
 @pytest.fixture(scope="module")
@@ -373,6 +390,58 @@ def test_samples_do_not_depend_on_the_number_of_ranks(dataset, tmp_path):
         if labels["material"] in mine:
             np.testing.assert_array_equal(stack, mine.pop(labels["material"]))
     assert not mine
+
+
+def test_written_y_dirs_point_along_the_patterns_y_axis(dataset):
+    """ORNL's meaning of y_dirs: the crystal direction (real space) that lies along the pattern's y axis,
+    perpendicular to the zone axis z_dirs. Checked in ASE's cell built from the written cell parameters: the
+    reflections drawn on the +y axis of each pattern are parallel to y_dirs, and y_dirs is perpendicular to
+    z_dirs (a reflection's Miller indices, the old attribute, fail both in the non-cubic cells here)."""
+    h5py, folder, items, files, calls = dataset
+    checked = 0
+    for stack, labels in cbed.CBEDFiles(files):
+        A = cellpar_to_cell([*labels["abc_angstrom"], *labels["angles_degree"]])
+        B = np.linalg.inv(A).T
+        crystal = cbed.make_crystal(next(i for i in items if i.material == labels["material"]), max_atoms=32)
+        patterns = cbed.simulate_stack(crystal, SMALL).patterns
+        for k, pattern in enumerate(patterns):
+            y, z = labels["y_dirs"][k] @ A, labels["z_dirs"][k] @ A
+            assert np.abs(labels["y_dirs"][k]).max() == pytest.approx(1.0)
+            assert abs(y @ z) < 1e-9 * np.linalg.norm(y) * np.linalg.norm(z)
+            on_y = pattern.hkl[(np.abs(pattern.centres[:, 0]) < 1e-9) & (pattern.centres[:, 1] > 0)]
+            assert len(on_y), f"{labels['material']}: no disk on the pattern's +y axis"
+            for g in on_y @ B:
+                cosine = g @ y / (np.linalg.norm(g) * np.linalg.norm(y))
+                assert cosine == pytest.approx(1.0, abs=1e-9)
+            checked += 1
+    assert checked == 3 * len(items)
+
+
+def test_reader_accepts_the_ornl_files_own_attribute_forms(tmp_path):
+    """ORNL's generator writes z_dirs / y_dirs as numpy.dstack of the three vectors (shape (1, 3, 3), one
+    vector per column) and space_group as text; the reader returns one vector per row and an integer."""
+    h5py = pytest.importorskip("h5py")
+    z_dirs = [np.array([0, 0, 1]), np.array([1, 1, 0]), np.array([1, 1, 1])]
+    y_dirs = [np.array([1.0, 0.0, 0.0]), np.array([-0.5, 0.5, 0.0]), np.array([1.0, -1.0, 0.0])]
+    path = tmp_path / "batch_train_0.h5"
+    with h5py.File(path, "w") as f:
+        g = f.create_group("sample_0_0")
+        g.create_dataset("cbed_stack", data=np.ones((3, 16, 16), np.float32))
+        g.attrs["space_group"] = np.bytes_("225")
+        g.attrs["material"] = np.bytes_("mp-30")
+        g.attrs["energy_keV"] = 100
+        g.attrs["z_dirs"], g.attrs["y_dirs"] = np.dstack(z_dirs), np.dstack(y_dirs)
+        for name in ("semi_angles_rad", "d_hkls_angstrom", "abc_angstrom", "angles_degree"):
+            g.attrs[name] = np.ones(3)
+        g.attrs["formula"] = "Cu4"
+    [(stack, labels)] = list(cbed.CBEDFiles([path]))
+    assert labels["space_group"] == 225 and labels["material"] == "mp-30"
+    np.testing.assert_array_equal(labels["z_dirs"], np.array(z_dirs))
+    np.testing.assert_array_equal(labels["y_dirs"], np.array(y_dirs))
+    with h5py.File(path, "r+") as f:
+        f["sample_0_0"].attrs["space_group"] = np.bytes_("Fm-3m")
+    with pytest.raises(cbed.CBEDFileError, match="sample_0_0: attribute 'space_group' should be .* text 'Fm-3m'"):
+        list(cbed.CBEDFiles([path]))
 
 
 def test_reader_streams_shards_that_cover_every_sample_once(dataset):

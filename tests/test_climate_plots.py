@@ -148,3 +148,16 @@ def test_bad_input_names_the_argument(tmp_path):
     with pytest.raises(ValueError, match="^path: expected a file name ending in .gif"):
         cp.save_gif(anim, tmp_path / "a.png")
     assert cp.save_gif(anim, tmp_path / "a.gif").endswith("a.gif")
+
+
+def test_rate_distortion_figure_has_two_log_panels_and_leaves_out_unreached_ratios():
+    curves = {"sz3": np.array([[10.0, 1e-3, 5e-4], [20.0, 4e-3, 2e-3], [40.0, 1e-2, 8e-3]]),
+              "zfp": np.array([[12.0, 2e-3, 3e-3], [np.nan, np.nan, np.nan]]),  # a ratio ZFP cannot reach
+              "hpcai": np.array([[20.0, 3e-3, 2.5e-3]])}
+    fig = cp.rd_figure(curves, title="held out")
+    l2, mx = fig.axes[:2]
+    assert l2.get_xscale() == l2.get_yscale() == "log" and mx.get_ylabel() == "relative max error"
+    lines = {line.get_label(): line for line in l2.get_lines()}
+    assert set(lines) == {"SZ3", "ZFP (fixed accuracy)", "hpcai: codec + network + corrections"}
+    assert len(lines["ZFP (fixed accuracy)"].get_xdata()) == 1
+    np.testing.assert_array_equal(lines["SZ3"].get_ydata(), [1e-3, 4e-3, 1e-2])

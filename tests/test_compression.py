@@ -200,3 +200,17 @@ def test_guard_keeps_a_point_wise_bound_after_any_restoration():
     assert C.guard(f, f, bound).nbytes < 16  # nothing to correct: an empty zlib stream
     with pytest.raises(ValueError, match="bound: expected a finite number > 0"):
         C.guard(clamped, f, -1.0)
+
+
+@pytest.mark.parametrize("share", [0.01, 0.4])  # few points corrected: gaps; many: a bitmap
+def test_guard_codes_sparse_and_dense_corrections_and_restores_them_exactly(share):
+    rng = np.random.default_rng(1)
+    original = rng.standard_normal((48, 96))
+    restored = original.copy()
+    hit = rng.random(original.shape) < share
+    restored[hit] += rng.choice([-1, 1], hit.sum()) * rng.uniform(1.5, 300, hit.sum())  # int8 and int16 multiples
+    stored = C.guard(restored, original, 1.0)
+    assert stored[0] == (1 if share > 0.1 else 0)
+    out = C.apply_guard(restored, stored, 1.0)
+    assert np.abs(out - original).max() <= 0.5 and np.array_equal(out[~hit], restored[~hit])
+    assert stored.nbytes < hit.sum() * 4 + 16  # under 4 bytes a correction, position and value, and a header

@@ -31,7 +31,7 @@ def reference(x, name, scale):
 
 
 @pytest.mark.parametrize("name", sorted(CODECS))
-@pytest.mark.parametrize("scale", [1.0, 2.0 ** 9, 2.0 ** -7])
+@pytest.mark.parametrize("scale", [1.0, 2.0 ** 9, 2.0 ** -7, 2.0 ** -33, 2.0 ** -40])
 @pytest.mark.parametrize("case", sorted(inputs()))
 def test_pack_is_the_correctly_rounded_cast_and_unpack_is_exact(name, scale, case):
     x = inputs()[case]
@@ -74,3 +74,95 @@ def test_finite_float32_in_range_takes_the_integer_kernels(name, scale, monkeypa
     x = inputs()["small_bits"]
     words = codec.pack(x, np.empty(x.size, np.uint16), scale)
     np.testing.assert_array_equal(words, reference(x, name, scale).view(np.uint16))
+
+
+def normal_range(k, seed=1):
+    """Float32 values whose fp16 (times ``2**k``) is normal or overflows from the top binade: every fp16
+    exponent, random mantissas, a third of them exact midpoints between fp16 neighbours, both signs, zeros."""
+    rng = np.random.default_rng(seed)
+    n = 2 * CHUNK + 5
+    e = rng.integers(-14, 16, n)  # fp16's exponents, 15 included (from 65520 on that rounds to inf)
+    m = rng.integers(0, 2 ** 23, n, dtype=np.uint64).astype(np.uint32)
+    m[::3] = (m[::3] & ~np.uint32(0x1FFF)) | np.uint32(0x1000)  # ties: the 13 bits fp16 drops are 1000...0
+    x = ((e + 127 - k).astype(np.uint32) << np.uint32(23) | m).view(np.float32)
+    x[1::2] *= -1
+    x[::7], x[3::11] = 0.0, -0.0
+    x[5:9] = np.array([65520, -(65536 - 2 ** -8), 65520 - 2 ** -8, -65504]) * 2.0 ** -k  # inf, -inf, max, -max
+    return x
+
+
+@pytest.mark.parametrize("k", [0, 9, -7, 21, -37, 99])
+def test_fp16_normal_range_takes_the_fast_path_alone(k, monkeypatch):
+    """Values in fp16's normal range (ties, both signs, zeros, the top binade rounding to inf) are packed by
+    the fast path alone, bitwise as numpy's cast rounds them."""
+    codec = get_codec("fp16")
+    for name in ("_pack_reference", "_fp16_chunk"):
+        monkeypatch.setattr(codec, name, lambda *a, name=name: pytest.fail(f"{name} ran"))
+    x = normal_range(k)
+    words = codec.pack(x, np.empty(x.size, np.uint16), 2.0 ** k)
+    ref = reference(x, "fp16", 2.0 ** k).view(np.uint16)
+    assert (ref == 0x7C00).any() and (ref == 0xFC00).any() and (ref == 0x8000).any()  # inf, -inf, -0 made
+    np.testing.assert_array_equal(words, ref)
+
+
+@pytest.mark.parametrize("count", [5, 300])  # a few (numpy's cast) or more (the general kernel) per chunk
+@pytest.mark.parametrize("k", [0, 9])
+def test_fp16_subnormals_among_normal_values_are_redone_exactly(k, count, monkeypatch):
+    codec = get_codec("fp16")
+    monkeypatch.setattr(codec, "_pack_reference", lambda *a: pytest.fail("fell back to the exact cast"))
+    x = normal_range(k, seed=2)
+    rng = np.random.default_rng(3)
+    where = np.concatenate([[0, CHUNK - 1, CHUNK, x.size - 1], rng.choice(x.size, count, replace=False)])
+    tiny = rng.integers(1, 2 ** 31, where.size, dtype=np.uint64).astype(np.uint32)
+    tiny = (tiny % np.uint32((113 - k) << 23)).view(np.float32)  # 0 < |x| < 2**(-14 - k): fp16 subnormals
+    edges = [2 ** -25, -3 * 2 ** -26, 2 ** -24 + 2 ** -40, -(2 ** -15 + 2 ** -25 + 2 ** -40)]  # ties and near
+    tiny[:4] = np.array(edges) * 2.0 ** -k
+    x[where] = tiny * np.where(rng.random(where.size) < 0.5, -1, 1).astype(np.float32)
+    words = codec.pack(x, np.empty(x.size, np.uint16), 2.0 ** k)
+    ref = reference(x, "fp16", 2.0 ** k).view(np.uint16)
+    assert (ref[where] & 0x7C00 == 0).mean() > 0.9  # they really are subnormal (or zero) in fp16
+    np.testing.assert_array_equal(words, ref)
+
+
+@pytest.mark.parametrize("name", sorted(CODECS))
+def test_unpack_sum_promised_finite_and_folded_factor_give_the_same_bits(name):
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((3, CHUNK + 9)) * 10.0 ** rng.uniform(-8, 3, (3, CHUNK + 9))).astype(np.float32)
+    codec = get_codec(name)
+    rows = np.stack([codec.pack(r, np.empty(r.size, np.uint16)) for r in x])
+    values = rows.view(codec.dtype).astype(np.float32)
+    for factor in (1.0, 2.0 ** -21, 1 / 3):
+        out = np.full(x.shape[1], np.nan, np.float32)
+        codec.unpack_sum(rows, out, factor, finite=True)
+        np.testing.assert_array_equal(out, (values[0] + values[1] + values[2]) * np.float32(factor))
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_fp16_fast_path_rounds_every_float32_of_a_binade_as_numpy_does(sign, monkeypatch):
+    """All 2**23 significands in [1, 2): every tie and near-tie pattern of the 13 bits fp16 drops (the
+    splitting only sees significands: a power-of-two scale moves it to any other binade)."""
+    codec = get_codec("fp16")
+    monkeypatch.setattr(codec, "_pack_reference", lambda *a: pytest.fail("fell back to the exact cast"))
+    x = (np.uint32(127 << 23) | np.arange(2 ** 23, dtype=np.uint32)).view(np.float32) * np.float32(sign)
+    words = codec.pack(x, np.empty(x.size, np.uint16))
+    np.testing.assert_array_equal(words, x.astype(np.float16).view(np.uint16))
+
+
+@pytest.mark.parametrize("name", sorted(CODECS))
+@pytest.mark.parametrize("scale", [1.0, 2.0 ** 9, 2.0 ** -7, 2.0 ** -20, 2.0 ** -40])
+@pytest.mark.parametrize("case", ["specials", "wide", "ties", "small_bits"])
+def test_pack_keeps_the_rounding_error_as_the_words_give_it(name, scale, case):
+    """``residual`` is ``src - value(words) / scale`` in float32, bitwise, whichever path packed."""
+    x = inputs()[case]
+    codec = get_codec(name)
+    res = np.full(x.size, 7, np.float32)
+    words = codec.pack(x, np.empty(x.size, np.uint16), scale, residual=res)
+    np.testing.assert_array_equal(words, codec.pack(x, np.empty(x.size, np.uint16), scale))
+    with np.errstate(all="ignore"):
+        expect = x - words.view(codec.dtype).astype(np.float32) * np.float32(1 / scale)
+    np.testing.assert_array_equal(res, expect)
+    wide = np.full(x.size, 7.0)  # float64 buffers (and models) take the exact cast, residual included
+    codec.pack(x.astype(np.float64), np.empty(x.size, np.uint16), scale, residual=wide)
+    with np.errstate(all="ignore"):
+        expect = x.astype(np.float64) - reference(x, name, scale).astype(np.float64) * (1 / scale)
+    np.testing.assert_array_equal(wide, expect)

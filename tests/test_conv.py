@@ -5,8 +5,9 @@ import itertools
 import numpy as np
 import pytest
 
-from hpcai import Tensor, backend, ops
+from hpcai import Tensor, backend, no_grad, ops
 from hpcai.ops import conv as conv_module
+from hpcai.ops import pool as pool_module
 
 
 def _t(xp, a, dtype=np.float64, grad=False):
@@ -89,7 +90,8 @@ def test_tiling_and_adjoint_paths_agree(xp, rng, monkeypatch):
 
 
 @pytest.mark.parametrize("c,o,kernel,padding,dilation", [
-    (16, 8, (3, 3), 1, 1), (20, 1, (5, 5), 2, 1), (16, 4, (2, 3), (0, 1), (2, 1)), (8, 16, (3, 3), 1, 1)])
+    (16, 8, (3, 3), 1, 1), (20, 1, (5, 5), 2, 1), (16, 4, (2, 3), (0, 1), (2, 1)), (8, 16, (3, 3), 1, 1),
+    (40, 20, (3, 3), 1, 1)])
 def test_shifted_view_path_matches_im2col(xp, rng, monkeypatch, c, o, kernel, padding, dilation):
     """The stride-1 shifted-view kernels (forward, dL/dw; dL/dx through the convolution form of the adjoint
     when its input has many channels: the last case) agree with im2col for any block size and thread
@@ -114,6 +116,11 @@ def test_shifted_view_path_matches_im2col(xp, rng, monkeypatch, c, o, kernel, pa
         for got, ref in zip(run(), want):
             np.testing.assert_allclose(got, ref, atol=1e-12)
         monkeypatch.undo()
+    _agrees_with_torch_fp32(run, x, w, b, padding, dilation)
+
+
+def _agrees_with_torch_fp32(run, x, w, b, padding, dilation):
+    """``run(np.float32)`` -> (y, dx, dw, db) of a stride-1 conv2d against PyTorch's, with the same output grad."""
     torch = pytest.importorskip("torch")
     tx, tw, tb = (torch.tensor(a.astype(np.float32), requires_grad=True) for a in (x, w, b))
     ty = torch.nn.functional.conv2d(tx, tw, tb, 1, padding, dilation)
@@ -124,20 +131,64 @@ def test_shifted_view_path_matches_im2col(xp, rng, monkeypatch, c, o, kernel, pa
         np.testing.assert_allclose(got, ref.detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("c,o,kernel,padding,dilation", [
+    (32, 1, (5, 5), 2, 1), (20, 2, (3, 3), 1, 1), (27, 3, (3, 3), (0, 1), (2, 1)), (12, 1, (2, 3), 0, (1, 2))])
+def test_output_side_path_matches_im2col(rng, monkeypatch, c, o, kernel, padding, dilation):
+    """The stride-1 output-side kernels for few outputs (forward, dL/dw) agree with im2col for any block size
+    and thread count, and with PyTorch in float32."""
+    assert conv_module._narrow_ok(np, np.empty((1, c, 1, 1)), np.empty((o, c) + kernel), (1, 1), 1)
+    x = rng.standard_normal((3, c, 9, 11))
+    w = rng.standard_normal((o, c) + kernel) / np.sqrt(c * kernel[0] * kernel[1])
+    b = rng.standard_normal(o)
+
+    def run(dtype=np.float64):
+        xt, wt, bt = Tensor(x.astype(dtype), True), Tensor(w.astype(dtype), True), Tensor(b.astype(dtype), True)
+        y = ops.conv2d(xt, wt, bt, 1, padding, dilation)
+        y.backward(np.ones(y.shape, dtype) + np.arange(y.size, dtype=dtype).reshape(y.shape) % 3)
+        return y.numpy(), xt.grad, wt.grad, bt.grad
+
+    monkeypatch.setattr(conv_module, "_NARROW_RATIO", 0)                 # im2col only: the reference
+    monkeypatch.setattr(conv_module, "_FLAT_CHANNELS", 10**9)
+    want = run()
+    monkeypatch.undo()
+    # whole samples; one row; a few rows, some threads' blocks a sample's short last one
+    for block_bytes, threads in [(10**9, 1), (1, 2), ((c + o * 6) * 13 * 8 * 5, 3), ((c + o * 6) * 13 * 8 * 9, 4)]:
+        monkeypatch.setattr(conv_module, "_NARROW_BYTES", block_bytes)
+        monkeypatch.setattr(conv_module, "workers", lambda: threads)
+        for got, ref in zip(run(), want):
+            np.testing.assert_allclose(got, ref, atol=1e-12)
+        monkeypatch.undo()
+    _agrees_with_torch_fp32(run, x, w, b, padding, dilation)
+
+
+def test_output_side_path_is_taken_only_for_few_outputs():
+    """O·kh·kw at most C, stride 1, one group, a kernel larger than 1x1, a BLAS dtype."""
+    ok, x = conv_module._narrow_ok, np.empty((1, 32, 8, 8), np.float32)
+    assert ok(np, x, np.empty((1, 32, 5, 5), np.float32), (1, 1), 1)
+    assert not ok(np, x, np.empty((2, 32, 5, 5), np.float32), (1, 1), 1)       # 50 > 32
+    assert not ok(np, x, np.empty((1, 32, 5, 5), np.float32), (2, 2), 1)
+    assert not ok(np, x, np.empty((2, 16, 3, 3), np.float32), (1, 1), 2)
+    assert not ok(np, x, np.empty((4, 32, 1, 1), np.float32), (1, 1), 1)
+    assert not ok(np, np.zeros(x.shape, np.float16), np.zeros((1, 32, 3, 3), np.float16), (1, 1), 1)
+
+
 def test_shifted_view_path_is_taken_where_it_wins():
-    """Stride 1, one group, many input channels and few outputs, at most half as many; not otherwise."""
+    """Stride 1, one group, many input channels and at most half as many outputs (more than 16 only with a
+    kernel of at most 3x3); not otherwise."""
     ok = conv_module._flat_ok
     x, w = np.empty((1, 32, 8, 8), np.float32), np.empty((16, 32, 3, 3), np.float32)
     assert ok(np, x, w, (1, 1), 1)
     assert not ok(np, x, w, (2, 1), 1) and not ok(np, x, w[:, :16], (1, 1), 2)
     assert not ok(np, x, np.empty((32, 32, 3, 3), np.float32), (1, 1), 1)      # as many outputs as inputs
-    assert not ok(np, np.empty((1, 64, 8, 8), np.float32), np.empty((32, 64, 3, 3), np.float32), (1, 1), 1)
+    assert ok(np, np.empty((1, 64, 8, 8), np.float32), np.empty((32, 64, 3, 3), np.float32), (1, 1), 1)
+    assert not ok(np, np.empty((1, 64, 8, 8), np.float32), np.empty((32, 64, 5, 5), np.float32), (1, 1), 1)
     assert not ok(np, x, np.empty((16, 32, 1, 1), np.float32), (1, 1), 1)      # 1x1: im2col is no copy
     assert not ok(np, np.zeros(x.shape, np.float16), np.zeros(w.shape, np.float16), (1, 1), 1)  # no float16 BLAS
 
 
 @pytest.mark.parametrize("shape, args", [((2, 3, 8, 8), (2,)), ((2, 3, 7, 9), (2,)), ((2, 3, 9, 9), (3, 2)),
-                                         ((1, 2, 6, 7), ((2, 3), (1, 2)))])
+                                         ((1, 2, 6, 7), ((2, 3), (1, 2))), ((1, 2, 9, 10), ((2, 3), (3, 4))),
+                                         ((2, 2, 7, 7), ((3, 1), (1, 1)))])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_max_pool2d_indices_route_like_torch_with_many_ties(shape, args, dtype, rng):
     """Without padding or NaN, backward routes by the indices forward kept: first maximum, as in PyTorch."""
@@ -153,6 +204,25 @@ def test_max_pool2d_indices_route_like_torch_with_many_ties(shape, args, dtype, 
     torch.nn.functional.max_pool2d(tx, *args).backward(torch.from_numpy(g))
     np.testing.assert_array_equal(y.numpy(), torch.nn.functional.max_pool2d(torch.from_numpy(x), *args).numpy())
     np.testing.assert_allclose(t.grad, tx.grad.numpy(), rtol=1e-6, atol=1e-12)  # sums of overlaps: any order
+
+
+def test_max_pool2d_keeps_indices_only_when_a_backward_can_run(monkeypatch, rng):
+    kept, forward = [], pool_module.MaxPool2d.forward
+
+    def spy(self, x):
+        out = forward(self, x)
+        kept.append(self.index is not None)
+        return out
+
+    monkeypatch.setattr(pool_module.MaxPool2d, "forward", spy)
+    x = rng.standard_normal((2, 3, 8, 8))
+    trained = ops.max_pool2d(Tensor(x, requires_grad=True), 2)
+    with no_grad():
+        inferred = ops.max_pool2d(Tensor(x, requires_grad=True), 2)
+    constant = ops.max_pool2d(Tensor(x), 2)
+    assert kept == [True, False, False]
+    np.testing.assert_array_equal(inferred.numpy(), trained.numpy())
+    np.testing.assert_array_equal(constant.numpy(), trained.numpy())
 
 
 def test_max_pool2d_ties_go_to_the_first_maximum(xp):

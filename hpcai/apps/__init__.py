@@ -52,7 +52,7 @@ APPS = {
                       "Shallow-water jet on the sphere, DCT-compressed in situ, restored by a CNN",
                       climate_sr.build_model, climate_sr.example_batch, climate_sr.workflow,
                       metric_info=climate_sr.METRICS,
-                      key_metrics=("compression_ratio", "l2_compressed", "l2_restored", "l2_improvement")),
+                      key_metrics=("compression_ratio_total", "l2_restored", "l2_sz3", "max_restored", "max_sz3")),
     "alloy_surrogate": App("alloy_surrogate", alloy_surrogate.Config, None,
                            "Alloy order-disorder: a neural surrogate learned actively inside Monte Carlo, and T_c",
                            alloy_surrogate.build_model, alloy_surrogate.example_batch, alloy_surrogate.workflow,

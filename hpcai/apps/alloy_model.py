@@ -13,7 +13,10 @@ The spread of ``ensemble`` networks trained from different initialisations (Laks
 2017, "Simple and scalable predictive uncertainty estimation using deep ensembles") is the uncertainty
 that active learning uses to choose which configurations to send to the reference calculation. Inside
 the Monte Carlo the ensemble's mean is a :class:`~hpcai.sim.alloy.SiteEnergyModel`, so a trial swap
-costs the sites it changes, not a cell.
+costs the sites it changes, not a cell; without triplet features a site's inputs take few distinct values
+(26 environments for binary fcc with one shell), so the ensemble is evaluated once per environment into a
+table (:mod:`hpcai.sim.alloy.local`, rebuilt after every :meth:`Surrogate.fit` and
+:meth:`Surrogate.load_vector`) and a trial is a few look-ups in it.
 """
 from __future__ import annotations
 
@@ -91,6 +94,7 @@ class Surrogate:
         x = self.inputs(occupation)
         cells = x.mean(axis=1, dtype=np.float64)                 # a cell's energy per site is linear in these
         self.w = np.linalg.lstsq(cells, per_site, rcond=None)[0]
+        self.features.invalidate()
         residual = per_site - cells @ self.w
         self.mean, self.std = float(residual.mean()), max(float(residual.std()), STD_FLOOR)
         y = ((residual - self.mean) / self.std).astype(np.float32)
@@ -100,6 +104,7 @@ class Surrogate:
             history = fit(net, (x, y), "mse", opt, epochs=epochs, batch_size=batch_size, verbose=0,
                           seed=self.seed + 104729 * k + len(y), precision=self.precision)
             losses.append(float(history["loss"][-1]))
+        self.features.invalidate()                               # the Monte Carlo's environment table
         self.history.append(losses)
         return losses
 
@@ -146,4 +151,5 @@ class Surrogate:
         for p in params:
             p.data[...] = vector[at:at + p.size].reshape(p.shape)
             at += p.size
+        self.features.invalidate()
         return self

@@ -209,7 +209,7 @@ def errors_figure(held_out_days, l2_compressed, l2_restored, loss, *, ratio: flo
     ax.set_xlabel("model day")
     ax.set_ylabel("relative L2 error")
     gain = float(np.mean(l2_compressed) / np.mean(l2_restored)) if len(l2_restored) else float("nan")
-    ax.set_title("held-out steps" + (f", compression ×{ratio:.0f}" if ratio else "") + f": error {gain:.0f}× smaller"
+    ax.set_title("held-out steps" + (f", compression ×{ratio:.0f}" if ratio else "") + f": error {gain:.3g}× smaller"
                  " restored", fontsize=11)
     ax.legend(frameon=False)
     loss = np.asarray(loss, float)
@@ -327,15 +327,58 @@ def generalisation(result):
         ax.axhline(m["l2_other_compressed"], color="C0", ls=":", label="compressed, other flow (mean)")
         ax.axhline(m["l2_other_restored"], color="C1", ls=":", label="restored, other flow (mean)")
     for i, peer in enumerate(("sz3", "zfp")):
-        if m.get(f"l2_{peer}", 0) > 0:
+        if np.isfinite(m.get(f"l2_{peer}", np.nan)) and m[f"l2_{peer}"] > 0:
             ax.axhline(m[f"l2_{peer}"], color=f"C{i + 2}", ls="--", label=f"{peer} at the same total bytes (mean)")
     ax.set_xlabel("model day")
     ax.set_ylabel("relative L2 error")
-    ax.set_title(f"generalisation: ×{m['compression_ratio_with_weights']:.1f} counting the weights", fontsize=11)
+    if "compression_ratio_held_out" in m:
+        ax.set_title(f"generalisation: ×{m['compression_ratio_held_out']:.1f} counting weights and corrections",
+                     fontsize=11)
+    else:
+        ax.set_title(f"generalisation: ×{m['compression_ratio_with_weights']:.1f} counting the weights", fontsize=11)
     ax.legend(fontsize=7, frameon=False)
     ax.grid(alpha=0.3)
     clean_log_axes(ax)
     return fig
+
+
+RD_LABELS = {"block": "block DCT alone", "sz3": "SZ3", "zfp": "ZFP (fixed accuracy)",
+             "truncate": "global DCT truncation",
+             "codec_alone": "this run's codec alone", "hpcai": "hpcai: codec + network + corrections"}
+
+
+def rd_figure(curves: dict, *, title: str = ""):
+    """Two panels, relative L2 and relative max error against the total compression ratio, one line per
+    method: ``curves`` {name: array (points, 3) of (ratio, L2, max)}; NaN points (a codec that cannot reach a
+    ratio) are left out. Lower right is better. Returns the Figure."""
+    fig = new_figure(figsize=(10, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for i, (name, points) in enumerate(curves.items()):
+        points = np.asarray(points, float).reshape(-1, 3)
+        points = points[np.isfinite(points).all(axis=1)]
+        if not len(points):
+            continue
+        points = points[np.argsort(points[:, 0])]
+        style = dict(marker="*", ms=14, ls="none", color="k") if name == "hpcai" else dict(marker="o", ms=4)
+        for ax, column in zip(axes, (1, 2)):
+            ax.loglog(points[:, 0], points[:, column], label=RD_LABELS.get(name, name), **style)
+    for ax, what in zip(axes, ("relative L2 error (latitude-weighted)", "relative max error")):
+        ax.set_xlabel("compression ratio (all bytes stored)")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3, which="major")
+        clean_log_axes(ax)
+    axes[0].legend(fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def rate_distortion(result):
+    """The run's rate-distortion figure on the held-out steps: the codecs alone around the run's total ratio,
+    the run's codec alone and hpcai's restored steps (weights and corrections counted)."""
+    a = result.arrays
+    curves = {name[3:]: a[name] for name in a if name.startswith("rd_")}
+    return rd_figure(curves, title="held-out steps (a later window): error against every byte stored")
 
 
 def save_figures(result, folder, field: str = "vorticity", units: str = "1/s") -> dict:
@@ -344,7 +387,10 @@ def save_figures(result, folder, field: str = "vorticity", units: str = "1/s") -
     ``result.files["animation"]``."""
     paths = {}
     for name, make in (("fields", lambda r: field_panels(r, field, units)), ("errors", error_over_time),
-                       ("spectra", lambda r: spectra(r, field, units)), ("generalisation", generalisation)):
+                       ("spectra", lambda r: spectra(r, field, units)), ("generalisation", generalisation),
+                       ("rate_distortion", rate_distortion)):
+        if name == "rate_distortion" and not any(k.startswith("rd_") for k in result.arrays):
+            continue  # the unet pipeline measures no curve
         paths[name] = save_png(make(result), os.path.join(folder, f"{name}.png"))
     if result.files.get("data"):
         from .climate_store import read_compressed

@@ -1,29 +1,38 @@
-"""Climate super-resolution: restore compressed shallow-water output with a network trained in situ.
+"""Climate compression with a network trained in situ: shallow-water output stored within a point-wise bound.
 
-The Galewsky et al. (2004) barotropic jet runs on the sphere; every output step is compressed (``codec``: the
-global DCT truncation, the block DCT, SZ3 or ZFP of :mod:`hpcai.sim.compression`) and only the compressed
-data are stored. A small U-Net with periodic padding in longitude learns, while the simulation runs, to map
-compressed fields back to the originals (NeurLZ-style online training, Witte et al. 2024 for the U-Net on
-Galewsky runs). The evaluation is a generalisation test: the last 1/``holdout_every`` of the run (a later
-window, ``holdout="later"``; or every k-th step) is never trained on, and neither is another flow
-(:data:`OTHER_FLOW`: the jet with a 60 m perturbation). The errors reported there, latitude-weighted, are
-set against SZ3 and ZFP compressing the same held-out steps to the same *total* bytes (data + weights).
+The Galewsky et al. (2004) barotropic jet runs on the sphere; every output step is compressed and only the
+compressed data are stored. Two pipelines (``pipeline``):
+
+- ``bounded`` (default): each step is compressed by the block DCT (or SZ3, ZFP) at the finest setting whose
+  bytes, with the corrections the bound would need, fit the step's share of the byte budget (``ratio``); a
+  small residual network (:mod:`.climate_residual`, ~1.4k parameters) learns, while the simulation runs,
+  the residual ``original - decompressed`` (NeurLZ-style, Han et al. 2024, arXiv 2409.05785); at the end
+  the points where the restored field errs by more than ``error_bound`` x the step's max |field| get a stored
+  correction (:func:`hpcai.sim.compression.guard`), so the bound holds at every point of every restored step.
+  Every byte counts: data, float16 weights, corrections.
+- ``unet``: the older U-Net (:mod:`.climate_net`) restoring the coarse global DCT truncation, no bound.
+
+The evaluation is a generalisation test: the last 1/``holdout_every`` of the run (a later window,
+``holdout="later"``; or every k-th step) is never trained on, and neither is another flow (:data:`OTHER_FLOW`:
+the jet with a 60 m perturbation). The errors reported there, latitude-weighted, are set against SZ3 and ZFP
+compressing the same steps to the same *total* bytes (bounded: data + corrections + the weights' share), and
+the rate-distortion figure places the run among the codecs alone at 0.5-4x its ratio.
 
 Two roles: the *producer* (simulation, codec, storage) and the *learner* (training, evaluation). On one rank
 they interleave: after each output step the learner trains ``iters_per_output`` iterations. On more ranks the
 run is a workflow (:func:`workflow`): the module :func:`simulate` produces and sends on one rank, the module
 :func:`learn` trains data-parallel on the others, and the simulation never waits for training. The
-compressed data and the trained weights go into one HDF5 file that ``xarray.open_dataset`` reads
-(:mod:`.climate_store`; SZ3/ZFP steps are HDF5-filter chunks, read after ``import hdf5plugin``).
+compressed data, the trained weights and the corrections go into one HDF5 file that ``xarray.open_dataset``
+reads (:mod:`.climate_store`: block steps as integer DCT coefficients in deflate chunks, SZ3/ZFP steps as
+HDF5-filter chunks read after ``import hdf5plugin``); the codec's part decodes without hpcai's network.
 
-What to expect from the defaults (T42, 6 days, output every 3 h, truncation to 12 x 12 DCT coefficients,
-x111 in bytes; ~720 training iterations, 2-7 minutes on 2 shared cores): on the later window (days 4.6-6)
-the held-out relative L2 error falls from 0.76 to 0.45 (1.7x; 5x at its start, little by day 6, when the
-vortices are far finer than anything seen in training), on the other flow from 0.76 to 0.33. That is not
-worth storing: the 250 kB of weights make the run x11.5 counting them, and at those bytes SZ3 reaches 2.3e-3
-and ZFP 3.2e-3. ``benchmarks/climate_rd.py`` measures the pipeline that does compete: the block codec, a
-residual network of a few thousand parameters (:mod:`.climate_residual`), and stored corrections that keep
-SZ3's point-wise bound.
+What to expect from the defaults (T85, 6 days, output every 3 h, block codec, ratio 50, bound 0.5 % of each
+step's max; ~720 training iterations, a few minutes on 2 shared cores): x61 in all, since the smooth early
+days need less than their share of the bytes; on the later window (days 4.6-6), where the vortices are finest
+and the corrections concentrate, x35: L2 error 1.5e-2 for the codec alone, 8.8e-3 restored (1.7x; max 5.0e-3, the
+bound), where SZ3 at the same bytes reaches 9.8e-3 (max 4.4e-3) and ZFP 2.4e-2: ahead of SZ3 in L2, behind it
+in max error; the same on the other flow. ``benchmarks/climate_rd.py`` measures the same kind of pipeline on
+T85 hourly output with SZ3's own bound, where it beats SZ3 on both errors at ratios 50-200.
 """
 from __future__ import annotations
 
@@ -39,6 +48,7 @@ from ..autograd import Tensor
 from ..train import TrainStep
 from ..sim import compression as _codec
 from ..sim.shallow_water import INITIAL_CONDITIONS, ShallowWater
+from .climate_residual import TELL_EVERY, BoundedLearner, InSituLearner, ResidualNet, parameter_count, step_bound
 from .climate_net import Restorer, SphereConv2d, area_weights, position_channels, restore as _apply
 from .climate_store import FIELDS, read_compressed, write_compressed
 from .fields import check_fields
@@ -48,19 +58,25 @@ from .result import Result
 __all__ = ["Config", "FIELDS", "Restorer", "SphereConv2d", "build_model", "example_batch", "read_compressed",
            "run", "workflow", "write_compressed"]
 
+PIPELINES = ("bounded", "unet")
 OTHER_FLOW = {"galewsky": {"h_hat": 60.0}, "williamson2": {"alpha": math.pi / 4}}  # the generalisation test's flow
 PEERS = ("sz3", "zfp")  # codecs the restored steps are compared with, at the same total bytes
 
 
 # what each metric of the Result is: {name: (group, unit)}. Errors are relative (latitude-weighted L2, or max
 # over the field's max), on the held-out steps unless "other flow"; "peers": SZ3 and ZFP at the same total bytes
+# (bounded pipeline: compression_ratio_held_out / _other, which count data, corrections and the weights' share)
 METRICS = {
     **{f"{kind}_{what}": ("error", "") for kind in ("l2", "max") for what in ("compressed", "restored")},
     "l2_improvement": ("error", "x"), "max_improvement": ("error", "x"),
     **{f"{kind}_other_{what}": ("error, other flow", "") for kind in ("l2", "max")
        for what in ("compressed", "restored")},
     **{f"{kind}_{peer}": ("peers at the same bytes", "") for kind in ("l2", "max") for peer in PEERS},
+    **{f"{kind}_{peer}_other": ("peers at the same bytes, other flow", "") for kind in ("l2", "max") for peer in PEERS},
+    "worst_error_over_bound": ("error", "of the bound"),
     "compression_ratio": ("storage", "x"), "compression_ratio_with_weights": ("storage", "x"),
+    "compression_ratio_total": ("storage", "x"), "compression_ratio_held_out": ("storage", "x"),
+    "compression_ratio_other": ("storage", "x"), "bytes_corrections": ("storage", "B"),
     "bytes_raw": ("storage", "B"), "bytes_stored": ("storage", "B"), "bytes_weights": ("storage", "B"),
     "bytes_saved": ("storage", "B"),
     "final_training_loss": ("training", ""), "training_iterations": ("training", "iterations"),
@@ -83,10 +99,10 @@ def _integer(x) -> bool:
 class Config:
     """What to simulate, how hard to compress, and how to train the restoration network."""
 
-    nlon: int = dataclasses.field(default=128, metadata={
+    nlon: int = dataclasses.field(default=256, metadata={
         "low": 32, "high": 2048, "unit": "points", "help": "grid points around a latitude circle, a multiple of 4; "
         "the resolution is T = nlon // 3 (128 x 64 is T42, 256 x 128 T85); finer grids cost ~8x per doubling"})
-    nlat: int = dataclasses.field(default=64, metadata={
+    nlat: int = dataclasses.field(default=128, metadata={
         "low": 16, "high": 1024, "unit": "points", "help": "grid points from pole to pole, a multiple of 4 "
         "(usually nlon / 2)"})
     days: float = dataclasses.field(default=6.0, metadata={
@@ -105,24 +121,39 @@ class Config:
     field: str = dataclasses.field(default="vorticity", metadata={
         "choices": tuple(FIELDS), "help": "the variable compressed and restored: relative vorticity (1/s; "
         "fine structure, the hard case) or the fluid depth h (m; smooth)"})
-    codec: str = dataclasses.field(default="truncate", metadata={
-        "choices": tuple(_codec.CODECS), "help": "the lossy compressor: truncate keeps the lowest global DCT "
-        "coefficients, block a JPEG-like block DCT; sz3 and zfp are the error-bounded HPC compressors "
-        "(need hdf5plugin)"})
-    ratio: float = dataclasses.field(default=100.0, metadata={
+    pipeline: str = dataclasses.field(default="bounded", metadata={
+        "choices": PIPELINES, "help": "what is stored and restored: bounded, the codec + a small residual "
+        "network trained in situ + stored corrections keeping error_bound at every point (the pipeline that "
+        "competes with SZ3); unet, the older U-Net restoring a coarse codec, no bound kept (error_bound None)"})
+    codec: str = dataclasses.field(default="block", metadata={
+        "choices": tuple(_codec.CODECS), "help": "the lossy compressor: block a JPEG-like block DCT (tuned to "
+        "each step), truncate keeps the lowest global DCT coefficients (the unet pipeline's; under a bound it "
+        "errs nearly everywhere, so corrections take most bytes); sz3 and zfp are the error-bounded HPC "
+        "compressors (need hdf5plugin; zfp one tolerance for the run)"})
+    ratio: float = dataclasses.field(default=50.0, metadata={
         "low": 1.0, "low_open": True, "high": 10_000.0, "unit": "x",
-        "help": "target compression ratio: raw float64 bytes over stored bytes; higher loses more detail"})
+        "help": "target compression ratio: raw float64 bytes over the codec's bytes plus (bounded pipeline) "
+        "the network's weights; the corrections come on top, the total is reported; higher loses more detail"})
+    error_bound: float | None = dataclasses.field(default=0.005, metadata={
+        "low": 0.0, "low_open": True, "high": 1.0, "unit": "of max |field|",
+        "help": "point-wise bound kept on every restored step (bounded pipeline): |restored - original| <= "
+        "error_bound x the step's max |field|, by stored corrections where the network errs beyond it; "
+        "None: no bound, no corrections"})
     holdout_every: int = dataclasses.field(default=4, metadata={
         "low": 2, "high": 1000, "help": "1 in k output steps is held out from training and used to measure "
         "the errors (with holdout=later: the last 1/k of the run)"})
     holdout: str = dataclasses.field(default="later", metadata={
         "choices": ("later", "interleaved"), "help": "which steps are held out: later, the last 1/k of the run "
         "(a later window never seen in training, the honest test), or interleaved, every k-th step (easier)"})
-    channels: int = dataclasses.field(default=12, metadata={
-        "low": 1, "high": 256, "help": "U-Net width at full resolution (x2 at 1/2, x4 at 1/4 resolution); "
-        "wider restores more but its weights count against the compression"})
+    channels: int = dataclasses.field(default=8, metadata={
+        "low": 1, "high": 256, "help": "network width: the residual network's channels (bounded), or the "
+        "U-Net's at full resolution (unet; x2 at 1/2, x4 at 1/4 resolution); wider restores more but its "
+        "weights count against the compression"})
+    layers: int = dataclasses.field(default=4, metadata={
+        "low": 2, "high": 16, "unit": "layers", "help": "3x3 convolutions of the residual network (bounded "
+        "pipeline; 8 channels x 4 layers: 1.4k parameters, 2.8 kB in float16)"})
     blocks: int = dataclasses.field(default=1, metadata={
-        "low": 0, "high": 16, "help": "residual blocks at the coarsest level (network depth)"})
+        "low": 0, "high": 16, "help": "residual blocks at the U-Net's coarsest level (unet pipeline; depth)"})
     precision: str = dataclasses.field(default="fp32", metadata={
         "choices": tuple(amp.POLICIES), "help": "number format of the network's arithmetic (fp16/bf16 and "
         "mixed-* emulate tensor-core half precision); the simulation always runs in float64"})
@@ -166,7 +197,13 @@ class Config:
                   ("dt", self.dt is None or positive(self.dt), "None or a positive number of seconds"),
                   ("output_hours", positive(self.output_hours), "positive hours"),
                   ("field", self.field in FIELDS, f"one of {list(FIELDS)}"),
+                  ("pipeline", self.pipeline in PIPELINES, f"one of {list(PIPELINES)}"),
                   ("codec", self.codec in _codec.CODECS, f"one of {list(_codec.CODECS)}"),
+                  ("error_bound", self.error_bound is None or (positive(self.error_bound) and self.error_bound <= 1),
+                   "None or a number in (0, 1] (a fraction of each step's max |field|)"),
+                  ("error_bound", self.pipeline == "bounded" or self.error_bound is None,
+                   "None with pipeline='unet' (the U-Net keeps no point-wise bound; use pipeline='bounded')"),
+                  ("layers", count(self.layers, 2), "an integer >= 2"),
                   ("ratio", _number(self.ratio) and self.ratio > 1, "a compression ratio > 1"),
                   ("holdout_every", count(self.holdout_every, 2), "an integer >= 2"),
                   ("holdout", self.holdout in ("later", "interleaved"), "'later' or 'interleaved'"),
@@ -185,17 +222,28 @@ class Config:
 
 
 # -- the network (climate_net) ----------------------------------------------------------------------
-def build_model(config: Config) -> Restorer:
-    """The restoration network ``config`` trains."""
+def build_model(config: Config):
+    """The restoration network ``config`` trains: a :class:`~.climate_residual.ResidualNet` (bounded) or a
+    :class:`Restorer` U-Net (unet)."""
+    if config.pipeline == "bounded":
+        return ResidualNet(config.channels, config.layers, seed=config.seed)
     return Restorer(config.channels, config.blocks, seed=config.seed)
 
 
 def example_batch(config: Config, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` random inputs of the shape the network takes: (n, 4, nlat, nlon), field and position channels."""
+    """``n`` random inputs of the shape the network takes: bounded, (n, 2, nlat + 2 layers, nlon + 2 layers)
+    (field and sin(latitude), with the halo); unet, (n, 4, nlat, nlon) (field and position channels)."""
+    if config.pipeline == "bounded":
+        return rng.standard_normal((n, 2, config.nlat + 2 * config.layers, config.nlon + 2 * config.layers))
     return rng.standard_normal((n, 4, config.nlat, config.nlon))
 
 
-class _Learner:
+def _learner(config: Config, lat, lon, **kw):
+    """The learner of the config's pipeline: :class:`~.climate_residual.BoundedLearner` or :class:`_Learner`."""
+    return (BoundedLearner if config.pipeline == "bounded" else _Learner)(config, lat, lon, **kw)
+
+
+class _Learner(InSituLearner):
     """Keeps (compressed, original) pairs and fits the Restorer to them; data-parallel when given ``comm``.
 
     Inputs are the compressed field minus its mean over its standard deviation; the target is the residual
@@ -225,7 +273,7 @@ class _Learner:
         self.inputs, self.targets, self.losses, self.norm, self.seconds = [], [], [], None, 0.0
         self.priority = []  # each pair's last loss: half of every minibatch is drawn in proportion to it
 
-    def add(self, compressed, original) -> None:
+    def add(self, compressed, original, knob=None) -> None:
         if self.norm is None:
             rms = lambda a: float(np.sqrt((self.area * a ** 2).mean())) or 1.0  # noqa: E731
             mean = float((self.area * compressed).mean())
@@ -234,17 +282,6 @@ class _Learner:
         self.inputs.append(np.concatenate([((compressed - mean) / xscale)[None].astype(np.float32), self.pos]))
         self.targets.append((self.sqrt_area * (original - compressed) / yscale)[None].astype(np.float32))
         self.priority.append(max(self.priority, default=1.0))  # a new pair is sampled as the worst one seen
-
-    def final_iterations(self) -> int:
-        """Iterations of ``final_epochs`` passes over the pairs, with the global batch of all learners."""
-        ranks = self.comm.size if self.comm is not None else 1
-        return math.ceil(self.config.final_epochs * len(self.inputs) / (self.config.batch_size * ranks))
-
-    def train_final(self, progress=None) -> None:
-        """The closing training after the run, as a progress phase of its own (``final_iterations`` steps)."""
-        iterations = self.final_iterations()
-        self.progress.phase("final training", iterations)
-        self.train(iterations, final=True, progress=progress)
 
     def train(self, iterations: int, final: bool = False, progress=None) -> None:
         """``iterations`` steps on random minibatches; ``final``: learning rate cosine-decayed to lr/100, each
@@ -290,20 +327,20 @@ class _Learner:
         for p in self.model.parameters():
             p.data[...] = p.data.astype(np.float16).astype(p.data.dtype)
         before, after = [], []
-        for _, original, compressed in held_out:
+        for _, original, compressed, *_ in held_out:
             before.append(_codec.relative_errors(compressed, original, weights))
             after.append(_codec.relative_errors(self.restore(compressed), original, weights))
         other_before, other_after = [], []
-        for _, original, compressed in other:
+        for _, original, compressed, *_ in other:
             other_before.append(_codec.relative_errors(compressed, original, weights))
             other_after.append(_codec.relative_errors(self.restore(compressed), original, weights))
         if other:
-            _, original, compressed = other[-1]
+            _, original, compressed = other[-1][:3]
             last_other = {"other_original": original, "other_compressed": compressed,
                           "other_restored": self.restore(compressed)}
         else:
             last_other = {}
-        t, original, compressed = held_out[-1]
+        t, original, compressed = held_out[-1][:3]
         return {"before": np.array(before), "after": np.array(after), "day": t / 86400,
                 "other_before": np.array(other_before).reshape(-1, 2),
                 "other_after": np.array(other_after).reshape(-1, 2), **last_other,
@@ -336,8 +373,27 @@ class _Producer:
                              f"held-out step (every {config.holdout_every}th); run longer or output more often")
         self.lat, self.lon = self.sim.lat, self.sim.lon
         self.weights = np.cos(np.radians(self.lat))[:, None]
-        self.codec = _compressor(config, _field(self.sim, config.field))
-        self.stored, self.times, self.step_errors = [], [], []
+        self.ratio = config.ratio  # the codec's target: bounded, the bytes left after the weights
+        self.step_budget = None  # bounded with a bound: bytes of codec + corrections per step
+        if config.pipeline == "bounded":
+            budget = self.outputs * config.nlat * config.nlon * 8 / config.ratio
+            weights = 2 * parameter_count(config.channels, config.layers)  # float16
+            if budget < 64 * self.outputs:
+                raise ValueError(f"ratio: {config.ratio:g} leaves {budget / self.outputs:.1f} bytes a step, too few "
+                                 "for any codec's header and data")
+            if weights > 0.5 * budget:
+                raise ValueError(f"channels: a network of {config.channels} channels x {config.layers} layers has "
+                                 f"{weights} bytes of weights, more than half the {budget:.0f} bytes this run may "
+                                 f"store at ratio {config.ratio:g} ({self.outputs} steps); use fewer channels or "
+                                 "layers, a lower ratio or a longer run")
+            self.ratio = config.ratio * budget / (budget - weights)
+            self.step_budget = (budget - weights) / self.outputs
+        first = _field(self.sim, config.field)
+        if self.step_budget is not None and config.error_bound is not None and config.codec == "zfp":
+            self.codec = _bounded_codec("zfp", first, self.step_budget, step_bound(config.error_bound, first))
+        else:
+            self.codec = _compressor(config, first, self.ratio)
+        self.stored, self.times, self.step_errors, self.other_nbytes, self.knobs = [], [], [], [], []
         self.timers = {"simulation": 0.0, "compression": 0.0, "training": 0.0, "sends": 0.0,
                        "simulation_wall": 0.0}
 
@@ -345,14 +401,22 @@ class _Producer:
         """(k, time, original, compressed, held_out) for the output step the model has just reached."""
         t0 = time.perf_counter()
         k, original = len(self.stored), _field(model, self.config.field)
-        codec = self.codec if self.config.codec in ("truncate", "zfp") else _compressor(self.config, original)
-        c = codec.compress(original)  # block, sz3: the output size depends on the field, a step/bound per field
+        c = self.codec_for(original).compress(original)  # block, sz3: a step or bound for each field
         compressed = _codec.decompress(c)
         self.stored.append(c)
+        self.knobs.append(_knob(c))
         self.times.append(model.time)
         self.step_errors.append(_codec.relative_errors(compressed, original, self.weights)[0])
         self.timers["compression"] += time.perf_counter() - t0
         return k, model.time, original, compressed, self.held_out(k)
+
+    def codec_for(self, original):
+        """The codec compressing ``original``: truncate and zfp, one for the run; block and sz3, tuned to each
+        step -- to the data ratio, or (bounded, with a bound) to the step's byte budget with corrections."""
+        config = self.config
+        if self.step_budget is not None and config.error_bound is not None and config.codec in ("block", "sz3"):
+            return _bounded_codec(config.codec, original, self.step_budget, step_bound(config.error_bound, original))
+        return self.codec if config.codec in ("truncate", "zfp") else _compressor(config, original, self.ratio)
 
     def held_out(self, k: int) -> bool:
         """Whether output step ``k`` is held out: in the last 1/holdout_every of the run, or every k-th step."""
@@ -370,7 +434,7 @@ class _Producer:
 
     def run_other(self, callback) -> None:
         """Simulate the other flow (:data:`OTHER_FLOW`: another perturbation of the same case) and call
-        ``callback(time, original, compressed)`` at its held-out steps, compressed as the run's are; nothing
+        ``callback(time, original, compressed, knob)`` at its held-out steps, compressed as the run's are; nothing
         is stored. Its time counts as ``simulation_other``."""
         params = OTHER_FLOW.get(self.config.initial_condition)
         if params is None:
@@ -382,8 +446,9 @@ class _Producer:
         def on_output(model):
             if self.held_out(k[0]):
                 original = _field(model, config.field)
-                codec = self.codec if config.codec in ("truncate", "zfp") else _compressor(config, original)
-                callback(model.time, original, _codec.decompress(codec.compress(original)))
+                c = self.codec_for(original).compress(original)
+                self.other_nbytes.append(c.nbytes)
+                callback(model.time, original, _codec.decompress(c), _knob(c))
             k[0] += 1
         sim.run(config.days, output_hours=config.output_hours, callback=on_output)
         self.timers["simulation_other"] = time.perf_counter() - start
@@ -398,12 +463,39 @@ def _field(model, name):
     return backend.to_host(model.vorticity() if name == "vorticity" else model.fields()["h"]).astype(np.float64)
 
 
-def _compressor(config: Config, field):
+KNOB_FACTORS = 2.0 ** np.arange(-4, 7.5, 0.5)  # the block step or SZ3 bound tried, times the step's bound
+
+
+def _bounded_codec(name, original, budget: float, bound: float):
+    """The finest codec (block step, SZ3 or ZFP bound, from :data:`KNOB_FACTORS` x ``bound``) whose bytes plus the
+    corrections that keep ``bound`` on the decompressed field fit ``budget``; where none fits, the one with
+    the fewest bytes (the ratio is then missed, and reported). The network, trained later, usually removes
+    corrections (it is not forced to: the run reports the bytes it ends with)."""
+    def make(x):
+        return _codec.Block(step=x) if name == "block" else _codec.get_codec(name, bound=x)
+    best = None
+    for x in bound * KNOB_FACTORS:
+        codec = make(float(x))
+        c = codec.compress(original)
+        size = c.nbytes + _codec.guard(_codec.decompress(c), original, bound).nbytes + 8  # + the bound itself
+        if size <= budget:
+            return codec
+        if best is None or size < best[0]:
+            best = (size, codec)
+    return best[1]
+
+
+def _knob(c) -> float:
+    """The step's residual unit: the block codec's quantiser step, SZ3's or ZFP's bound (NaN otherwise)."""
+    return float(c.params.get("step", c.params.get("bound", math.nan)))
+
+
+def _compressor(config: Config, field, ratio: float):
     if config.codec == "truncate":
-        return _codec.Truncate.for_ratio(field.shape, config.ratio)
+        return _codec.Truncate.for_ratio(field.shape, ratio)
     if config.codec in ("sz3", "zfp"):  # zfp: one bound for the run (the file's dataset holds one filter)
-        return _codec.for_ratio(config.codec, [field], config.ratio)
-    return _codec.Block(step=_block_step_for_ratio(field, config.ratio))
+        return _codec.for_ratio(config.codec, [field], ratio)
+    return _codec.Block(step=_block_step_for_ratio(field, ratio))
 
 
 def _block_step_for_ratio(field, ratio: float) -> float:
@@ -421,7 +513,6 @@ def _block_step_for_ratio(field, ratio: float) -> float:
     return hi
 
 
-TELL_EVERY = 10  # iterations between two progress reports of the final training
 PRINT_EVERY = 50  # iterations between two printed lines of it
 
 
@@ -471,7 +562,7 @@ def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None
     progress = as_progress(progress)
     start = time.perf_counter()
     producer = _Producer(config)
-    learner = _Learner(config, producer.lat, producer.lon, progress=progress)
+    learner = _learner(config, producer.lat, producer.lon, progress=progress)
     held_out = []
     _plan(progress, config, producer)
     progress.phase("simulation + in situ training", producer.outputs)
@@ -479,10 +570,10 @@ def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None
     def on_output(model):
         k, t, original, compressed, held = producer.output(model)
         if held:
-            held_out.append((t, original, compressed))
+            held_out.append((t, original, compressed, producer.knobs[k]))
         else:
             t0 = time.perf_counter()
-            learner.add(compressed, original)
+            learner.add(compressed, original, producer.knobs[k])
             learner.train(config.iters_per_output)
             producer.timers["training"] += time.perf_counter() - t0
         if verbose:
@@ -492,7 +583,7 @@ def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None
     producer.run(on_output)
     progress.phase("simulation of the other flow", 0, "the generalisation test")
     other = []
-    producer.run_other(lambda t, original, compressed: other.append((t, original, compressed)))
+    producer.run_other(lambda *step: other.append(step))
     t0 = time.perf_counter()
     learner.train_final(progress=_progress if verbose else None)
     producer.timers["training"] += time.perf_counter() - t0
@@ -503,28 +594,38 @@ def run(config: Config | None = None, verbose: int = 1, comm=None, progress=None
     return result
 
 
+
+def _error_metrics(evaluation) -> dict:
+    """Mean relative errors (L2, max) of the codec alone and restored, on the held-out steps and the other
+    flow's, and the restoration's improvement factors: what both pipelines report."""
+    out = {}
+    for flow in ("", "other_"):
+        before, after = evaluation[f"{flow}before"], evaluation[f"{flow}after"]
+        for k, kind in enumerate(("l2", "max")):
+            out[f"{kind}_{flow}compressed"] = float(before[:, k].mean()) if len(before) else math.nan
+            out[f"{kind}_{flow}restored"] = float(after[:, k].mean()) if len(after) else math.nan
+    out["l2_improvement"] = out["l2_compressed"] / out["l2_restored"]
+    out["max_improvement"] = out["max_compressed"] / out["max_restored"]
+    return out
+
 def _finish(config, producer, evaluation, start, ranks, verbose) -> Result:
     """Metrics and arrays from the producer's storage and the learner's evaluation; writes the files."""
+    if config.pipeline == "bounded":
+        return _finish_bounded(config, producer, evaluation, start, ranks, verbose)
     before, after = evaluation["before"], evaluation["after"]
     raw_bytes = len(producer.stored) * config.nlat * config.nlon * 8
     kept = sum(c.nbytes for c in producer.stored)
     weight_bytes = sum(a.nbytes for a in evaluation["state"].values())
     metrics = {"compression_ratio": raw_bytes / kept,
-               "compression_ratio_with_weights": raw_bytes / (kept + weight_bytes), "bytes_raw": raw_bytes,
+               "compression_ratio_with_weights": raw_bytes / (kept + weight_bytes),
+               "compression_ratio_total": raw_bytes / (kept + weight_bytes), "bytes_raw": raw_bytes,
                "bytes_stored": kept, "bytes_weights": weight_bytes, "bytes_saved": raw_bytes - kept - weight_bytes,
                "output_steps": len(producer.stored), "held_out_steps": len(before),
                "training_steps": len(producer.stored) - len(before),
-               "l2_compressed": float(before[:, 0].mean()), "l2_restored": float(after[:, 0].mean()),
-               "max_compressed": float(before[:, 1].mean()), "max_restored": float(after[:, 1].mean()),
                "final_training_loss": float(np.mean(evaluation["loss"][-20:])) if len(evaluation["loss"]) else math.nan,
                "training_iterations": evaluation["iterations"], "ranks": ranks,
                **{f"seconds_{k}": v for k, v in producer.timers.items()}}
-    metrics["l2_improvement"] = metrics["l2_compressed"] / metrics["l2_restored"]
-    metrics["max_improvement"] = metrics["max_compressed"] / metrics["max_restored"]
-    other_before, other_after = evaluation["other_before"], evaluation["other_after"]
-    for name, e in (("other_compressed", other_before), ("other_restored", other_after)):
-        metrics[f"l2_{name}"] = float(e[:, 0].mean()) if len(e) else math.nan
-        metrics[f"max_{name}"] = float(e[:, 1].mean()) if len(e) else math.nan
+    metrics.update(_error_metrics(evaluation))
     metrics.update(_peers(evaluation["held_originals"], metrics["compression_ratio_with_weights"], producer.weights))
     arrays = {k: evaluation[k] for k in ("day", "original", "compressed", "restored", "held_out_days", "loss")}
     arrays.update({k: evaluation[k] for k in ("other_original", "other_compressed", "other_restored")
@@ -549,27 +650,132 @@ def _finish(config, producer, evaluation, start, ranks, verbose) -> Result:
     return result
 
 
-def _peers(originals, ratio, weights) -> dict:
-    """``l2_<peer>``, ``max_<peer>``: the mean errors of each codec of :data:`PEERS` on ``originals`` at a total
-    ratio of at least ``ratio`` (NaN where it cannot reach it, or without hdf5plugin)."""
+def _codec_point(name, originals, ratio, weights, iterations=20):
+    """(ratio reached, mean relative L2, mean relative max) of codec ``name`` tuned to at least ``ratio`` on
+    ``originals`` together; NaNs where it cannot reach it (or without hdf5plugin)."""
+    try:
+        codec = _codec.for_ratio(name, list(originals), ratio, iterations=iterations)
+        stored = [codec.compress(f) for f in originals]
+    except (ValueError, ImportError):
+        return math.nan, math.nan, math.nan
+    e = np.array([_codec.relative_errors(_codec.decompress(c), f, weights) for c, f in zip(stored, originals)])
+    ratio = sum(f.nbytes for f in originals) / sum(c.nbytes for c in stored)
+    return ratio, float(e[:, 0].mean()), float(e[:, 1].mean())
+
+
+def _peers(originals, ratio, weights, suffix="") -> dict:
+    """``l2_<peer><suffix>``, ``max_<peer><suffix>``: the mean errors of each codec of :data:`PEERS` on
+    ``originals`` at a total ratio of at least ``ratio`` (NaN where it cannot reach it, or without hdf5plugin)."""
     out = {}
     for name in PEERS:
-        try:
-            codec = _codec.for_ratio(name, list(originals), ratio, iterations=20)
-            e = np.array([_codec.relative_errors(_codec.decompress(codec.compress(f)), f, weights) for f in originals])
-            out[f"l2_{name}"], out[f"max_{name}"] = float(e[:, 0].mean()), float(e[:, 1].mean())
-        except (ValueError, ImportError):
-            out[f"l2_{name}"] = out[f"max_{name}"] = math.nan
+        _, out[f"l2_{name}{suffix}"], out[f"max_{name}{suffix}"] = _codec_point(name, originals, ratio, weights)
     return out
 
 
-def _write(config, result, producer, evaluation) -> None:
-    """Compressed steps and restorer weights in one HDF5 file; figures (PNG) and metrics (JSON) beside it."""
+RD_FACTORS = (0.5, 1.0, 2.0, 4.0)  # the rate-distortion figure's ratios, times the run's total ratio
+RD_CODECS = ("block", "sz3", "zfp")  # the codecs alone on its curve
+
+
+def _finish_bounded(config, producer, evaluation, start, ranks, verbose) -> Result:
+    """The bounded pipeline's metrics: bytes of data, weights and corrections; the errors of the codec alone
+    and of the restored steps within the bound on the held-out later window and on the other flow, next to
+    SZ3 and ZFP at the same total bytes there; the rate-distortion curve's points."""
+    steps, cell = len(producer.stored), config.nlat * config.nlon * 8
+    held = [producer.held_out(k) for k in range(steps)]
+    corrections, bounds = _in_step_order(evaluation, held)
+    raw, kept = steps * cell, sum(c.nbytes for c in producer.stored)
+    weight_bytes = sum(a.nbytes for a in evaluation["state"].values())
+    corr_bytes = sum(c.nbytes for c in corrections) + 8 * len(bounds) * (config.error_bound is not None)
+    total = kept + weight_bytes + corr_bytes
+    # the held-out window's bytes: its data and corrections, and its share of the weights
+    n_held = sum(held)
+    held_bytes = sum(producer.stored[k].nbytes + corrections[k].nbytes + 8 * (config.error_bound is not None)
+                     for k in range(steps) if held[k]) + weight_bytes * n_held / steps
+    before, after = evaluation["before"], evaluation["after"]
+    metrics = {"compression_ratio": raw / kept, "compression_ratio_with_weights": raw / (kept + weight_bytes),
+               "compression_ratio_total": raw / total, "compression_ratio_held_out": n_held * cell / held_bytes,
+               "bytes_raw": raw, "bytes_stored": kept, "bytes_weights": weight_bytes, "bytes_corrections": corr_bytes,
+               "bytes_saved": raw - total, "output_steps": steps, "held_out_steps": len(before),
+               "training_steps": steps - len(before),
+               "worst_error_over_bound": float(evaluation["worst_error_over_bound"]),
+               "final_training_loss": float(np.mean(evaluation["loss"][-20:])) if len(evaluation["loss"]) else math.nan,
+               "training_iterations": evaluation["iterations"], "ranks": ranks,
+               **{f"seconds_{k}": v for k, v in producer.timers.items()}}
+    metrics.update(_error_metrics(evaluation))
+    metrics.update(_peers(evaluation["held_originals"], metrics["compression_ratio_held_out"], producer.weights))
+    other_before = evaluation["other_before"]
+    if len(other_before):
+        other_bytes = (sum(producer.other_nbytes) + evaluation["other_corrections_bytes"].sum()
+                       + 8 * len(other_before) * (config.error_bound is not None) + weight_bytes * n_held / steps)
+        metrics["compression_ratio_other"] = len(other_before) * cell / other_bytes
+        metrics.update(_peers(evaluation["other_originals"], metrics["compression_ratio_other"], producer.weights,
+                              "_other"))
+    arrays = {k: evaluation[k] for k in ("day", "original", "compressed", "restored", "held_out_days", "loss")}
+    arrays.update({k: evaluation[k] for k in ("other_original", "other_compressed", "other_restored")
+                   if k in evaluation})
+    arrays.update(lat=producer.lat, lon=producer.lon, l2_compressed=before[:, 0], l2_restored=after[:, 0],
+                  step_days=np.array(producer.times) / 86400, step_l2_compressed=np.array(producer.step_errors))
+    # the rate-distortion figure: the codecs alone around the run's ratio, and the run's own points
+    originals, ratio = evaluation["held_originals"], metrics["compression_ratio_held_out"]
+    for name in RD_CODECS:
+        arrays[f"rd_{name}"] = np.array([_codec_point(name, originals, ratio * f, producer.weights, 12)
+                                         for f in RD_FACTORS])
+    held_data = sum(producer.stored[k].nbytes for k in range(steps) if held[k])
+    arrays["rd_codec_alone"] = np.array([[n_held * cell / held_data, metrics["l2_compressed"],
+                                          metrics["max_compressed"]]])
+    arrays["rd_hpcai"] = np.array([[ratio, metrics["l2_restored"], metrics["max_restored"]]])
+    result = Result(metrics, arrays)
+    metrics["seconds_total"] = time.perf_counter() - start  # without writing the files
+    if config.output_dir:
+        _write(config, result, producer, evaluation,
+               *((corrections, bounds) if config.error_bound is not None else (None, None)))
+    if verbose:
+        bound = "" if config.error_bound is None else (
+            f"; |error| <= {config.error_bound:g} x max |field| at every point of every step (worst "
+            f"{metrics['worst_error_over_bound']:.2f} of the bound)")
+        print(f"stored x{metrics['compression_ratio_total']:.1f} in all (data x{metrics['compression_ratio']:.0f}, "
+              f"weights {weight_bytes} B, corrections {corr_bytes} B){bound}; {metrics['seconds_total']:.1f} s",
+              flush=True)
+        if metrics["compression_ratio_total"] < 0.98 * config.ratio:
+            print(f"the bound costs more corrections than ratio {config.ratio:g} leaves room for: x"
+                  f"{metrics['compression_ratio_total']:.1f} reached (a looser error_bound or a lower ratio meets it)",
+                  flush=True)
+        print(f"held-out L2 error: {config.codec} codec {metrics['l2_compressed']:.3e} -> restored "
+              f"{metrics['l2_restored']:.3e} ({metrics['l2_improvement']:.2f}x; max error "
+              f"{metrics['max_compressed']:.3e}"
+              f" -> {metrics['max_restored']:.3e}) at x{ratio:.1f} counting weights and corrections", flush=True)
+        print("at the same total bytes on the held-out steps: " + ", ".join(
+            f"{name} L2 {metrics[f'l2_{name}']:.3e} (max {metrics[f'max_{name}']:.3e})" for name in PEERS), flush=True)
+        if not math.isnan(metrics["l2_other_restored"]):
+            print(f"other flow ({OTHER_FLOW[config.initial_condition]}), same network: L2 error "
+                  f"{metrics['l2_other_compressed']:.3e} -> {metrics['l2_other_restored']:.3e} (max "
+                  f"{metrics['max_other_restored']:.3e}) at x{metrics['compression_ratio_other']:.1f}; at those bytes "
+                  + ", ".join(f"{name} L2 {metrics[f'l2_{name}_other']:.3e} (max {metrics[f'max_{name}_other']:.3e})"
+                              for name in PEERS), flush=True)
+    return result
+
+
+def _in_step_order(evaluation, held) -> tuple[list, np.ndarray]:
+    """The corrections (uint8 arrays) and absolute bounds of every stored step, in step order, from the
+    evaluation's training steps and held-out steps (each in their own order)."""
+    parts = {"train": iter(range(len(held))), "held": iter(range(len(held)))}
+    corrections, bounds = [], []
+    for h in held:
+        kind = "held" if h else "train"
+        i = next(parts[kind])
+        corrections.append(np.asarray(evaluation["corrections"][kind][str(i)], np.uint8))
+        bounds.append(float(evaluation["bounds"][kind][i]))
+    return corrections, np.array(bounds)
+
+
+def _write(config, result, producer, evaluation, corrections=None, bounds=None) -> None:
+    """Compressed steps, the network's weights (and the corrections) in one HDF5 file; figures (PNG) and
+    metrics (JSON) beside it."""
     out = config.output_dir
     os.makedirs(out, exist_ok=True)
     result.files["data"] = write_compressed(os.path.join(out, "compressed.h5"), config, producer.stored,
                                             np.array(producer.times) / 3600, producer.lat, producer.lon,
-                                            evaluation["state"], evaluation["norm"])
+                                            evaluation["state"], evaluation["norm"], corrections, bounds)
     from . import climate_plots
     result.figures.update(climate_plots.save_figures(result, out, config.field, FIELDS[config.field]))
     result.files["metrics"] = os.path.join(out, "metrics.json")
@@ -607,7 +813,8 @@ def _config(params) -> tuple[Config, int]:
 def simulate(ctx) -> Result:
     """Workflow module: simulate, compress, store and send every output step; then finish with the evaluation.
 
-    Each output step goes to the learners as one float64 array ``[step, time (s), compressed, original]``
+    Each output step goes to the learners as one float64 array ``[step, time (s), knob, compressed, original]``
+    (knob: the codec's quantiser step or bound, the residual network's unit)
     with non-blocking sends (a training pair to every learner, a held-out step to the first), reclaimed
     without waiting inside the loop; then ``{"kind": "end"}``. The first learner answers with its progress
     lines and, last, the evaluation (the weights among it); this module writes the files.
@@ -625,7 +832,7 @@ def simulate(ctx) -> Result:
     def on_output(model):
         k, t, original, compressed, held = producer.output(model)
         t0 = time.perf_counter()
-        message = np.concatenate([[k, t], compressed.ravel(), original.ravel()])
+        message = np.concatenate([[k, t, producer.knobs[k]], compressed.ravel(), original.ravel()])
         for rank in [0] if held else learners:
             pending.append(fields.isend(message, rank, meta={"kind": "held" if held else "pair"}))
         pending[:] = [p for p in pending if not p.done()]  # reclaim, never wait
@@ -639,8 +846,8 @@ def simulate(ctx) -> Result:
     ctx.progress.phase("simulation", producer.outputs)
     producer.run(on_output)
     ctx.progress.phase("simulation of the other flow", 0, "the generalisation test")
-    producer.run_other(lambda t, original, compressed: pending.append(fields.isend(
-        np.concatenate([[-1, t], compressed.ravel(), original.ravel()]), 0, meta={"kind": "other"})))
+    producer.run_other(lambda t, original, compressed, knob: pending.append(fields.isend(
+        np.concatenate([[-1, t, knob], compressed.ravel(), original.ravel()]), 0, meta={"kind": "other"})))
     for rank in learners:
         fields.send({"kind": "end"}, rank)
     for p in pending:
@@ -674,7 +881,7 @@ def learn(ctx) -> dict:
     config, verbose = _config(ctx.params)
     fields, comm = ctx.channel("fields"), ctx.comm
     lat, lon = fields.recv(rank=0).value, fields.recv(rank=0).value
-    learner = _Learner(config, lat, lon, comm=comm, seed=config.seed + 1000 * (comm.rank + 1), progress=ctx.progress)
+    learner = _learner(config, lat, lon, comm=comm, seed=config.seed + 1000 * (comm.rank + 1), progress=ctx.progress)
     producer = _Producer(config)  # the plan of output steps (the solver's checks, ~0.1 s; nothing runs)
     _plan(ctx.progress, config, producer, comm.size, producer_rank=False)
     ctx.progress.phase("in situ training", _training_pairs(producer), "training pairs received")
@@ -686,14 +893,14 @@ def learn(ctx) -> dict:
                 ended = True  # the end message comes after every step
                 continue
             buf = got.value
-            compressed, original = buf[2:2 + n].reshape(shape), buf[2 + n:].reshape(shape)
+            compressed, original = buf[3:3 + n].reshape(shape), buf[3 + n:].reshape(shape)
             if got.meta["kind"] == "pair":
-                learner.add(compressed, original)
+                learner.add(compressed, original, buf[2])
                 ctx.progress.update(len(learner.inputs), message=f"{len(learner.losses)} iterations")
             elif got.meta["kind"] == "other":
-                other.append((buf[1], original, compressed))
+                other.append((buf[1], original, compressed, buf[2]))
             else:
-                held_out.append((buf[1], original, compressed))
+                held_out.append((buf[1], original, compressed, buf[2]))
         agreed[:] = (len(learner.inputs), ended)
         comm.allreduce_(agreed, "min")  # the fewest pairs any rank has; whether all have every step
         if agreed[1]:

@@ -1,30 +1,66 @@
-"""The climate SR output file: compressed steps and the restorer's weights in one HDF5 file that xarray reads."""
+"""The climate SR output file: compressed steps, the network's weights and the corrections that keep the
+point-wise bound, in one HDF5 file that xarray reads.
+
+The codec's part opens without hpcai: block DCT steps are the integer coefficients as a deflate-filtered
+dataset (the codec's zlib stream is the chunk), so ``xarray.open_dataset(path, engine="h5netcdf")`` gives
+``<field>_dct`` (time, block_lat, block_lon, ky, kx) and ``quantiser_step`` (time), and a field is the
+inverse DCT-II of each block of ``q * step * (1 + slope (ky + kx))`` (:func:`block_fields`, a few lines of
+scipy); SZ3 and ZFP steps are filter chunks of the field itself (after ``import hdf5plugin``). Restoring
+needs hpcai: the network (group ``residual``, or ``restorer`` for the U-Net) and the corrections
+(``corrections``, ``bound``), both checksummed.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import zlib
 
 import numpy as np
 
 from .. import amp, io
 from ..sim import compression as _codec
 from .climate_net import Restorer, position_channels, restore as _apply
+from .climate_residual import ResidualNet, restore as _apply_residual
 
 FIELDS = {"vorticity": "1/s", "h": "m"}
 
 
-def write_compressed(path, config, stored, hours, lat, lon, state=None, norm=None) -> str:
-    """Write the compressed steps (truncate: DCT coefficients (time, ky, kx); sz3, zfp: the field (time, lat,
-    lon) as HDF5-filter chunks, which xarray reads after ``import hdf5plugin``) with dimension names,
-    coordinates and units, and the restorer's weights (group ``restorer``, SHA-256 checksummed), atomically."""
+def _block_chunks(stored):
+    """(integer dtype, zlib streams) of block-codec steps, all re-encoded in the widest integer type any of
+    them needed (nearly always int16: then the streams are the counted bytes themselves)."""
+    wide = max((np.dtype(c.params["int"]) for c in stored), key=lambda t: t.itemsize)
+    streams = []
+    for c in stored:
+        if np.dtype(c.params["int"]) == wide:
+            streams.append(c.arrays["zlib"].tobytes())
+        else:
+            streams.append(zlib.compress(_codec.Block.quantised(c).astype(wide).tobytes(), 9))
+    return wide, streams
+
+
+def block_fields(q, steps, slope: float, shape) -> np.ndarray:
+    """Fields (time, nlat, nlon) from a file's block coefficients ``q`` (time, block_lat, block_lon, b, b) and
+    quantiser ``steps`` (time): what xarray reads, decoded with scipy.fft alone."""
+    return np.stack([_codec.Block.reconstruct(np.asarray(qk), float(s), slope, shape) for qk, s in zip(q, steps)])
+
+
+def write_compressed(path, config, stored, hours, lat, lon, state=None, norm=None, corrections=None,
+                     bounds=None) -> str:
+    """Write the compressed steps (truncate: DCT coefficients (time, ky, kx); block: integer block
+    coefficients, deflate chunks; sz3, zfp: the field (time, lat, lon) as HDF5-filter chunks, which xarray
+    reads after ``import hdf5plugin``) with dimension names, coordinates and units; the network's weights
+    (group ``residual`` for the bounded pipeline, ``restorer`` for the U-Net, SHA-256 checksummed) and the
+    corrections with each step's absolute bound; atomically."""
     import h5py
 
     def write(tmp):
         with h5py.File(tmp, "w") as f:
+            pipeline = getattr(config, "pipeline", "unet")
             f.attrs.update({"title": f"hpcai climate SR: {config.codec}-compressed shallow-water output",
                             "field": config.field, "units": FIELDS[config.field], "codec": config.codec,
-                            "grid_shape": (config.nlat, config.nlon), "config": json.dumps(dataclasses.asdict(config))})
+                            "pipeline": pipeline, "grid_shape": (config.nlat, config.nlon),
+                            "config": json.dumps(dataclasses.asdict(config))})
             for name, values, units, long_name in (
                     ("time", hours, "hours", "model time since the initial condition"),
                     ("lat", lat, "degrees_north", "latitude (Gaussian grid)"),
@@ -52,33 +88,69 @@ def write_compressed(path, config, stored, hours, lat, lon, state=None, norm=Non
                                params=json.dumps([c.params for c in stored]))
                 for axis, name in enumerate(("time", "lat", "lon")):
                     d.dims[axis].attach_scale(f[name])
-            else:
-                d = f.create_dataset("payload", (len(stored),), dtype=h5py.vlen_dtype(np.uint8))
-                for i, c in enumerate(stored):
-                    d[i] = c.arrays["zlib"]
-                d.attrs["params"] = json.dumps([c.params for c in stored])  # a quantiser step per field
-                d.dims[0].attach_scale(f["time"])
-            if state is not None:
+            else:  # block: the integer coefficients, each step's zlib stream a deflate chunk
+                p = stored[0].params
+                grid, b = tuple(p["grid"]), int(p["block"])
+                wide, streams = _block_chunks(stored)
+                shape = (len(stored),) + grid + (b, b)
+                d = f.create_dataset(f"{config.field}_dct", shape, wide, chunks=(1,) + shape[1:], compression="gzip")
+                for i, stream in enumerate(streams):
+                    d.id.write_direct_chunk((i, 0, 0, 0, 0), stream, 0)
+                d.attrs.update(units="1", slope=float(p["slope"]), block=b, long_name=(
+                    f"quantised 8x8 block DCT-II (ortho) coefficients of {config.field}: a block is "
+                    "idctn(q * quantiser_step * (1 + slope * (ky + kx)), norm='ortho'); blocks side by side, "
+                    f"cropped to {config.nlat} x {config.nlon}"))
+                for name, n in (("block_lat", grid[0]), ("block_lon", grid[1]), ("ky", b), ("kx", b)):
+                    s = f.create_dataset(name, data=np.arange(n))
+                    s.attrs.update(units="1", long_name=f"{name.replace('_', ' ')} index")
+                    s.make_scale(name)
+                steps = f.create_dataset("quantiser_step", data=np.array([c.params["step"] for c in stored]))
+                steps.attrs.update(units=FIELDS[config.field], long_name="quantiser step of the block codec")
+                steps.dims[0].attach_scale(f["time"])
+                for axis, name in enumerate(("time", "block_lat", "block_lon", "ky", "kx")):
+                    d.dims[axis].attach_scale(f[name])
+            if state is not None and pipeline == "bounded":
+                g = f.create_group("residual")
+                g.attrs.update(sha256=io.checksum(state), scale=float(norm[0]), residual_scale=float(norm[1]),
+                               channels=config.channels, layers=config.layers, precision=config.precision)
+                for name, a in state.items():
+                    g.create_dataset(name, data=a)
+            elif state is not None:
                 g = f.create_group("restorer")
                 g.attrs.update(sha256=io.checksum(state), norm=np.asarray(norm, float),
                                channels=config.channels, blocks=config.blocks, precision=config.precision)
                 for name, a in state.items():
                     g.create_dataset(name, data=a)
+            if corrections is not None and bounds is not None:
+                d = f.create_dataset("corrections", (len(corrections),), dtype=h5py.vlen_dtype(np.uint8))
+                for i, c in enumerate(corrections):
+                    d[i] = np.asarray(c, np.uint8)
+                d.attrs.update(long_name="zlib-coded (gap, multiple of the bound) int32 pairs where the restored "
+                               "field errs beyond the bound (hpcai.sim.compression.guard)",
+                               sha256=io.checksum({str(i): np.asarray(c, np.uint8) for i, c in enumerate(corrections)}))
+                d.dims[0].attach_scale(f["time"])
+                b = f.create_dataset("bound", data=np.asarray(bounds, float))
+                b.attrs.update(units=FIELDS[config.field], long_name="point-wise bound on |restored - original|")
+                b.dims[0].attach_scale(f["time"])
     io.atomic_write(path, write)
     return os.fspath(path)
 
 
 def read_compressed(path, restore: bool = False):
     """``(fields (time, nlat, nlon), attrs)`` of a file from :func:`write_compressed`: the decompressed steps,
-    or with ``restore`` the restored ones (the stored network applied; its checksum is verified first)."""
+    or with ``restore`` the restored ones (the stored network applied and, for the bounded pipeline, the
+    corrections added; checksums verified first)."""
     import h5py
     with h5py.File(path, "r") as f:
         attrs = dict(f.attrs)
         shape = tuple(int(n) for n in attrs["grid_shape"])
+        dct = f"{attrs['field']}_dct"
         if "coef" in f:
             parts = [_codec.Compressed("truncate", shape, "<f8", {"coef": c}, {}) for c in f["coef"][()]]
             fields = np.stack([_codec.decompress(p) for p in parts])
-        elif "payload" in f:
+        elif dct in f:
+            fields = block_fields(f[dct][()], f["quantiser_step"][()], float(f[dct].attrs["slope"]), shape)
+        elif "payload" in f:  # files of earlier versions: the block codec's zlib streams
             params = json.loads(f["payload"].attrs["params"])
             parts = [_codec.Compressed("block", shape, "<f8", {"zlib": p}, q) for p, q in zip(f["payload"][()], params)]
             fields = np.stack([_codec.decompress(p) for p in parts])
@@ -87,14 +159,38 @@ def read_compressed(path, restore: bool = False):
             fields = f[attrs["field"]][()]
         if not restore:
             return fields, attrs
-        if "restorer" not in f:
+        name = "residual" if "residual" in f else "restorer"
+        if name not in f:
             raise ValueError(f"path: {os.fspath(path)!r} holds no restorer weights")
-        g = f["restorer"]
-        state = {name: g[name][()] for name in g}
+        g = f[name]
+        state = {k: g[k][()] for k in g}
         if io.checksum(state) != g.attrs["sha256"]:
             raise io.CorruptFileError(f"path: the restorer weights in {os.fspath(path)!r} do not match their checksum")
-        model = Restorer(int(g.attrs["channels"]), int(g.attrs["blocks"]))
         policy = amp.get_policy(str(g.attrs["precision"]))
+        if name == "residual":
+            model = ResidualNet(int(g.attrs["channels"]), int(g.attrs["layers"]))
+            policy.prepare(model)
+            model.load_state_dict(state)
+            sinlat = np.sin(np.radians(f["lat"][()]))
+            scale = float(g.attrs["scale"])
+            if dct in f:  # the residual's unit of each step: the codec's quantiser step, or its bound
+                units = f["quantiser_step"][()]
+            elif attrs["field"] in f and "params" in f[attrs["field"]].attrs:
+                units = [p["bound"] for p in json.loads(f[attrs["field"]].attrs["params"])]
+            else:
+                units = [float(g.attrs["residual_scale"])] * len(fields)
+            restored = np.stack([_apply_residual(model, c, scale, float(u), sinlat, policy)
+                                 for c, u in zip(fields, units)])
+            if "corrections" in f:
+                corrections = [np.asarray(c, np.uint8) for c in f["corrections"][()]]
+                expected = f["corrections"].attrs["sha256"]
+                if io.checksum({str(i): c for i, c in enumerate(corrections)}) != expected:
+                    raise io.CorruptFileError(f"path: the corrections in {os.fspath(path)!r} do not match their "
+                                              "checksum")
+                restored = np.stack([_codec.apply_guard(r, c, b)
+                                     for r, c, b in zip(restored, corrections, f["bound"][()])])
+            return restored, attrs
+        model = Restorer(int(g.attrs["channels"]), int(g.attrs["blocks"]))
         policy.prepare(model)
         model.load_state_dict(state)
         norm, pos = tuple(float(v) for v in g.attrs["norm"]), position_channels(f["lat"][()], f["lon"][()])

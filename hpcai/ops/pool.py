@@ -6,7 +6,8 @@ shares the batch among threads on the CPU (``threads.over_batch``). Max pooling 
 to exactly one input, the first maximum in row-major window order (PyTorch's choice on ties, common
 after a ReLU); a window holding only -inf sends it to its first cell inside the input, never to the
 padding (PyTorch again); a window holding a NaN outputs NaN and passes no gradient. Without padding, forward
-also keeps the offset of each window's first maximum (uint8), so backward routes gy in two passes per offset
+also keeps the offset of each window's first maximum (uint8) when a backward can run (not under no_grad,
+nor for an input that needs no gradient), so backward routes gy in two passes per offset
 instead of finding the maxima again (pooling forward + backward 15-20 % faster); with padding or a NaN
 window, backward finds them again.
 """
@@ -16,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import checks
-from ..autograd.function import Function
+from ..autograd.function import Function, is_grad_enabled
+from ..autograd.tensor import Tensor
 from .common import expect_float, expect_ndim
 from .conv import _pair
 from .registry import Sample, register
@@ -52,14 +54,46 @@ def _unpad(g, padding, in_hw):
     return g[:, :, ph:ph + h, pw:pw + w]
 
 
+def _first_max(xp, slabs, out, index, moved=None) -> None:
+    """``out`` = the elementwise maximum of ``slabs`` (NaN wins) and, when given, ``index`` (uint8) = the
+    position of the first slab holding it (strictly greater replaces it); ``moved(k, more)`` is told
+    where slab k replaced the maximum (``more`` as uint8 0/1)."""
+    if len(slabs) == 1:
+        out[...] = slabs[0]
+        if index is not None:
+            index[...] = 0
+        return
+    more = None if index is None else xp.empty(out.shape, bool)
+    prev = slabs[0]
+    for k in range(1, len(slabs)):
+        if index is not None:
+            xp.greater(slabs[k], prev, out=more)
+            step = more.view(np.uint8)
+            if moved is not None:
+                moved(k, step)
+            if k == 1:
+                index[...] = step
+            else:  # k exceeds every earlier index: max(index, more·k) sets it
+                xp.multiply(step, np.uint8(k), out=step)
+                xp.maximum(index, step, out=index)
+        xp.maximum(prev, slabs[k], out=out)
+        prev = out
+
+
 class MaxPool2d(Function):
-    """Forward is a running maximum, one pass per offset (and, without padding, the offset where it was
-    first found); backward walks the offsets in order, routing gy to the first input equal to its window's
-    maximum (the first one wins ties, as in PyTorch).
+    """Forward is separable: a running maximum over each window row's kw columns (at 2x2, contiguous rows
+    of half the input; 1.15-1.4x faster than strided 2-d slabs on 32x128x128 maps, even on small ones),
+    then over the window's kh rows; without padding, the offset of the first maximum comes along (the
+    first row holding the window's maximum, at that row's first maximum). Backward walks the offsets in order, routing gy to the first input equal
+    to its window's maximum (the first one wins ties, as in PyTorch).
 
     Backward turns the -inf padding into NaN, which equals nothing: a window whose maximum is -inf then
     matches its first -inf inside the input, where PyTorch sends the gradient too, not a padding cell
-    whose gradient would be cut off. Only the border is rewritten, so the cost is negligible."""
+    whose gradient would be cut off. Only the border is rewritten, so the cost is negligible.
+
+    ``keep_index`` (set by ``max_pool2d`` when a backward can run) asks forward for the indices."""
+
+    keep_index = True
 
     def forward(self, x):
         xp, (kh, kw) = self.xp, self.kernel
@@ -67,22 +101,30 @@ class MaxPool2d(Function):
         self.in_hw = x.shape[2:]
         self.out = xp.empty(x.shape[:2] + tuple(self.out_hw), x.dtype)
         # without padding, the index of each window's first maximum is kept for backward (see _routed)
-        self.index = xp.empty(self.out.shape, np.uint8) if self.padding == (0, 0) and kh * kw < 256 else None
+        keep = self.keep_index and self.padding == (0, 0) and kh * kw < 256
+        self.index = xp.empty(self.out.shape, np.uint8) if keep else None
+        (sh, sw), (ho, wo) = self.stride, self.out_hw
 
-        def part(s):  # samples s: the running maximum over the offsets (and where it was found)
+        def part(s):  # samples s: the maximum over each window row's columns, then over the window's rows
             xpad, out = self.xpad[s], self.out[s]
-            out[...] = _slab(xpad, 0, 0, self.stride, self.out_hw)
-            if self.index is not None:
-                index, more = self.index[s], xp.empty(out.shape, bool)
-                index[...] = 0
-            for k in range(1, kh * kw):
-                slab = _slab(xpad, k // kw, k % kw, self.stride, self.out_hw)
-                if self.index is not None:  # strictly greater: the first maximum keeps its index
-                    xp.greater(slab, out, out=more)
-                    step = more.view(np.uint8)  # k exceeds every earlier index: max(index, more·k) sets it
-                    xp.multiply(step, np.uint8(k), out=step)
-                    xp.maximum(index, step, out=index)
-                xp.maximum(out, slab, out=out)
+            rows = xp.empty(out.shape[:2] + (xpad.shape[2], wo), x.dtype)
+            at = None if self.index is None else xp.empty(rows.shape, np.uint8)   # column of each row's maximum
+            _first_max(xp, [xpad[..., j:j + sw * (wo - 1) + 1:sw] for j in range(kw)], rows, at)
+            row_slabs = [rows[:, :, i:i + sh * (ho - 1) + 1:sh] for i in range(kh)]
+            if self.index is None:
+                return _first_max(xp, row_slabs, out, None)
+            # the first maximum in row-major order: the first row holding the maximum, at that row's first
+            index, col, tmp = self.index[s], xp.empty(out.shape, np.uint8), xp.empty(out.shape, np.uint8)
+            col[...] = at[:, :, 0:sh * (ho - 1) + 1:sh]
+
+            def moved(i, more):  # row i holds a new maximum where ``more``: take its column there
+                xp.bitwise_xor(col, at[:, :, i:i + sh * (ho - 1) + 1:sh], out=tmp)
+                xp.multiply(tmp, more, out=tmp)
+                xp.bitwise_xor(col, tmp, out=col)
+
+            _first_max(xp, row_slabs, out, index, moved)
+            xp.multiply(index, np.uint8(kw), out=index)
+            xp.add(index, col, out=index)
 
         over_batch(xp, part, x.shape[0], x.size)
         return self.out
@@ -223,7 +265,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     padding (at most half the kernel) is -inf, so it never wins. The gradient goes to the first maximum.
     """
     kernel, stride, padding, out_hw = _pool_args("max_pool2d", x, kernel_size, stride, padding)
-    return MaxPool2d.apply(x, kernel=kernel, stride=stride, padding=padding, out_hw=out_hw)
+    grad = is_grad_enabled() and isinstance(x, Tensor) and x.requires_grad  # no backward: no indices
+    return MaxPool2d.apply(x, kernel=kernel, stride=stride, padding=padding, out_hw=out_hw, keep_index=grad)
 
 
 @register("avg_pool2d", _pool_samples, torch=_torch_pool("avg_pool2d"))

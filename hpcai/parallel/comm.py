@@ -139,8 +139,12 @@ class SerialCommunicator:
     def bcast_(self, buf, root: int = 0):
         return buf
 
-    def allgather(self, buf):
-        return backend.get_array_module(buf).stack([buf])
+    def allgather(self, buf, out=None):
+        if out is None:
+            return backend.get_array_module(buf).stack([buf])
+        _check_gather_out(out, buf, 1)
+        out[0] = buf
+        return out
 
     def allreduce_obj(self, value, op: str = "sum"):
         _check_op(op)
@@ -256,9 +260,14 @@ class Communicator(SerialCommunicator):
         self._complete(self.comm.Ibcast(self._words(host), root=root), "bcast_")
         return self._back(buf, host)
 
-    def allgather(self, buf):
-        """A new array of shape (size, *buf.shape) holding every rank's ``buf`` in rank order."""
+    def allgather(self, buf, out=None):
+        """An array of shape (size, *buf.shape) holding every rank's ``buf`` in rank order: a new one, or
+        ``out`` (a C-contiguous host array of that shape and dtype, reused so a step allocates nothing)."""
         host = self._host(buf)
+        if out is not None:
+            _check_gather_out(out, host, self.size)
+            self._complete(self.comm.Iallgather(self._words(host), self._words(out)), "allgather")
+            return out
         out = np.empty((self.size,) + host.shape, host.dtype)
         self._complete(self.comm.Iallgather(self._words(host), self._words(out)), "allgather")
         return out if backend.get_array_module(buf) is np else backend.to_device(out, backend.device_of(buf))
@@ -567,6 +576,13 @@ def launched_by_mpi() -> bool:
     """Whether an MPI launcher (mpiexec, srun) started this process as one of several ranks; reads the
     launcher's environment only, so mpi4py is not imported."""
     return any(os.environ.get(v, "").strip().isdigit() and int(os.environ[v]) > 1 for v in LAUNCHER_SIZES)
+
+
+def _check_gather_out(out, buf, size: int) -> None:
+    want = (size, *buf.shape)
+    if type(out) is not np.ndarray or out.shape != want or out.dtype != buf.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out: expected a C-contiguous numpy array of shape {want} and dtype {buf.dtype}, got "
+                         f"{type(out).__name__} {getattr(out, 'shape', '')} {getattr(out, 'dtype', '')}".rstrip())
 
 
 def launcher_rank() -> int | None:

@@ -10,12 +10,21 @@ loop, about 0.7 GB/s):
 
 * bf16 is the top half of a float32: add ``0x7FFF`` plus the lowest kept bit (ties to even), keep the high
   16 bits; carries run into the exponent, up to inf. NaNs become the quiet NaN ``0x7FC0`` with their sign.
-* fp16 of ``x * 2**k`` (``k``: the exponent of a power-of-two scale): add to ``|x|`` the power of two
-  whose float32 ulp is fp16's ulp at ``|x| * 2**k`` (at least fp16's subnormal spacing), so the float adder
-  rounds (the "magic number" step, per element); the sum's low bits count ulps, and the power's exponent
-  gives fp16's exponent field; the sign comes from the float32's high half. Inputs must be finite and
-  ``|x * 2**k|`` below fp16's overflow threshold; :meth:`Codec.pack` falls back to an exact numpy cast
-  otherwise.
+* fp16 of ``x * 2**k`` (``k``: the exponent of a power-of-two scale), the fast path: ``a = x * 2**(k-112)``
+  (exact), then Veltkamp's splitting ``c = 8193 a; hi = c - (c - a)`` rounds ``a`` to 11 significant bits,
+  to nearest (Dekker 1971, sec. 5; Boldo 2006), ties to even (a test compares every float32 of a binade
+  with numpy's cast; the splitting commutes with powers of two). For fp16's normal range ``hi`` is fp16's
+  value times ``2**-112``: a float32 whose exponent field is fp16's and whose top 10 mantissa bits are
+  fp16's, so ``hi``'s bits shifted right by 13 are the word; the sign comes from the float32's high half.
+  Three float passes and a shift instead of a dozen integer ones. Each chunk's high halves say, with two
+  16-bit reductions, whether a value is too large (``|x * 2**k| >= 2**16``, inf, NaN: the exact cast takes
+  that chunk) or, being non-zero, below fp16's smallest normal ``2**-14`` (those few are redone exactly:
+  numpy's cast, or the general kernel below; the rest keep the fast result).
+* fp16, the general kernel (any finite ``|x * 2**k|`` below fp16's overflow threshold, subnormals
+  included): add to ``|x|`` the power of two whose float32 ulp is fp16's ulp at ``|x| * 2**k`` (at least
+  fp16's subnormal spacing), so the float adder rounds (the "magic number" step, per element); the sum's
+  low bits count ulps, and the power's exponent gives fp16's exponent field; the sign comes from the
+  float32's high half.
 * unpacking is exact: bf16 words shifted into the top half; fp16 words sign-extended and shifted so that
   exponent and mantissa sit where float32 keeps them, then multiplied by ``2**112`` (the exponent bias
   difference; fp16 subnormals become float32 normals by the same product).
@@ -31,8 +40,8 @@ import numpy as np
 
 __all__ = ["Codec", "CODECS", "get_codec", "CHUNK"]
 
-CHUNK = 1 << 16  # elements per pass: two uint32 temporaries (512 KiB) stay in a core's L2
-_F16_LIMIT = 65520.0  # |x| from here on rounds to inf in fp16 (max 65504 plus half an ulp)
+CHUNK = 1 << 16  # elements per pass: its temporaries (two uint32, two uint16: 768 KiB) stay in a core's L2
+_VELTKAMP = np.float32(2 ** 13 + 1)  # splits a float32 (24 bits) into 11 + 13: fp16's significand
 
 
 class _Scratch:
@@ -40,6 +49,7 @@ class _Scratch:
 
     def __init__(self, n: int = CHUNK):
         self.a, self.b = np.empty(n, np.uint32), np.empty(n, np.uint32)
+        self.h, self.g = np.empty(n, np.uint16), np.empty(n, np.uint16)
         self.mask = np.empty(n, bool)
 
 
@@ -57,28 +67,48 @@ class Codec:
         return f"Codec({self.name!r})"
 
     # -- packing ---------------------------------------------------------------------------------------
-    def pack(self, src, out, scale: float = 1.0):
+    @np.errstate(invalid="ignore")  # an inf packed leaves inf - inf, NaN, as residual: as float32 has it
+    def pack(self, src, out, scale: float = 1.0, residual=None):
         """``out[:] = bits of round(src * scale)``: ``src`` float32, ``out`` uint16 (or this codec's dtype)
-        of the same size, ``scale`` a power of two. Returns ``out``."""
+        of the same size, ``scale`` a power of two. Returns ``out``.
+
+        ``residual``: an array of ``src``'s size and dtype that receives the rounding error ``src -
+        value(out) / scale`` (error feedback), made chunk by chunk while the chunk is still in cache."""
         words = out.view(np.uint16)
         if (src.dtype != np.float32 or not _power_of_two(scale) or src.size != words.size
-                or not (src.flags.c_contiguous and words.flags.c_contiguous)):
-            return self._pack_reference(src, words, scale)
-        src, words = src.reshape(-1), words.reshape(-1)  # views
-        k = math.frexp(scale)[1] - 1
-        if self.name == "bf16":
-            if k:
-                return self._pack_reference(src, words, scale)
-            for lo in range(0, src.size, CHUNK):
-                self._bf16_chunk(src[lo:lo + CHUNK], words[lo:lo + CHUNK])
+                or not (src.flags.c_contiguous and words.flags.c_contiguous) or not np.little_endian
+                or (residual is not None and not (residual.dtype == np.float32 and residual.size == src.size
+                                                  and residual.flags.c_contiguous))):
+            self._pack_slowly(src, words, scale, residual)
             return out
-        if src.size and not (float(np.max(src)) * scale < _F16_LIMIT and float(np.min(src)) * scale > -_F16_LIMIT):
-            return self._pack_reference(src, words, scale)  # NaN, inf or overflow: the exact cast handles them
-        if not -100 < k < 100 or not np.little_endian:
-            return self._pack_reference(src, words, scale)
+        src, words = src.reshape(-1), words.reshape(-1)  # views
+        res = residual.reshape(-1) if residual is not None else None
+        k = math.frexp(scale)[1] - 1
+        if k != 0 if self.name == "bf16" else not -37 <= k < 100:  # (fp16: 2**(k - 112) must be a float32)
+            self._pack_slowly(src, words, scale, residual)
+            return out
+        unscale = 1.0 / scale  # folded into fp16's decoding product while 2**112 times it is a float32
         for lo in range(0, src.size, CHUNK):
-            self._fp16_chunk(src[lo:lo + CHUNK], words[lo:lo + CHUNK], k)
+            x, w = src[lo:lo + CHUNK], words[lo:lo + CHUNK]
+            if self.name == "bf16":
+                self._bf16_chunk(x, w)
+            elif not self._fp16_fast_chunk(x, w, k):  # a value at or past 2**16 (after scaling), inf or NaN
+                self._pack_reference(x, w, scale)
+            if res is not None:
+                v = self._decode(w, res[lo:lo + CHUNK].view(np.uint32), unscale if unscale <= 2 ** 12 else 1.0)
+                if unscale > 2 ** 12:
+                    v *= np.float32(unscale)
+                np.subtract(x, v, out=v)
         return out
+
+    def _pack_slowly(self, src, words, scale, residual):
+        """:meth:`pack` through the exact cast, for what the kernels do not take."""
+        self._pack_reference(src, words, scale)
+        if residual is not None:
+            with np.errstate(over="ignore", invalid="ignore"):
+                value = words.view(self.dtype).astype(residual.dtype) * (1.0 / scale)  # exact
+                residual[...] = (np.asarray(src, residual.dtype) - value.reshape(np.shape(src))).reshape(
+                    residual.shape)
 
     def _pack_reference(self, src, words, scale):
         """The exact casts (numpy float16; ml_dtypes bfloat16, through float64 done in one rounding)."""
@@ -102,6 +132,40 @@ class Codec:
         if np.isnan(np.max(x)):  # rare: NaN -> the quiet NaN, sign kept
             np.isnan(x, out=m)
             w[m] = (u[m] >> 16).astype(np.uint16) & 0x8000 | 0x7FC0
+
+    def _fp16_fast_chunk(self, x, w, k: int) -> bool:
+        """Pack chunk ``x`` (times ``2**k``) into ``w``; False (``w`` unspecified) if a value is not below
+        ``2**16`` after scaling, inf or NaN. Non-zero values below fp16's normal range are redone exactly."""
+        n = x.size
+        au, bu, h, g = self._s.a[:n], self._s.b[:n], self._s.h[:n], self._s.g[:n]
+        a, b = au.view(np.float32), bu.view(np.float32)
+        np.right_shift(x.view(np.uint32), 16, out=au)  # (a shift in place and a narrowing copy: faster
+        np.copyto(h, au, casting="unsafe")              # than one shift into uint16) high halves: sign, exponent
+        np.add(h, h, out=g)  # ... without the sign, doubled: 0 for +-0
+        top = int(np.max(g))
+        if top >= (143 - k) << 8:  # |x| >= 2**(16 - k), inf or NaN
+            return False
+        np.multiply(x, np.float32(2.0 ** (k - 112)), out=a)  # exact for fp16's normal range
+        np.multiply(a, _VELTKAMP, out=b)  # c = (2**13 + 1) a
+        np.subtract(b, a, out=a)  # c - a
+        np.subtract(b, a, out=b)  # c - (c - a): a rounded to 11 significant bits, ties to even
+        np.right_shift(bu, 13, out=bu)  # fp16's exponent (5 bits) and 10 mantissa bits, above the sign bit
+        np.copyto(w, bu, casting="unsafe")
+        np.bitwise_and(h, 0x8000, out=h)
+        w |= h
+        g -= 2  # +-0 wrap to the top
+        small = ((113 - k) << 8) - 2  # g below it: 0 < |x| < 2**(-14 - k), fp16's subnormals
+        if int(np.min(g)) < small:
+            idx = np.flatnonzero(g < small)
+            if idx.size > n // 8 and top < (142 - k) << 8:  # many: the general kernel (up to 2**15) for all
+                self._fp16_chunk(x, w, k)
+            elif idx.size <= 64:  # a few: numpy's cast (one rounding from the exact float64 product)
+                w[idx] = (x[idx].astype(np.float64) * 2.0 ** k).astype(np.float16).view(np.uint16)
+            else:
+                sub = np.empty(idx.size, np.uint16)
+                self._fp16_chunk(x[idx], sub, k)
+                w[idx] = sub
+        return True
 
     def _fp16_chunk(self, x, w, k: int) -> None:
         n = x.size
@@ -133,9 +197,14 @@ class Codec:
         return self.unpack_sum(words.reshape(1, -1), out, factor)
 
     @np.errstate(over="ignore", invalid="ignore")  # inf words stay inf; inf + -inf is NaN, as in float32
-    def unpack_sum(self, rows, out, factor: float = 1.0):
+    def unpack_sum(self, rows, out, factor: float = 1.0, finite: bool = False):
         """``out[:] = (value(rows[0]) + value(rows[1]) + ...) * factor``: several ranks' words summed in
-        ``out``'s dtype, in row order (so every rank that sums the same rows gets the same bits)."""
+        ``out``'s dtype, in row order (so every rank that sums the same rows gets the same bits).
+
+        ``finite=True`` promises that no word is inf or NaN (the caller knows the largest value packed), so
+        fp16 words skip the check for them; a power-of-two ``factor`` is folded into fp16's decoding product
+        (exact: scaling by a power of two commutes with each rounding of the sum while nothing underflows).
+        """
         rows = [r.view(np.uint16) for r in rows]
         if out.dtype != np.float32 or not out.flags.c_contiguous or any(r.size != out.size for r in rows):
             total = rows[0].view(self.dtype).astype(out.dtype)
@@ -144,18 +213,19 @@ class Codec:
             out[...] = (total * factor if factor != 1.0 else total).reshape(out.shape)
             return out
         flat, rows = out.reshape(-1), [r.reshape(-1) for r in rows]
+        fold = self.name == "fp16" and _power_of_two(factor) and 2.0 ** -100 <= factor <= 2.0 ** 12
+        scale = float(factor) if fold else 1.0
         for lo in range(0, flat.size, CHUNK):
-            acc = self._decode(rows[0][lo:lo + CHUNK], self._s.a)
+            acc = self._decode(rows[0][lo:lo + CHUNK], flat[lo:lo + CHUNK].view(np.uint32), scale, finite)
             for r in rows[1:]:
-                acc += self._decode(r[lo:lo + CHUNK], self._s.b)
-            if factor != 1.0:
-                np.multiply(acc, np.float32(factor), out=flat[lo:lo + CHUNK])
-            else:
-                np.copyto(flat[lo:lo + CHUNK], acc)
+                acc += self._decode(r[lo:lo + CHUNK], self._s.b, scale, finite)
+            if factor != 1.0 and not fold:
+                acc *= np.float32(factor)
         return out
 
-    def _decode(self, w, scratch):
-        """The float32 values of words ``w``, in ``scratch`` (a float32 view of it)."""
+    def _decode(self, w, scratch, scale: float = 1.0, finite: bool = False):
+        """The float32 values of words ``w`` (fp16: times ``scale``, a power of two), in ``scratch`` (a
+        uint32 array; the float32 view of it is returned)."""
         t = scratch[:w.size]
         if self.name == "bf16":
             np.copyto(t, w, casting="unsafe")
@@ -166,9 +236,11 @@ class Codec:
         i <<= 13
         i &= np.int32(-0x70000001)  # 0x8FFFFFFF: sign at bit 31, exponent and mantissa at bits 27..13
         v = t.view(np.float32)
-        v *= np.float32(2.0 ** 112)  # the value, exactly (it was times 2**-112) ...
-        if not (np.max(v) < 65536 and np.min(v) > -65536):
+        v *= np.float32(2.0 ** 112 * scale)  # the value, exactly (it was times 2**-112) ...
+        if not finite and not (np.max(v) < 65536 * scale and np.min(v) > -65536 * scale):
             np.copyto(v, w.view(np.float16), casting="unsafe")  # ... but an inf/NaN word made +-65536
+            if scale != 1.0:
+                v *= np.float32(scale)
         return v
 
 

@@ -33,7 +33,20 @@ with ``gamma_N = N u / (1 - N u)``; the middle term covers fp16's subnormal spac
 adds it to the next step's gradient (error feedback, Seide et al. 2014; Karimireddy et al. 2019, Alg. 2):
 no part of a gradient is lost for good, only delayed, so compressed SGD follows the uncompressed one. Only
 the rounding to send is fed back: beyond :data:`GATHER_RANKS` ranks the roundings of MPI's 2-byte sum are
-not, and a step with an inf or NaN anywhere clears the errors kept.
+not, and a step with an inf or NaN anywhere clears the errors kept. The errors are in the units of the
+gradients exchanged: under loss scaling (mixed precision) those are times the loss scale ``S``. Pass the
+:class:`~hpcai.amp.DynamicLossScaler` as ``loss_scaler=`` and the errors kept at scale ``S`` are multiplied
+by ``S' / S`` (a power of two: exact) when the next exchange runs at ``S'``. Without it they are fed back
+as they were kept: after the scaler grows its scale (x2 every ``growth_interval`` steps) one step's errors
+count half, and after an overflow (the scale halved) there are none to feed back, the step having held
+an inf or NaN; so no more than one step's rounding error (a relative ``u`` of a gradient) is lost per change
+of scale.
+
+Up to :data:`GATHER_RANKS` ranks, the words are gathered into a buffer kept per bucket (no allocation per
+step). Packing, exchanging and unpacking are not overlapped: MPI moves a nonblocking collective's bytes in
+shared memory only inside a Test or Wait (no progress thread), so packing the next piece of a bucket while
+this one is "in flight" gains nothing there (measured: ``Iallgather``, then computing, then ``Wait`` took
+as long as the two one after the other).
 
 Run ``mpiexec -n 4 python -m hpcai.parallel.data_parallel --epochs 10`` to train the digits MLP on 4 ranks.
 """
@@ -207,6 +220,8 @@ class DistributedOptimizer(Optimizer):
             is one step on a batch k times larger.
         op: "average" (the mean over ranks and passes: the gradient of the global batch) or "sum".
         error_feedback: with compression, carry each rank's rounding error into its next step's gradient.
+        loss_scaler: the DynamicLossScaler whose scale the gradients carry (mixed precision); with error
+            feedback the errors kept are rescaled when that scale changes (see the module docstring).
 
     Call ``zero_grad()`` before each backward (as ``fit`` does). ``scaler.step(optimizer)`` synchronizes
     first, so every rank checks the same exchanged gradients for overflow (an inf or NaN on any rank reaches
@@ -214,7 +229,8 @@ class DistributedOptimizer(Optimizer):
     """
 
     def __init__(self, optimizer, comm=None, compression: str = "none", bucket_bytes: int = 25 * 2 ** 20,
-                 backward_passes_per_step: int = 1, op: str = "average", error_feedback: bool = False):
+                 backward_passes_per_step: int = 1, op: str = "average", error_feedback: bool = False,
+                 loss_scaler=None):
         if not isinstance(optimizer, Optimizer) or isinstance(optimizer, DistributedOptimizer):
             raise TypeError(f"optimizer: expected an hpcai Optimizer (not yet distributed), got "
                             f"{type(optimizer).__name__}")
@@ -222,6 +238,9 @@ class DistributedOptimizer(Optimizer):
             raise ValueError(f"compression: expected one of {COMPRESSIONS}, got {compression!r}")
         if not isinstance(error_feedback, bool):
             raise TypeError(f"error_feedback: expected True or False, got {error_feedback!r}")
+        if loss_scaler is not None and not isinstance(getattr(loss_scaler, "scale", None), (int, float)):
+            raise TypeError(f"loss_scaler: expected a DynamicLossScaler (with a numeric .scale), got "
+                            f"{type(loss_scaler).__name__}")
         if op not in REDUCE_OPS:
             raise ValueError(f"op: expected one of {REDUCE_OPS}, got {op!r}")
         for name, value in (("bucket_bytes", bucket_bytes), ("backward_passes_per_step", backward_passes_per_step)):
@@ -232,9 +251,12 @@ class DistributedOptimizer(Optimizer):
         self.bucket_bytes, self.backward_passes_per_step = int(bucket_bytes), int(backward_passes_per_step)
         self.error_feedback = error_feedback and compression != "none"
         self.codec = get_codec(compression) if compression != "none" else None
+        self.loss_scaler = loss_scaler
         self.buckets: list = []
         self._key, self._bufs, self._seen, self._passes, self._ready = None, None, None, 0, False
         self._words, self._residuals = [], []  # per bucket: reusable 2-byte words; rounding errors kept
+        self._gathered = []  # per bucket: every rank's words, (size, numel), reused
+        self._residual_scale = None  # the loss scale the errors kept were made at
 
     # the wrapped optimizer's groups, state and defaults are this one's
     param_groups = property(lambda self: self.optimizer.param_groups)
@@ -264,6 +286,7 @@ class DistributedOptimizer(Optimizer):
             self._bufs, self._passes = None, 0
             self._words = [np.empty(b.numel, np.uint16) for b in self.buckets] if self.codec else []
             self._residuals = [b.xp.zeros(b.numel, b.dtype) for b in self.buckets] if self.error_feedback else []
+            self._gathered = [None] * len(self.buckets)
         return params
 
     def _accumulate(self, params) -> None:
@@ -301,7 +324,9 @@ class DistributedOptimizer(Optimizer):
             if s != 1.0:
                 buf *= 1.0 / s  # exact: a power of two
         else:
-            return self._finish(buf, *self._send_words(buf, max_abs, j), divisor)
+            s, rows = self._send_words(buf, max_abs, j)
+            finite = self.compression == "fp16" and math.isfinite(max_abs)  # scaled: no word overflowed
+            return self._finish(buf, s, rows, divisor, finite)
         if divisor != 1:
             buf /= divisor
 
@@ -309,34 +334,50 @@ class DistributedOptimizer(Optimizer):
         """Pack bucket ``j`` into its words (keeping the rounding error) and exchange them; returns the scale
         and the words to sum, one row per rank (or one row MPI already summed)."""
         s = _fp16_scale(max_abs, self.comm.size, buf.dtype) if self.compression == "fp16" else 1.0
-        words = self.codec.pack(buf, self._words[j], s)
-        if self.error_feedback:  # e = g - Q(g), in the bucket's units; no inf/NaN is carried on
-            res = self._residuals[j]
-            self.codec.unpack(words, res, -1.0 / s)
-            res += buf
-            if not math.isfinite(max_abs):
-                res[...] = 0
+        # error feedback: e = g - Q(g), in the bucket's units, made as it packs; no inf/NaN is carried on
+        res = self._residuals[j] if self.error_feedback else None
+        words = self.codec.pack(buf, self._words[j], s, residual=res if math.isfinite(max_abs) else None)
+        if res is not None and not math.isfinite(max_abs):
+            res[...] = 0
         if 1 < self.comm.size <= GATHER_RANKS:
-            return s, self.comm.allgather(words)
+            return s, self._allgather(words, j)
         if self.comm.size > 1:
             self.comm.allreduce_(words.view(self.codec.dtype), "sum")
         return s, words[None]
 
-    def _finish(self, buf, s: float, rows, divisor: int) -> None:
-        """``buf = sum of rows / (s * divisor)``, summed in buf's dtype in rank order (the same on all ranks)."""
+    def _allgather(self, words, j: int):
+        """Every rank's words of bucket ``j``, in rank order, in a buffer kept for that bucket."""
+        out = self._gathered[j]
+        if out is None or out.shape != (self.comm.size, words.size):
+            out = self._gathered[j] = np.empty((self.comm.size, words.size), np.uint16)
+        return self.comm.allgather(words, out=out)
+
+    def _finish(self, buf, s: float, rows, divisor: int, finite: bool = False) -> None:
+        """``buf = sum of rows / (s * divisor)``, summed in buf's dtype in rank order (the same on all ranks).
+        ``finite``: no word is inf or NaN (fp16 scaled from a finite largest value: nothing overflows)."""
         exact = divisor & (divisor - 1) == 0  # a power of two: folded into the factor without a rounding
-        self.codec.unpack_sum(rows, buf, 1.0 / (s * divisor) if exact else 1.0 / s)
+        self.codec.unpack_sum(rows, buf, 1.0 / (s * divisor) if exact else 1.0 / s, finite=finite)
         if not exact:
             buf /= divisor
+
+    def _feed_back(self) -> None:
+        """Add the rounding errors kept to the buckets, rescaled to the loss scale of this step's gradients."""
+        now = float(self.loss_scaler.scale) if self.loss_scaler is not None else None
+        ratio = now / self._residual_scale if now is not None and self._residual_scale else 1.0
+        for buf, res in zip(self._bufs, self._residuals):
+            if ratio != 1.0:
+                res *= ratio  # a power of two for DynamicLossScaler's factors: exact
+            buf += res
+        self._residual_scale = now
 
     def _exchange(self, params) -> None:
         n, scaled = len(params), self.compression != "none"
         if self.error_feedback:
-            for buf, res in zip(self._bufs, self._residuals):
-                buf += res
+            self._feed_back()
         meta = np.zeros(n + scaled * len(self.buckets))  # [has a gradient, per parameter; max |g|, per bucket]
         meta[:n] = self._seen
-        for j, buf in enumerate(self._bufs if scaled else ()):
+        # max |g|: fp16's scale; for bf16 only to see an inf/NaN that error feedback must not carry on
+        for j, buf in enumerate(self._bufs if self.compression == "fp16" or self.error_feedback else ()):
             m = max(float(buf.max()), -float(buf.min())) if buf.size else 0.0  # NaN propagates
             meta[n + j] = math.inf if math.isnan(m) else m
         self.comm.allreduce_(meta, "max")
@@ -378,7 +419,8 @@ class DistributedOptimizer(Optimizer):
         return (f"DistributedOptimizer({type(self.optimizer).__name__}, size={self.comm.size}, "
                 f"compression={self.compression!r}, buckets={len(self.buckets)}, "
                 f"backward_passes_per_step={self.backward_passes_per_step}, op={self.op!r}"
-                f"{', error_feedback=True' if self.error_feedback else ''})")
+                f"{', error_feedback=True' if self.error_feedback else ''}"
+                f"{', loss_scaler=' + type(self.loss_scaler).__name__ if self.loss_scaler is not None else ''})")
 
 
 # -- a batch job -----------------------------------------------------------------------------------------

@@ -173,15 +173,27 @@ class Block:
                            "grid": q.shape[:2], "int": np.dtype(dtype).str})
 
     @staticmethod
+    def quantised(c: Compressed) -> np.ndarray:
+        """The integer coefficients of ``c``: (block rows, block columns, block, block)."""
+        p = c.params
+        q = np.frombuffer(zlib.decompress(c.arrays["zlib"].tobytes()), dtype=p["int"])
+        return q.reshape(*p["grid"], p["block"], p["block"])
+
+    @staticmethod
+    def reconstruct(q, step: float, slope: float, shape, xp=np):
+        """The field of ``shape`` from integer coefficients ``q`` (block rows, block columns, b, b): each
+        block's inverse DCT-II (ortho) of ``q * step * (1 + slope * (i + j))``, blocks side by side, cropped."""
+        b = q.shape[-1]
+        steps = Block(step, b, slope)._steps()
+        blocks = _fft(xp).idctn(xp.asarray(q, dtype=np.float64) * xp.asarray(steps), type=2, norm="ortho",
+                                axes=(2, 3))
+        full = blocks.transpose(0, 2, 1, 3).reshape(q.shape[0] * b, q.shape[1] * b)
+        return full[:shape[0], :shape[1]]
+
+    @staticmethod
     def decompress(c: Compressed, xp=np):
         p = c.params
-        codec = Block(p["step"], p["block"], p["slope"])
-        q = np.frombuffer(zlib.decompress(c.arrays["zlib"].tobytes()), dtype=p["int"])
-        q = xp.asarray(q.reshape(*p["grid"], p["block"], p["block"]).astype(np.float64))
-        blocks = _fft(xp).idctn(q * xp.asarray(codec._steps()), type=2, norm="ortho", axes=(2, 3))
-        b = p["block"]
-        full = blocks.transpose(0, 2, 1, 3).reshape(p["grid"][0] * b, p["grid"][1] * b)
-        return full[:c.shape[0], :c.shape[1]].astype(c.dtype)
+        return Block.reconstruct(Block.quantised(c), p["step"], p["slope"], c.shape, xp).astype(c.dtype)
 
 
 def hdf5_filters():
@@ -334,29 +346,53 @@ def clamp(restored, decompressed, bound: float):
     return xp.clip(restored, decompressed - bound, decompressed + bound)
 
 
+_GAP_TYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
+_STEP_TYPES = (np.int8, np.int16, np.int32)
+
+
 def guard(restored, original, bound: float) -> np.ndarray:
     """Stored corrections that make any restoration keep the point-wise bound ``bound``.
 
     At the points where |restored - original| > bound the correction ``round((original - restored) / bound)``
-    (a multiple of ``bound``, so at most bound / 2 is left) is kept with the gap to the previous such point;
-    both as int32, zlib-coded. :func:`apply_guard` adds them back. Few points exceed the bound when the
-    restoration is good, so the corrections cost little; their bytes count with the data.
+    (a multiple of ``bound``, so at most bound / 2 is left) is kept. Where they are is coded as the gaps
+    between them or as a bitmap of the field, whichever is smaller; the multiples follow, each in the
+    narrowest integer type that holds them all (int8 for small corrections), all zlib-coded, behind one byte
+    naming the layout. :func:`apply_guard` adds them back. Few points exceed the bound when the restoration
+    is good, so the corrections cost little; their bytes count with the data.
     """
     bound = checks.number("bound", bound, 0, low_open=True)
     diff = backend.to_host(original - restored).reshape(-1)
-    idx = np.flatnonzero(np.abs(diff) > bound)
+    mask = np.abs(diff) > bound
+    idx = np.flatnonzero(mask)
     q = np.rint(diff[idx] / bound)
     if q.size and np.abs(q).max() >= 2 ** 31:
         raise ValueError(f"bound: {bound!r} is too small for corrections of {np.abs(diff).max():.3g} in int32")
-    gaps = np.diff(idx, prepend=0).astype(np.int32)
-    return np.frombuffer(zlib.compress(np.stack([gaps, q.astype(np.int32)]).tobytes(), 9), np.uint8)
+    k = next(i for i, t in enumerate(_STEP_TYPES) if q.size == 0 or np.abs(q).max() <= np.iinfo(t).max)
+    steps = q.astype(_STEP_TYPES[k]).tobytes()
+    gaps = np.diff(idx, prepend=0)
+    g = next(i for i, t in enumerate(_GAP_TYPES) if gaps.size == 0 or gaps.max() <= np.iinfo(t).max)
+    by_gaps = b"\0" + zlib.compress(bytes([4 * g + k]) + gaps.astype(_GAP_TYPES[g]).tobytes() + steps, 9)
+    where = zlib.compress(np.packbits(mask).tobytes(), 9)
+    by_bitmap = b"\1" + len(where).to_bytes(4, "little") + where + zlib.compress(bytes([k]) + steps, 9)
+    return np.frombuffer(min(by_gaps, by_bitmap, key=len), np.uint8)
 
 
 def apply_guard(restored, corrections, bound: float):
     """``restored`` with the corrections of :func:`guard` (made with the same ``bound``) added."""
     xp = backend.get_array_module(restored)
-    pairs = np.frombuffer(zlib.decompress(np.asarray(corrections).tobytes()), np.int32).reshape(2, -1)
-    idx = np.cumsum(pairs[0], dtype=np.int64)
+    data = np.asarray(corrections, np.uint8).tobytes()
+    if data[0] == 0:  # gaps between the corrected points
+        payload = zlib.decompress(data[1:])
+        gap_type, step_type = _GAP_TYPES[payload[0] // 4], _STEP_TYPES[payload[0] % 4]
+        n = (len(payload) - 1) // (np.dtype(gap_type).itemsize + np.dtype(step_type).itemsize)
+        idx = np.cumsum(np.frombuffer(payload, gap_type, n, 1), dtype=np.int64)
+        q = np.frombuffer(payload, step_type, n, 1 + n * np.dtype(gap_type).itemsize)
+    else:  # a bitmap of the corrected points
+        size = int.from_bytes(data[1:5], "little")
+        mask = np.unpackbits(np.frombuffer(zlib.decompress(data[5:5 + size]), np.uint8), count=restored.size)
+        idx = np.flatnonzero(mask)
+        payload = zlib.decompress(data[5 + size:])
+        q = np.frombuffer(payload, _STEP_TYPES[payload[0]], len(idx), 1)
     out = restored.copy()
-    out.reshape(-1)[xp.asarray(idx)] += xp.asarray(pairs[1] * float(bound))
+    out.reshape(-1)[xp.asarray(idx)] += xp.asarray(q * float(bound))
     return out

@@ -13,16 +13,23 @@ by Gauss–Legendre quadrature in latitude; synthesis the reverse. With ``nlon >
 
 Latitudes run **north to south** (``lat[0] > 0``), longitudes east from 0 degrees.
 
-Storage and speed. The Legendre sums dominate the cost. They are done as batched matrix products, one small
-real GEMM per (parity, m) with the real and imaginary parts of every field as its columns, using the
-equatorial symmetry :math:`\bar P_n^m(-\mu) = (-1)^{n+m}\bar P_n^m(\mu)` to halve the work [Hack & Jakob
-1992, sec. 5d]: a spectral array has shape ``(2, T+1, L)`` (parity ``p = (n-m) mod 2``, order ``m``, index
-``l`` with ``n = m + 2l + p``), padded with zeros where ``n > T``. :meth:`SphericalHarmonics.index` and
-:meth:`SphericalHarmonics.to_triangle` translate to ``(n, m)``. One precomputed table of
-:math:`\bar P_n^m` (degree up to T+1, 2 MB at T85, 15 MB at T170) serves every transform: the derivative
-functions :math:`H_n^m` are combinations of :math:`\bar P_{n\pm1}^m`, so the vector transforms are P-sums
-one degree higher. A single field reads the whole table for little arithmetic, so its speed is set by the
-memory bandwidth; the model transforms its 4 (synthesis) and 5 (analysis) fields of a step in one pass.
+Storage and speed. The Legendre sums dominate the cost. They are done as batched matrix products, with the
+real and imaginary parts of every field as columns, using the equatorial symmetry
+:math:`\bar P_n^m(-\mu) = (-1)^{n+m}\bar P_n^m(\mu)` to halve the work [Hack & Jakob 1992, sec. 5d]: a
+spectral array has shape ``(2, T+1, L)`` (parity ``p = (n-m) mod 2``, order ``m``, index ``l`` with
+``n = m + 2l + p``), padded with zeros where ``n > T``. :meth:`SphericalHarmonics.index` and
+:meth:`SphericalHarmonics.to_triangle` translate to ``(n, m)``. The derivative functions :math:`H_n^m` are
+combinations of :math:`\bar P_{n\pm1}^m`, so the vector transforms are P-sums one degree higher. Two paths,
+chosen per call by the number of fields:
+
+- the *table* path (several fields, e.g. the 4 and 5 fields of a shallow-water step in one pass): one small
+  GEMM per (parity, m) over a precomputed table of :math:`\bar P_n^m` (degree up to T+1; 2 MB at T85, 15 MB
+  at T170);
+- the *factored* path (one scalar or one wind field, on the host), where reading that table from memory for
+  little arithmetic would set the speed: orders are grouped in blocks whose functions are exact combinations
+  of two *base* orders' functions (:meth:`SphericalHarmonics._build_tables`), so a block costs one GEMM of the
+  bases with all its orders' columns and one small GEMM per order with its coefficients -- about 55 % of the
+  table's bytes (8.6 of 15 MB at T170) for 1.5x its arithmetic.
 
 References
 ----------
@@ -32,13 +39,38 @@ Durran, D. R. (2010). Numerical Methods for Fluid Dynamics, 2nd ed., Springer, c
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..backend import get_array_module
 
 __all__ = ["SphericalHarmonics", "gaussian_latitudes", "legendre_functions"]
 
+_BLOCK = 16  # orders per block of the factored Legendre path (even)
+
+
+class _Block(NamedTuple):
+    """Orders ``[a, a + 2 ni)`` of the factored path (see ``SphericalHarmonics._build_tables``)."""
+    a: int
+    ni: int
+    Lb: int    # rows of the base order a up to degree T
+    Lb1: int   # ... up to degree T+1
+    j0: int    # first latitude kept
+    B: object  # (2, 2, Lb1, J - j0) bases [p, c, l, j]
+    Bw: object  # the same times the quadrature weights (and the FFT's 1/nlon)
+    C: object  # (2, 2, ni - 1, Lb1 - 1, Lb1) coefficients [p, c, i - 1, l, l'] of the orders in the bases
+
+
 EARTH_RADIUS = 6.37122e6  # m [Williamson et al. 1992, Table I]
+
+
+def _real_view(z):
+    """Complex ``(..., k)`` -> real ``(..., 2k)`` view, copying only if the last axis is not contiguous."""
+    xp = get_array_module(z)
+    if z.strides[-1] != z.itemsize or (xp is not np and not z.flags.c_contiguous):  # cupy wants C order
+        z = xp.ascontiguousarray(z)
+    return z.view(z.real.dtype)
 
 
 def gaussian_latitudes(nlat: int):
@@ -137,6 +169,9 @@ class SphericalHarmonics:
         Gaussian nodes ``sin(lat)`` and weights (host arrays).
     n, m : xp.ndarray, shape (2, T+1, L)
         Degree and order of each spectral slot; ``valid`` marks ``n <= T``.
+    factored_columns : int
+        Calls with up to this many real columns (2 per scalar field, 4 per wind field) take the factored
+        Legendre path, others the table path (see the module notes): 4 with numpy, 0 with cupy.
     """
 
     def __init__(self, nlon: int, nlat: int, truncation: int | None = None, radius: float = EARTH_RADIUS,
@@ -161,24 +196,11 @@ class SphericalHarmonics:
         self.lon = 360.0 * np.arange(nlon) / nlon
         J, M, self.L = nlat // 2, T + 1, T // 2 + 1
         self.L1 = (T + 1) // 2 + 1  # slots up to degree T+1, which the vector transforms need
-        P = legendre_functions(T + 1, self.mu[:J])[0][:M]  # [m, n - m, j], n <= T+1
-        Pb = np.zeros((2, M, self.L1, J))  # parity blocks: l = n - m = 2*k + p, padded with zeros
-        for p in (0, 1):
-            cnt = P[:, p::2].shape[1]
-            Pb[p, :, :cnt] = P[:, p::2]
-        # One table serves analysis and synthesis (the quadrature weights go on the Fourier data), so it can
-        # stay in cache. Blocks of consecutive m share one padded length (the valid l-range shrinks as m grows)
-        # and one first latitude: rows nearer the pole where every function of the block is below 1e-30 (the
-        # polar evanescent region, up to 40 % of the rows at high m) are left out.
-        nblocks = max(1, min(16, M // 10))
-        edges = np.linspace(0, M, nblocks + 1).round().astype(int)
-        self._blocks = []
-        for a, b in zip(edges[:-1], edges[1:]):
-            Lb, Lb1 = (T - a) // 2 + 1, (T + 1 - a) // 2 + 1
-            big = np.abs(Pb[:, a:b, :Lb1]).max(axis=(0, 1, 2)) > 1e-30
-            j0 = int(np.argmax(big)) if big.any() else J
-            self._blocks.append((a, b, Lb, Lb1, j0, xp.asarray(np.ascontiguousarray(Pb[:, a:b, :Lb1, j0:]))))
+        self._build_tables(legendre_functions(T + 1, self.mu[:J])[0][:M])
         self._w = xp.asarray(self.weights[:J] / nlon)[:, None]  # the 1/nlon of the forward FFT folded in
+        # real columns (2 per field) up to which the factored path is taken: one scalar or one wind field, on
+        # the host (a GPU's bandwidth makes the table path the faster one there)
+        self.factored_columns = 4 if xp is np else 0
         mm = np.broadcast_to(np.arange(M)[None, :, None], (2, M, self.L))
         nn = mm + 2 * np.arange(self.L)[None, None, :] + np.arange(2)[:, None, None]
         self._n_host, self._m_host, self._valid_host = nn, mm, nn <= T
@@ -194,6 +216,7 @@ class SphericalHarmonics:
         self.inverse_laplacian = xp.asarray(np.where(lap != 0, 1.0 / np.where(lap != 0, lap, 1.0), 0.0))
         self._im = xp.asarray(1j * mm * (nn <= T))  # d/dlambda (zero where n > T)
         self._rcos = xp.asarray(1.0 / (self.radius * np.sqrt(1.0 - self.mu ** 2)))[:, None]  # 1/(a cos)
+        self._rcos_half = self._rcos[:J, 0]
         if xp is np:
             import scipy.fft
             self._fft = scipy.fft
@@ -222,56 +245,218 @@ class SphericalHarmonics:
         return out
 
     # ----------------------------------------------------------------- Legendre + FFT kernels
-    def _fourier(self, grids):
-        """Grids ``(k, nlat, nlon)`` -> real ``(2, M, J, 2k)``: [symmetric, antisymmetric] Fourier halves times
-        the quadrature weights (``[..., 2i:2i+2]`` are the real and imaginary parts of field ``i``).
+    # Two paths, chosen per call by the number of real columns (2 per field): the table path (one GEMM per
+    # order and parity over the full table) for many fields, the factored path (bases and coefficients: ~55 %
+    # of the bytes, 1.5x the arithmetic) for a few. Their Fourier layouts differ; the first axes tell them
+    # apart: table ``(2, M, J, 2k)``, factored ``(2, J, 2, Me, 2k)``.
+    def _factored(self, columns: int) -> bool:
+        """Whether Legendre sums over ``columns`` real columns take the factored path."""
+        return columns <= self.factored_columns
 
-        One field at a time, so the FFT output is combined while it is still in cache."""
-        xp, J, M = self.xp, self.nlat // 2, self.T + 1
-        S = xp.empty((2, M, J, grids.shape[0]), dtype=xp.complex128)
-        for i in range(grids.shape[0]):
+    def _fourier(self, grids, rows=None):
+        """Grids ``(k, nlat, nlon)`` (or a sequence of k grids) -> Fourier halves for :meth:`_analyse`, times
+        ``rows`` (J,), a factor symmetric about the equator, if given, and the quadrature weights (which the
+        factored path's bases carry instead)."""
+        if self._factored(2 * len(grids)):
+            return self._fourier_factored(grids, rows)
+        return self._fourier_table(grids, rows)
+
+    def _analyse(self, S, degree: int | None = None):
+        """Fourier halves -> P-sums ``(2, M, L, k)`` complex for ``n <= T``, or ``(2, M, L1, k)`` for
+        ``n <= T+1`` with ``degree=T+1`` (what :meth:`_h_sums` needs)."""
+        extra = degree is not None and degree > self.T
+        out = self._analyse_factored(S, extra) if S.ndim == 5 else self._analyse_table(S, extra)
+        if not extra:
+            out *= self._wide(out.shape[-1])[2]  # the tables hold degree T+1 too: those are not coefficients
+        return out.view(self.xp.complex128)
+
+    def _synthesise(self, spec):
+        """Spectral ``(2, M, L or L1, k)`` (P-coefficients) -> Fourier halves for :meth:`_grids`."""
+        X = self.xp.ascontiguousarray(spec).view(self.xp.float64)
+        return self._synthesise_factored(X) if self._factored(X.shape[-1]) else self._synthesise_table(X)
+
+    def _grids(self, halves, rows=None):
+        """Fourier halves -> grids ``(k, nlat, nlon)``; ``rows`` (J,), symmetric about the equator, multiplies
+        the rows (the halves are overwritten)."""
+        if halves.ndim == 5:
+            return self._grids_factored(halves, rows)
+        return self._grids_table(halves, rows)
+
+    # table path
+    def _fourier_table(self, grids, rows):
+        """-> real ``(2, M, J, 2k)``: [symmetric, antisymmetric] Fourier halves (``[..., 2i:2i+2]`` are the
+        real and imaginary parts of field ``i``). One field at a time, so the FFT output is combined while it
+        is still in cache."""
+        xp, J, M, k = self.xp, self.nlat // 2, self.T + 1, len(grids)
+        S = xp.empty((2, M, J, k), dtype=xp.complex128)
+        for i in range(k):
             F = self._fft.rfft(grids[i], axis=-1)
             north, south = F[:J, :M].T, F[:J - 1:-1, :M].T  # south[:, j] is the row at -mu_j
             xp.add(north, south, out=S[0, :, :, i])
             xp.subtract(north, south, out=S[1, :, :, i])
-        S *= self._w
+        S *= self._w if rows is None else self._w * rows[:, None]
         return S.view(xp.float64)
 
-    def _grids(self, halves):
-        """[symmetric, antisymmetric] Fourier halves ``(2, M, J, k)`` complex -> grids ``(k, nlat, nlon)``."""
+    def _grids_table(self, halves, rows):
+        """[symmetric, antisymmetric] halves ``(2, M, J, k)`` complex -> grids ``(k, nlat, nlon)``."""
         xp, J, M = self.xp, self.nlat // 2, self.T + 1
         k = halves.shape[-1]
+        if rows is not None:
+            halves *= rows[:, None]
         F = xp.zeros((k, self.nlat, self.nlon // 2 + 1), dtype=xp.complex128)
         for i in range(k):
             xp.add(halves[0, :, :, i], halves[1, :, :, i], out=F[i, :J, :M].T)
             xp.subtract(halves[0, :, :, i], halves[1, :, :, i], out=F[i, :J - 1:-1, :M].T)
         return self._fft.irfft(F, n=self.nlon, axis=-1, norm="forward")
 
-    def _analyse(self, S, degree: int | None = None):
-        """Quadrature ``(2, M, J, 2k)`` -> P-sums ``(2, M, L, k)`` complex for ``n <= T``, or ``(2, M, L1, k)``
-        for ``n <= T+1`` with ``degree=T+1`` (what :meth:`_h_sums` needs)."""
+    def _analyse_table(self, S, extra):
+        """``(2, M, J, 2k)`` -> real ``(2, M, L or L1, 2k)``: one GEMM per (parity, m)."""
         xp = self.xp
-        extra = degree is not None and degree > self.T
         out = xp.zeros(S.shape[:2] + (self.L1 if extra else self.L, S.shape[-1]))
-        for a, b, Lb, Lb1, j0, P in self._blocks:
+        for a, b, Lb, Lb1, j0, P in self._table:
             n = Lb1 if extra else Lb
             out[:, a:b, :n] = xp.matmul(P[:, :, :n], S[:, a:b, j0:])
-        if not extra:
-            out *= self._wide(out.shape[-1])[2]  # the table holds degree T+1 too: those are not coefficients
-        return out.view(xp.complex128)
+        return out
 
-    def _synthesise(self, spec):
-        """Spectral ``(2, M, L or L1, k)`` (P-coefficients) -> [symmetric, antisymmetric] halves
-        ``(2, M, J, k)`` complex."""
+    def _synthesise_table(self, X):
+        """Real ``(2, M, L or L1, 2k)`` -> halves ``(2, M, J, k)`` complex."""
         xp = self.xp
-        X = xp.ascontiguousarray(spec).view(xp.float64)
         Lx = X.shape[2]
         out = xp.empty((2, self.T + 1, self.nlat // 2, X.shape[-1]))
-        for a, b, Lb, Lb1, j0, P in self._blocks:
+        for a, b, Lb, Lb1, j0, P in self._table:
             n = min(Lb1, Lx)
             out[:, a:b, j0:] = xp.matmul(P[:, :, :n].transpose(0, 1, 3, 2), X[:, a:b, :n])
             out[:, a:b, :j0] = 0.0
         return out.view(xp.complex128)
+
+    # factored path
+    def _fourier_factored(self, grids, rows):
+        """-> real ``(2, J, 2, Me, 2k)``: [symmetric, antisymmetric] part ``p``, order ``m = 2q + h`` at
+        ``[p, j, h, q]`` (even orders first, so that the orders sharing a base are adjacent columns), field
+        ``i`` at ``[..., 2i:2i+2]``. The quadrature weights are in the bases (:meth:`_build_tables`)."""
+        xp, J, Me, k = self.xp, self.nlat // 2, self._Me, len(grids)
+        X = xp.empty((2, J, 2, Me, k), dtype=xp.complex128)
+        for i in range(k):
+            F = self._fft.rfft(grids[i], axis=-1)
+            north = F[:J, :2 * Me].reshape(J, Me, 2).transpose(0, 2, 1)
+            south = F[:J - 1:-1, :2 * Me].reshape(J, Me, 2).transpose(0, 2, 1)  # south[j] is the row at -mu_j
+            xp.add(north, south, out=X[0, :, :, :, i])
+            xp.subtract(north, south, out=X[1, :, :, :, i])
+        if rows is not None:
+            X *= rows[:, None, None, None]
+        return X.view(xp.float64).reshape(2, J, 2, Me, 2 * k)
+
+    def _grids_factored(self, halves, rows):
+        """Real ``(2, J, 2, Me, 2k)`` (the layout of :meth:`_fourier_factored`) -> grids ``(k, nlat, nlon)``."""
+        xp, J, Me = self.xp, self.nlat // 2, self._Me
+        X = halves.view(xp.complex128)
+        k = X.shape[-1]
+        if rows is not None:
+            X *= rows[:, None, None, None]
+        F = xp.empty((k, self.nlat, self.nlon // 2 + 1), dtype=xp.complex128)
+        F[:, :, 2 * Me:] = 0.0  # (order 2 Me - 1 is padding, zero, when T is even)
+        for i in range(k):
+            even, odd = X[0, :, :, :, i], X[1, :, :, :, i]
+            xp.add(even, odd, out=F[i, :J, :2 * Me].reshape(J, Me, 2).transpose(0, 2, 1))
+            xp.subtract(even, odd, out=F[i, :J - 1:-1, :2 * Me].reshape(J, Me, 2).transpose(0, 2, 1))
+        return self._fft.irfft(F, n=self.nlon, axis=-1, norm="forward")
+
+    def _analyse_factored(self, S, extra):
+        """``(2, J, 2, Me, 2k)`` -> real ``(2, M, L or L1, 2k)``: per block, one GEMM of the bases with all
+        its orders' columns, then one GEMM per order with its coefficients."""
+        xp, M, Me = self.xp, self.T + 1, self._Me
+        J, kk = S.shape[1], S.shape[-1]
+        Lout = self.L1 if extra else self.L
+        out = xp.zeros((2, 2 * Me, Lout, kk))
+        X4 = S.reshape(2, J, 2, Me * kk)
+        for b in self._blocks:
+            a, ni = b.a, b.ni
+            n = b.Lb1 if extra else b.Lb  # rows of the base order a
+            Xb = X4[:, b.j0:, :, a // 2 * kk:(a // 2 + ni) * kk].transpose(0, 2, 1, 3)  # (p, c, j, (i, col))
+            ob = out[:, a:a + 2 * ni].reshape(2, ni, 2, Lout, kk).transpose(0, 2, 1, 3, 4)  # (p, c, i, l, col)
+            Y = xp.matmul(b.Bw[:, :, :n], Xb).reshape(2, 2, n, ni, kk)  # sums of the base functions
+            ob[:, :, 0, :n] = Y[:, :, :, 0]
+            if ni > 1:
+                xp.matmul(b.C[:, :, :, :n - 1, :n], Y[:, :, :, 1:].transpose(0, 1, 3, 2, 4), out=ob[:, :, 1:, :n - 1])
+        return out[:, :M]
+
+    def _synthesise_factored(self, X):
+        """Real ``(2, M, L or L1, 2k)`` -> real ``(2, J, 2, Me, 2k)`` for :meth:`_grids_factored`: per block,
+        one GEMM per order with its coefficients (giving coefficients of the bases), then one GEMM of the
+        bases with all its orders' columns."""
+        xp, Me, J = self.xp, self._Me, self.nlat // 2
+        Lx, kk = X.shape[2], X.shape[-1]
+        out = xp.empty((2, J, 2, Me, kk))
+        out4 = out.reshape(2, J, 2, Me * kk)
+        for b in self._blocks:
+            a, ni = b.a, b.ni
+            n = min(b.Lb1, Lx)
+            cb = X[:, a:a + 2 * ni]
+            if cb.shape[1] < 2 * ni:  # the last block when T is even: order T + 1 is zero padding
+                cb = xp.concatenate([cb, xp.zeros((2, 1, Lx, kk))], axis=1)
+            cb = cb.reshape(2, ni, 2, Lx, kk).transpose(0, 2, 1, 3, 4)  # (p, c, i, l, col)
+            cols = slice(a // 2 * kk, (a // 2 + ni) * kk)
+            out4[:, :b.j0, :, cols] = 0.0
+            Z = xp.empty((2, 2, n, ni, kk))  # coefficients of the base functions
+            Z[:, :, :, 0] = cb[:, :, 0, :n]
+            if ni > 1:
+                nr = min(n, b.Lb1 - 1)
+                xp.matmul(b.C[:, :, :, :nr, :n].transpose(0, 1, 2, 4, 3), cb[:, :, 1:, :nr],
+                          out=Z[:, :, :, 1:].transpose(0, 1, 3, 2, 4))
+            xp.matmul(b.B[:, :, :n].transpose(0, 1, 3, 2), Z.reshape(2, 2, n, ni * kk),
+                      out=out4[:, b.j0:, :, cols].transpose(0, 2, 1, 3))
+        return out
+
+    def _build_tables(self, P):
+        r"""The Legendre tables of both paths from ``P[m, n - m, j]`` (degree up to T+1, northern latitudes).
+
+        Table path: :math:`\bar P_n^m` in parity blocks ``[p, m, l, j]`` (``n = m + p + 2l``), in blocks of
+        consecutive orders that share one padded length (the valid l-range shrinks as m grows) and one first
+        latitude: rows nearer the pole where every function of the block is below 1e-30 (the polar evanescent
+        region, up to 40 % of the rows at high m) are left out. One table serves analysis and synthesis (the
+        quadrature weights go on the Fourier data), so it can stay in cache.
+
+        Factored path: orders in blocks ``[a, a + 2 ni)`` (``a`` even); order ``m = a + c + 2i`` has the *base*
+        ``a + c``. :math:`\bar P_n^m` and :math:`\bar P_{n'}^{a+c}` are both :math:`(1-\mu^2)^{(a+c)/2}` times
+        polynomials (of degrees ``n - a - c`` and ``n' - a - c``), so
+        :math:`\bar P_n^m = \sum_{n' \le n} C_{nn'} \bar P_{n'}^{a+c}` with
+        :math:`C_{nn'} = \int_{-1}^1 \bar P_n^m \bar P_{n'}^{a+c} d\mu` (``|C| <= 1``, zero for ``n' > n``), which
+        the grid's Gaussian quadrature gives exactly (the integrand is a polynomial of degree ``n + n' <= 2T+2``).
+        A block stores its bases ``B[p, c, l, j]`` (and ``Bw``, times the quadrature weights, for analysis) and
+        ``C[p, c, i - 1, l, l']``: about 55 % of the table's bytes, for 1.5x its arithmetic.
+        """
+        xp, T, J = self.xp, self.T, self.nlat // 2
+        M, Me = T + 1, (T + 2) // 2
+        self._Me = Me
+        Pb = np.zeros((2, 2 * Me, self.L1, J))  # parity blocks: l = n - m = 2*k + p, padded with zeros
+        for p in (0, 1):
+            cnt = P[:, p::2].shape[1]
+            Pb[p, :M, :cnt] = P[:, p::2]
+
+        def first_row(block):  # first latitude where some function of the block is above 1e-30
+            big = np.abs(block).max(axis=tuple(range(block.ndim - 1))) > 1e-30
+            return int(np.argmax(big)) if big.any() else J
+
+        nblocks = max(1, min(16, M // 10))
+        edges = np.linspace(0, M, nblocks + 1).round().astype(int)
+        self._table = []
+        for a, b in zip(edges[:-1], edges[1:]):
+            Lb, Lb1 = (T - a) // 2 + 1, (T + 1 - a) // 2 + 1
+            j0 = first_row(Pb[:, a:b, :Lb1])
+            self._table.append((a, b, Lb, Lb1, j0, xp.asarray(np.ascontiguousarray(Pb[:, a:b, :Lb1, j0:]))))
+        w = self.weights[:J]
+        self._blocks = []
+        for a in range(0, M, _BLOCK):
+            ni = (min(M, a + _BLOCK) - a + 1) // 2
+            Lb, Lb1 = (T - a) // 2 + 1, (T + 1 - a) // 2 + 1
+            D = Pb[:, a:a + 2 * ni, :Lb1].reshape(2, ni, 2, Lb1, J).transpose(0, 2, 1, 3, 4)  # (p, c, i, l, j)
+            j0 = first_row(D)
+            C = np.einsum("pcilj,pckj->pcilk", D[:, :, 1:, :Lb1 - 1] * (2 * w), D[:, :, 0])  # even integrands
+            i, l, k = np.ogrid[1:ni, :Lb1 - 1, :Lb1]
+            C[:, :, k > l + i] = 0.0  # n' > n: zero by orthogonality
+            B = D[:, :, 0, :, j0:]
+            self._blocks.append(_Block(a, ni, Lb, Lb1, j0, xp.asarray(np.ascontiguousarray(B)),
+                                       xp.asarray(B * (w[j0:] / self.nlon)), xp.asarray(C)))
 
     def _wide(self, width: int):
         """``(A, B, valid)`` broadcast to ``(2, M, L, width)`` and contiguous (so the elementwise loops run long)."""
@@ -285,29 +470,35 @@ class SphericalHarmonics:
         """P-sums ``(2, M, L1, k)`` up to degree T+1 -> H-sums ``(2, M, L, k)`` (``sum_j w_j g_j H_n^m(mu_j)``):
         ``n - m`` even takes ``Q`` at ``n +- 1`` from the odd slots and vice versa."""
         xp, L = self.xp, self.L
-        Qr = xp.ascontiguousarray(Q).view(xp.float64)
+        Qr = _real_view(Q)
         A, B, _ = self._wide(Qr.shape[-1])
         out = xp.empty(Q.shape[:2] + (L, Qr.shape[-1]))
+        tmp = xp.empty(out.shape[1:])
         xp.multiply(A[0], Qr[1, :, :L], out=out[0])
-        out[0, :, 1:] += B[0, :, 1:] * Qr[1, :, :L - 1]
+        xp.multiply(B[0, :, 1:], Qr[1, :, :L - 1], out=tmp[:, 1:])
+        out[0, :, 1:] += tmp[:, 1:]
         top = min(L, Qr.shape[2] - 1)
         xp.multiply(A[1, :, :top], Qr[0, :, 1:top + 1], out=out[1, :, :top])
         out[1, :, top:] = 0.0
-        out[1] += B[1] * Qr[0, :, :L]
+        xp.multiply(B[1], Qr[0, :, :L], out=tmp)
+        out[1] += tmp
         return out.view(xp.complex128)
 
     def _h_coefficients(self, spec):
         """Coefficients ``(2, M, L, k)`` of a sum of H_n^m -> the P-coefficients ``(2, M, L1, k)`` of the same
         function (degree up to T+1): ``c_n = A_{n-1} s_{n-1} + B_{n+1} s_{n+1}``, parities swapped."""
         xp, L, L1 = self.xp, self.L, self.L1
-        sr = xp.ascontiguousarray(spec).view(xp.float64)
+        sr = _real_view(spec)
         A, B, _ = self._wide(sr.shape[-1])
         out = xp.zeros(sr.shape[:2] + (L1, sr.shape[-1]))
+        tmp = xp.empty(sr.shape[1:])
         n1 = min(L, L1 - 1)
         xp.multiply(A[1, :, :n1], sr[1, :, :n1], out=out[0, :, 1:n1 + 1])
-        out[0, :, :L] += B[1] * sr[1]
+        xp.multiply(B[1], sr[1], out=tmp)
+        out[0, :, :L] += tmp
         xp.multiply(A[0], sr[0], out=out[1, :, :L])
-        out[1, :, :L - 1] += B[0, :, 1:] * sr[0, :, 1:]
+        xp.multiply(B[0, :, 1:], sr[0, :, 1:], out=tmp[:, :L - 1])
+        out[1, :, :L - 1] += tmp[:, :L - 1]
         return out.view(xp.complex128)
 
     def _pad(self, spec):
@@ -355,12 +546,16 @@ class SphericalHarmonics:
         if lead != lead_v:
             raise ValueError(f"u, v: expected the same shape, got {xp.asarray(u).shape} and {xp.asarray(v).shape}")
         k = gu.shape[0]
-        Q = self._analyse(self._fourier(xp.concatenate([gu, gv]) * self._rcos), self.T + 1)
+        Q = self._analyse(self._fourier([*gu, *gv], rows=self._rcos_half), self.T + 1)
         sP, sH = Q[:, :, :self.L], self._h_sums(Q)  # sP only enters times self._im, zero where n > T
         im = self._im[..., None]
-        vrt = im * sP[..., k:] + sH[..., :k]
-        div = im * sP[..., :k] - sH[..., k:]
-        return tuple(xp.moveaxis(x, -1, 0).reshape(lead + self.spectral_shape) for x in (vrt, div))
+        vrt, div = (xp.empty((k,) + self.spectral_shape, dtype=xp.complex128) for _ in range(2))
+        vt, dt = xp.moveaxis(vrt, 0, -1), xp.moveaxis(div, 0, -1)  # (2, M, L, k) views
+        xp.multiply(im, sP[..., k:], out=vt)
+        vt += sH[..., :k]
+        xp.multiply(im, sP[..., :k], out=dt)
+        dt -= sH[..., k:]
+        return vrt.reshape(lead + self.spectral_shape), div.reshape(lead + self.spectral_shape)
 
     def uv(self, vrt, div):
         r"""Winds ``(u, v)`` on the grid from vorticity and divergence spectra (``(..., 2, T+1, L)``).
@@ -385,7 +580,7 @@ class SphericalHarmonics:
                              f", got {psi.shape} and {chi.shape}")
         lead = psi.shape[:-3]
         psi, chi = (xp.moveaxis(x.reshape((-1,) + self.spectral_shape), 0, -1) for x in (psi, chi))
-        g = self._grids(self._synthesise(self._wind_coefficients(psi, chi))) * self._rcos
+        g = self._grids(self._synthesise(self._wind_coefficients(psi, chi)), rows=self._rcos_half)
         k = psi.shape[-1]
         return g[:k].reshape(lead + g.shape[1:]), g[k:].reshape(lead + g.shape[1:])
 

@@ -61,6 +61,12 @@ def test_allgather_is_in_rank_order(any_comm):
     out = any_comm.allgather(np.array([any_comm.rank, 10 * any_comm.rank], np.int64))
     assert out.shape == (any_comm.size, 2)
     np.testing.assert_array_equal(out, [[r, 10 * r] for r in range(any_comm.size)])
+    kept = np.full((any_comm.size, 2), -1, np.int64)  # into a kept buffer: filled and returned, nothing new
+    assert any_comm.allgather(np.array([any_comm.rank, 10 * any_comm.rank], np.int64), out=kept) is kept
+    np.testing.assert_array_equal(kept, [[r, 10 * r] for r in range(any_comm.size)])
+    for bad in (np.zeros((any_comm.size, 3), np.int64), np.zeros((any_comm.size, 2), np.int32), [[0, 0]]):
+        with pytest.raises(ValueError, match="out: expected"):
+            any_comm.allgather(np.zeros(2, np.int64), out=bad)
 
 
 def test_object_collectives(any_comm):

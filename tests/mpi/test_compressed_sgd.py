@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from hpcai import Tensor, nn, optim
+from hpcai.amp import DynamicLossScaler
 from hpcai.ops.loss import cross_entropy
 from hpcai.parallel import data_parallel
 from hpcai.parallel.data_parallel import UNIT_ROUNDOFF, DistributedOptimizer
@@ -95,3 +96,34 @@ def test_compressed_sgd_with_error_feedback_converges_like_uncompressed(comm, mo
     squeezed = train(comm, compression, True)
     assert plain < 0.5 * train(comm, "none", False, steps=1)  # it did learn
     assert abs(squeezed - plain) <= 0.02 * plain + 1e-3, (squeezed, plain)
+
+
+@pytest.mark.parametrize("compression", ["fp16", "bf16"])
+def test_error_feedback_follows_a_changing_loss_scale(comm, compression):
+    """The loss scale doubles every step (growth_interval=1). Given the scaler, the optimizer rescales the
+    errors it keeps, and the unscaled gradients exchanged over T steps still sum to T times the exact mean
+    within a step's rounding; without it each step's errors are fed back at half their weight (kept at
+    the old scale), so half of every rounding error is lost and the sum drifts as T grows."""
+    x, y = problem(1, 60)
+    n = 12
+    xs, ys = x[comm.rank * n:(comm.rank + 1) * n], y[comm.rank * n:(comm.rank + 1) * n]
+    sums, T, stepped = {}, 24, []
+    for told in (False, True):
+        net = model()
+        scaler = DynamicLossScaler(init_scale=2.0 ** 3, growth_interval=1)
+        opt = DistributedOptimizer(optim.SGD(net.parameters(), lr=0.0), comm=comm, compression=compression,
+                                   error_feedback=True, loss_scaler=scaler if told else None)
+        total = 0.0
+        for _ in range(T):
+            opt.zero_grad()
+            scaler.scale_loss(cross_entropy(net(Tensor(xs)), Tensor(ys))).backward()
+            exact = np.concatenate([p.grad.ravel() for p in net.parameters()]).astype(np.float64) / scaler.scale
+            stepped.append(scaler.step(opt))  # exchange, unscale, step (lr 0), double the scale
+            total = total + np.concatenate([p.grad.ravel() for p in net.parameters()])
+        sums[told] = total
+    mean = comm.allgather(exact).mean(0)  # the same gradient every step
+    err = {told: np.abs(sums[told] - T * mean).max() for told in sums}
+    one_step = np.abs(mean).max() * 2.0 ** -7
+    assert all(stepped) and scaler.scale == 2.0 ** (3 + T)
+    assert err[True] <= one_step, err
+    assert err[False] > 4 * err[True], (err, one_step)

@@ -14,6 +14,7 @@ from hpcai import Tensor, datasets, nn, optim
 from hpcai.amp import DynamicLossScaler
 from hpcai.nn import Parameter
 from hpcai.ops.loss import cross_entropy
+from hpcai.parallel import data_parallel
 from hpcai.parallel.data_parallel import (UNIT_ROUNDOFF, DistributedOptimizer, broadcast_optimizer_state,
                                           broadcast_parameters)
 from hpcai.train import Callback, DataLoader, ProgressBar, evaluate, fit
@@ -139,6 +140,34 @@ def test_compressed_exchange_stays_within_its_error_bound(comm, compression, los
     err = np.abs(got - mean)
     assert np.all(err <= bound), f"worst error / bound {np.max(err / bound):.3g}"
     assert err.max() > 0  # it really was rounded
+
+
+@pytest.mark.parametrize("compression", ["fp16", "bf16"])
+def test_compressed_words_are_gathered_into_a_buffer_kept_across_steps(comm, compression):
+    """Up to GATHER_RANKS ranks every step's words land in the same per-bucket buffer (no allocation per
+    step), and each step's result is bitwise what a fresh optimizer makes of the same gradients."""
+    if not 1 < comm.size <= data_parallel.GATHER_RANKS:
+        pytest.skip("words are gathered on 2 to GATHER_RANKS ranks")  # every rank agrees
+    rng = np.random.default_rng(comm.rank)
+    params = [Parameter(np.zeros(400, np.float32)) for _ in range(3)]  # 1600 bytes each: a bucket each
+
+    def exchange(opt, grads):
+        opt.zero_grad()
+        for p, g in zip(params, grads):
+            p.grad = g.copy()
+        opt.synchronize()
+        return np.concatenate([p.grad for p in params])
+    kept = DistributedOptimizer(optim.SGD(params, lr=0.0), comm=comm, compression=compression, bucket_bytes=1600)
+    buffers, got, fresh = [], [], []
+    for _ in range(2):
+        grads = [rng.standard_normal(400).astype(np.float32) for _ in params]
+        got.append(exchange(kept, grads))
+        buffers.append([id(b) for b in kept._gathered])
+        fresh.append(exchange(DistributedOptimizer(optim.SGD(params, lr=0.0), comm=comm, compression=compression,
+                                                   bucket_bytes=1600), grads))
+    assert len(kept.buckets) == 3 and buffers[0] == buffers[1] and all(b is not None for b in kept._gathered)
+    for a, b in zip(got, fresh):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_two_backward_passes_per_step_equal_one_step_on_the_doubled_batch(comm):
@@ -281,6 +310,8 @@ def test_the_wrapper_passes_groups_state_and_state_dict_through_and_checks_its_a
             DistributedOptimizer(optim.SGD(model.parameters()), comm=comm, **bad)
     with pytest.raises(TypeError, match="not yet distributed"):
         DistributedOptimizer(opt, comm=comm)
+    with pytest.raises(TypeError, match="loss_scaler"):
+        DistributedOptimizer(optim.SGD(model.parameters()), comm=comm, error_feedback=True, loss_scaler=2.0)
 
 
 def test_init_installs_the_abort_hook_and_stall_settings_unless_told_not_to(comm, monkeypatch):

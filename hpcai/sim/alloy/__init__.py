@@ -6,6 +6,9 @@
 ``energy``
     The :class:`EnergyModel` protocol the Monte Carlo calls; :class:`SiteEnergyModel` (per-site energies
     from neighbour-shell counts, swap energies from the affected sites only) and :class:`PairModel`.
+``local``
+    :class:`SiteTable` / :class:`SwapState`: a per-site model's energies tabulated per environment, and every
+    chain's environment indices kept up to date, so a Monte Carlo trial is a few look-ups.
 ``reference`` / ``atoms``
     :class:`AseReference`: energies from any ASE calculator (default EMT), eV per cell; ``ase.Atoms``
     conversion. ASE is optional (``pip install 'hpcai[alloy]'``) and imported only there.
@@ -20,6 +23,7 @@ from .atoms import from_atoms, to_atoms, vegard_lattice_constant
 from .energy import EnergyModel, IsingCoupling, PairModel, SiteEnergyModel, swap_delta_mismatch
 from .lattice import (LATTICES, STRUCTURES, Lattice, ordered_occupation, random_occupation, species_counts,
                       sublattices)
+from .local import SiteTable, SwapState
 from .montecarlo import KB_EV, MonteCarlo, exchange_permutation
 from .observables import (Estimate, autocorrelation_time, binder_cumulant, block_means, blocking_error,
                           heat_capacity, jackknife, order_parameter, warren_cowley)
@@ -30,7 +34,8 @@ from .transition import (ISING_KC, Crossing, Scan, binder_crossing, critical_tem
 
 __all__ = ["ISING_KC", "KB_EV", "LATTICES", "STRUCTURES", "AseReference", "CalculatorError", "Crossing",
            "EnergyModel", "Estimate", "IsingCoupling", "Lattice", "MonteCarlo", "PairModel", "Reweighting",
-           "Scan", "SiteEnergyModel", "autocorrelation_time", "binder_crossing", "binder_cumulant",
+           "Scan", "SiteEnergyModel", "SiteTable", "SwapState", "autocorrelation_time", "binder_crossing",
+           "binder_cumulant",
            "block_means", "blocking_error", "critical_temperature", "emt_elements", "exchange_permutation",
            "from_atoms", "heat_capacity", "ising_critical_temperature", "jackknife", "order_parameter",
            "ordered_occupation", "random_occupation", "reweight_scan", "species_counts", "sublattices",

@@ -26,7 +26,14 @@ count of each species in each neighbour shell (``n_species * (1 + shells)`` numb
 :meth:`SiteEnergyModel.site_features`). Only ``function`` -- per-site energies of a batch of feature
 rows -- is model-specific; the swap delta is derived once here: a swap changes the features of
 :math:`i`, :math:`j` and their neighbours only, so those sites are re-evaluated (each once) before and
-after. A neural surrogate needs nothing more than that function.
+after. A neural surrogate needs nothing more than that function. Without triplet features a site has few
+distinct environments, so by default ``function`` is evaluated once per environment into a table and the
+Monte Carlo keeps every chain's environment indices (:meth:`SiteEnergyModel.swap_state`,
+:mod:`hpcai.sim.alloy.local`): a trial swap is then :math:`2 + 2\sum_s z_s` look-ups.
+
+Optional for any model: ``swap_state(occupation)`` returning an object with ``deltas(occupation, i, j)``,
+``accept(rows)``, ``reorder(source)`` and ``scalar(list)`` (see :class:`~hpcai.sim.alloy.local.SwapState`)
+or None; the Monte Carlo then prices trials through it instead of ``swap_deltas``.
 
 :class:`PairModel` (shell-resolved bond energies) is a per-site model with exact, faster shortcuts; for a
 binary alloy with nearest-neighbour bonds it is the Ising model (:meth:`PairModel.ising`):
@@ -56,6 +63,7 @@ import numpy as np
 
 from ... import checks
 from .lattice import Lattice, check_occupation
+from .local import TABLE_LIMIT, SiteTable, SwapState, combine
 
 __all__ = ["EnergyModel", "IsingCoupling", "PairModel", "SiteEnergyModel", "swap_delta_mismatch"]
 
@@ -87,17 +95,23 @@ class SiteEnergyModel:
         Number of species (2 for a binary alloy).
     function : callable
         ``function(features) -> energies``: features ``(M, n_features)`` float64 rows (see
-        :meth:`site_features`), energies ``(M,)``. Called on whole cells by :meth:`energies` and on
-        ``2 * B * (2 + 2 * sum(coordination))`` rows per :meth:`swap_deltas`.
+        :meth:`site_features`), energies ``(M,)``. Tabulated (below): called once, on every environment.
+        Otherwise called on whole cells by :meth:`energies` and on ``2 * B * (2 + 2 * sum(coordination))``
+        rows per :meth:`swap_deltas`.
     triplets : int
         0: pair features only (species counts per shell). ``k > 0`` also counts, per species pair, the
         pairs of the site's neighbours in its first ``k`` shells that are neighbours of each other
         (:meth:`Lattice.neighbour_pairs`): three-site clusters, which a cluster expansion has and counts
         alone cannot express (how the neighbours are arranged, not only how many there are).
+    tabulate : bool
+        Evaluate ``function`` once per distinct environment into a table (:mod:`hpcai.sim.alloy.local`) and
+        let the Monte Carlo keep per-chain environment indices (:meth:`swap_state`), so a trial swap is a few
+        look-ups. Needs ``triplets=0`` and at most ``TABLE_LIMIT`` environments, else ignored. ``function``
+        must then be a fixed function of its rows: after changing it (training), call :meth:`invalidate`.
     """
 
     def __init__(self, lattice: Lattice, n_species: int, function: Callable[[np.ndarray], np.ndarray],
-                 triplets: int = 0):
+                 triplets: int = 0, tabulate: bool = True):
         if not isinstance(lattice, Lattice):
             raise TypeError(f"lattice: expected a Lattice, got {type(lattice).__name__}")
         if not callable(function):
@@ -109,6 +123,11 @@ class SiteEnergyModel:
         self.triplets = checks.integer("triplets", triplets, low=0, high=lattice.n_shells)
         self._pairs = lattice.neighbour_pairs(self.triplets)
         self._species_pairs = [(t, u) for t in range(self.n_species) for u in range(t, self.n_species)]
+        if not isinstance(tabulate, bool):
+            raise TypeError(f"tabulate: expected True or False, got {tabulate!r}")
+        small = SiteTable.environments(lattice, self.n_species) <= TABLE_LIMIT
+        self.site_table_geometry = SiteTable(lattice, self.n_species) if tabulate and small and not triplets else None
+        self._site_values = None
 
     @property
     def n_features(self) -> int:
@@ -147,10 +166,42 @@ class SiteEnergyModel:
         """Per-site energies ``(M,)`` of feature rows ``(M, n_features)`` (calls ``function``)."""
         return np.asarray(self.function(features), dtype=np.float64).reshape(len(features))
 
+    @property
+    def tabulated(self) -> bool:
+        """Whether energies and swaps go through the environment table (see ``tabulate``)."""
+        return self.site_table_geometry is not None
+
+    def site_table(self) -> np.ndarray:
+        """The site energy of every environment (:class:`~hpcai.sim.alloy.local.SiteTable` indexing), built
+        on first use by one call of ``function`` on the reachable environments; unreachable ones are NaN."""
+        if self._site_values is None:
+            if self.site_table_geometry is None:
+                raise ValueError("tabulate: this model has no environment table (triplet features, too many "
+                                 "environments, or tabulate=False)")
+            rows, valid = self.site_table_geometry.rows()
+            table = np.full(len(rows), np.nan)
+            table[valid] = self.site_energies(rows[valid])
+            table.setflags(write=False)
+            self._site_values = table
+        return self._site_values
+
+    def invalidate(self) -> None:
+        """Forget the environment table (``function`` changed, e.g. a surrogate was trained)."""
+        self._site_values = None
+
+    def swap_state(self, occupation: np.ndarray):
+        """Per-chain environment indices for the Monte Carlo (:class:`~hpcai.sim.alloy.local.SwapState`), or
+        None where the model has no table or a subclass computes swaps its own way (overrides ``swap_deltas``)."""
+        if self.site_table_geometry is None or type(self).swap_deltas not in _TABLE_SWAPS:
+            return None
+        return SwapState(self, occupation)
+
     def energies(self, occupation) -> np.ndarray:
         """Total energies ``(...)`` of configurations ``(..., n_sites)``: the sum of the site energies."""
         occupation = check_occupation("occupation", occupation, self.lattice, self.n_species)
         flat = occupation.reshape(-1, self.lattice.n_sites)
+        if self.tabulated:
+            return self.site_table()[self.site_table_geometry.index(flat)].sum(1).reshape(occupation.shape[:-1])
         step = max(1, ROWS_PER_CALL // self.lattice.n_sites)
         out = np.concatenate([self._cell_energies(flat[k:k + step]) for k in range(0, len(flat), step)]
                              or [np.zeros(0)])
@@ -164,8 +215,11 @@ class SiteEnergyModel:
         """Energy change of swapping ``i[b] <-> j[b]`` in each row, from the sites it affects only.
 
         The affected sites are ``i``, ``j`` and their neighbours in every shell; each is counted once
-        (sorted, duplicates weighted 0) and its energy evaluated with the old and the swapped species.
+        (sorted, duplicates weighted 0) and its energy evaluated with the old and the swapped species; with the
+        environment table, the same sites' old and new table entries instead.
         """
+        if self.tabulated:
+            return self._table_swap_deltas(occupation, i, j)
         nbh, b = self.lattice.neighborhood, np.arange(len(occupation))
         affected = np.sort(np.concatenate([i[:, None], j[:, None], nbh[i], nbh[j]], axis=1), axis=1)  # (B, A)
         once = np.ones(affected.shape, dtype=bool)
@@ -177,6 +231,19 @@ class SiteEnergyModel:
                                   np.stack([neigh, _swapped(neigh, around, i, j, si, sj)]))
         e = self.site_energies(features.reshape(-1, self.n_features)).reshape(2, *affected.shape)
         return ((e[1] - e[0]) * once).sum(1)
+
+    def _table_swap_deltas(self, occupation: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """:meth:`swap_deltas` by the table: the affected sites' indices from their neighbourhoods, then the
+        same look-ups as :meth:`SwapState.deltas` (without a state to keep)."""
+        geometry, n = self.site_table_geometry, self.lattice.n_sites
+        sites, change = geometry.changes(occupation, i, j)
+        rows = np.arange(len(sites))[:, None]
+        columns = np.arange(self.lattice.neighborhood.shape[1])
+        old = occupation[rows, sites] + geometry.strides[occupation[rows[..., None], self.lattice.neighborhood[sites]],
+                                                         columns].sum(-1)
+        total, count = combine(np.zeros(len(sites) * n, dtype=np.int64), sites + rows * n, change)
+        table = self.site_table()
+        return ((table[old + total] - table[old]) / count).sum(1)
 
     def _features(self, own: np.ndarray, neigh: np.ndarray) -> np.ndarray:
         """Feature rows from each site's species ``own (...)`` and its neighbours' species ``neigh (..., Z)``."""
@@ -327,3 +394,6 @@ def swap_delta_mismatch(model: EnergyModel, occupation, seed=None) -> float:
     after[rows, i], after[rows, j] = occ[rows, j], occ[rows, i]
     direct = model.energies(after) - model.energies(occ)
     return float(np.abs(model.swap_deltas(occ, i, j) - direct).max(initial=0.0))
+
+
+_TABLE_SWAPS = (SiteEnergyModel.swap_deltas, PairModel.swap_deltas)  # swaps a SwapState reproduces

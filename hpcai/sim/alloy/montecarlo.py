@@ -3,7 +3,11 @@ r"""Canonical Monte Carlo of many independent chains at once: Kawasaki swaps, Me
 A :class:`MonteCarlo` holds a *batch* of chains -- e.g. temperatures x replicas, any batch shape -- as one
 occupation array ``(*batch_shape, n_sites)``. One step is one proposed swap in *every* chain, done with a
 handful of numpy operations on ``(B,)`` arrays, so the Python overhead of a step is shared by all chains;
-throughput grows with the batch until memory bandwidth is the limit.
+throughput grows with the batch until memory bandwidth is the limit. A model that offers a swap state
+(``model.swap_state``; every tabulated :class:`~hpcai.sim.alloy.energy.SiteEnergyModel`, the pair model
+included) keeps each chain's site environments and updates them on accepted swaps, so a trial costs a few
+look-ups; a single chain then runs its trials in plain Python (numpy's per-call overhead would dominate),
+with the same random numbers and decisions as the batched path.
 
 Move (canonical, fixed composition): pick an unordered pair of sites holding *different* species
 uniformly among all such pairs -- a species pair :math:`(s, t)` with probability
@@ -34,6 +38,8 @@ Swendsen, R. H. and Wang, J.-S. (1986). Replica Monte Carlo simulation of spin g
 """
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -101,6 +107,8 @@ class MonteCarlo:
         self._kT = kT.reshape(-1).copy()
         self._beta = 1.0 / self._kT
         self._energy = self._checked_energies()
+        make_state = getattr(model, "swap_state", None)
+        self._state = make_state(self._occ) if callable(make_state) else None
         self._init_species_lists()
         self.rng = np.random.default_rng(seed)
         self._rows = np.arange(len(self._occ))
@@ -191,8 +199,11 @@ class MonteCarlo:
             m = min(n, RANDOM_BLOCK)
             u = self.rng.random((m, 3, len(self._occ)))
             x = self.rng.standard_exponential((m, len(self._occ)))
-            for k in range(m):
-                self._trial(u[k], x[k])
+            if self._state is not None and len(self._occ) == 1:
+                self._trials_one_chain(u[:, :, 0], x[:, 0])
+            else:
+                for k in range(m):
+                    self._trial(u[k], x[k])
             n -= m
             self.steps += m
 
@@ -213,7 +224,8 @@ class MonteCarlo:
         slot_j = (row + t) * width + (u[1] * self._counts.reshape(-1)[row + t]).astype(np.intp)
         lists = self._lists.reshape(-1)
         i, j = lists[slot_i], lists[slot_j]
-        delta = self.model.swap_deltas(self._occ, i, j)
+        state = self._state
+        delta = self.model.swap_deltas(self._occ, i, j) if state is None else state.deltas(self._occ, i, j)
         accept = delta * self._beta < x
         if not np.isfinite(delta).all():
             b = int(np.flatnonzero(~np.isfinite(delta))[0])
@@ -227,6 +239,46 @@ class MonteCarlo:
             lists[slot_i[r]], lists[slot_j[r]] = jr, ir
             self._energy[r] += delta[r]
             self._accepted[r] += 1
+            if state is not None:
+                state.accept(r)
+
+    def _trials_one_chain(self, u: np.ndarray, x: np.ndarray) -> None:
+        """The trials of :meth:`_trial` for a single chain with a swap state, in plain Python: the same random
+        numbers (``u (m, 3)``, ``x (m,)``) and the same decisions, without numpy's per-call overhead."""
+        S = self._lists.shape[1]
+        counts = self._counts[0].astype(np.int64).tolist()
+        lists = [self._lists[0, s, :counts[s]].tolist() for s in range(S)]
+        occ = self._occ[0].tolist()
+        cum, pair_s, pair_t = self._pair_cum[0].tolist(), self._pair_s.tolist(), self._pair_t.tolist()
+        delta, accept, finish = self._state.scalar(occ)
+        beta, energy, accepted = float(self._beta[0]), float(self._energy[0]), 0
+        u0, u1, u2 = (u[:, k].tolist() for k in range(3))
+        try:
+            for k, xk in enumerate(x.tolist()):
+                if S == 2:
+                    s, t = 0, 1
+                else:
+                    p = bisect.bisect_left(cum, u2[k])
+                    s, t = pair_s[p], pair_t[p]
+                a, b = int(u0[k] * counts[s]), int(u1[k] * counts[t])
+                ls, lt = lists[s], lists[t]
+                i, j = ls[a], lt[b]
+                d = delta(i, j)
+                if not -math.inf < d < math.inf:
+                    raise FloatingPointError(f"model: swap_deltas gave {d} for chain 0 (sites {i}, {j})")
+                if d * beta < xk:
+                    accept()
+                    occ[i], occ[j] = occ[j], occ[i]
+                    ls[a], lt[b] = j, i
+                    energy += d
+                    accepted += 1
+        finally:
+            finish()
+            self._occ[0] = occ
+            for s in range(S):
+                self._lists[0, s, :counts[s]] = lists[s]
+            self._energy[0] = energy
+            self._accepted[0] += accepted
 
     # -------------------------------------------------------------------------------- replica exchange
     def exchange(self) -> np.ndarray:
@@ -246,6 +298,8 @@ class MonteCarlo:
         source = (np.arange(self._rows.size).reshape(-1, n)[:, :1] + perm.reshape(-1, n)).reshape(-1)
         for name in ("_occ", "_energy", "_lists", "_counts", "_pair_cum", "_walkers"):
             setattr(self, name, np.ascontiguousarray(getattr(self, name)[source]))  # flat views stay views
+        if self._state is not None:
+            self._state.reorder(source)
         return accepted
 
     # ------------------------------------------------------------------------------------ measurements

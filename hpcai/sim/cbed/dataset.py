@@ -41,8 +41,9 @@ LABELS = {  # attribute of every sample group -> (shape, what it holds)
     "space_group": ((), "international space group number, 1-230"),
     "material": ((), "material identifier"),
     "energy_keV": ((), "beam energy, keV"),
-    "z_dirs": ((3, 3), "zone axes [uvw], one row per pattern"),
-    "y_dirs": ((3, 3), "reflection (hkl) along the detector's +y, one row per pattern"),
+    "z_dirs": ((3, 3), "zone axes [uvw] (the beam direction, towards the source), one row per pattern"),
+    "y_dirs": ((3, 3), "crystal direction along the pattern's +y axis, perpendicular to the zone axis, as "
+                       "direct-lattice components (real-valued, largest 1), one row per pattern"),
     "semi_angles_rad": ((3,), "convergence semi-angle lambda / (4 d_hkl) per pattern, rad"),
     "d_hkls_angstrom": ((3,), "largest visible lattice spacing per pattern, Angstrom"),
     "abc_angstrom": ((3,), "cell lengths a, b, c, Angstrom"),
@@ -133,14 +134,26 @@ def make_crystal(item: WorkItem, **options):
 
 
 def sample_labels(crystal, stack, settings: PatternSettings) -> dict:
-    """The attributes of :data:`LABELS` for ``crystal`` and its simulated ``stack``."""
+    """The attributes of :data:`LABELS` for ``crystal`` and its simulated ``stack``.
+
+    ``z_dirs`` and ``y_dirs`` follow the ORNL files' meaning: ORNL's generator (NAMSA, Laanait et al.) builds
+    for each pattern a slab whose z axis is ``z_dirs[k]`` (the beam direction) and whose y axis is
+    ``y_dirs[k]``, a real-space direction perpendicular to it (found numerically, so real-valued) - the
+    direction of the crystal that appears along the pattern's y axis. Here ``y_dirs[k]`` is
+    :attr:`~.geometry.ZoneAxis.y_direction`: the real-space direction along the detector's +y (the disk of the
+    reference reflection ``zone.y_hkl`` lies on +y), as components on the cell vectors a, b, c - not the
+    reflection's Miller indices, which are parallel to it only in cubic cells. Two differences in form, not
+    in meaning: ORNL writes both as ``numpy.dstack`` of the three vectors, shape (1, 3, 3) with one vector
+    per *column* (:func:`read_sample` accepts that and returns rows), and NAMSA's components are on the unit
+    vectors along a, b, c (multiply ours by a, b, c and rescale to compare).
+    """
     patterns = stack.patterns
     return {
         "space_group": np.int64(crystal.space_group),
         "material": crystal.name,
         "energy_keV": np.float64(settings.voltage_kV),
         "z_dirs": np.array([p.zone.uvw for p in patterns], np.int64),
-        "y_dirs": np.array([p.zone.y_hkl for p in patterns], np.int64),
+        "y_dirs": np.array([p.zone.y_direction for p in patterns], np.float64),
         "semi_angles_rad": np.array([p.semi_angle for p in patterns]),
         "d_hkls_angstrom": np.array([p.d_hkl for p in patterns]),
         "abc_angstrom": crystal.abc,
@@ -252,9 +265,19 @@ def _label(value, name: str, shape: tuple, where: str):
         value = value[0]
         return value.decode() if isinstance(value, (bytes, np.bytes_)) else str(value)
     array = np.asarray(value)
+    if array.dtype.kind in "SU" and array.size == 1 and shape == ():  # ORNL writes space_group as text, b"225"
+        text = array.ravel()[0]
+        text = (text.decode(errors="replace") if isinstance(text, bytes) else str(text)).strip()
+        try:
+            array = np.asarray(int(text) if name == "space_group" else float(text))
+        except ValueError:
+            raise CBEDFileError(f"{where}: attribute {name!r} should be {LABELS[name][1]}, got the text "
+                                f"{text!r}") from None
     if array.dtype.kind not in "iuf" or array.size != int(np.prod(shape, dtype=int)):
         raise CBEDFileError(f"{where}: attribute {name!r} should be {LABELS[name][1]} of shape {shape}, "
                             f"got {array.dtype} of shape {array.shape}")
+    if shape == (3, 3) and array.shape == (1, 3, 3):
+        array = array[0].T  # ORNL's numpy.dstack of three vectors: one vector per column
     array = array.reshape(shape)
     if name == "space_group":
         return int(array)

@@ -113,6 +113,20 @@ class ZoneAxis:
     folz_offset: np.ndarray
 
     @property
+    def y_direction(self) -> np.ndarray:
+        r"""The crystal direction that lies along the detector's +y, as direct-lattice components (3,) float.
+
+        The real-space vector :math:`u\,\mathbf a + v\,\mathbf b + w\,\mathbf c` parallel to
+        :math:`\hat y` (so perpendicular to the zone axis), scaled so that its largest component is 1:
+        :math:`(u, v, w) \propto (h, k, l)\, G^*` with :math:`G^* = B B^T` the reciprocal metric tensor and
+        (h, k, l) = ``y_hkl`` [International Tables Vol. B, sec. 1.1.3]. Real-valued, because the normal of a
+        lattice plane is a rational lattice direction only in special cells (cubic: [hkl] itself; hexagonal:
+        (100) -> [2 1 0]). This is the ORNL data set's ``y_dirs`` meaning (see :data:`~.dataset.LABELS`).
+        """
+        uvw = self.frame[1] @ np.linalg.inv(self.lattice)
+        return uvw / np.abs(uvw).max()
+
+    @property
     def laue_spacing(self) -> float:
         r"""Distance between successive Laue zones, :math:`1/|\mathbf t|` (1/Å)."""
         return 1.0 / float(np.linalg.norm(self.uvw @ self.lattice))

@@ -7,7 +7,16 @@ Hartree–Fock calculations [Kirkland 2010, Appendix C],
     f_e(q) = \sum_{i=1}^{3} \frac{a_i}{q^2 + b_i} + \sum_{i=1}^{3} c_i\, e^{-d_i q^2},
 
 with :math:`q = 1/d = 2\sin\theta/\lambda` in 1/Å and :math:`f_e` in Å, for Z = 1–103. The coefficients are
-shipped in ``kirkland.json`` next to this module (its header says where they were transcribed from). The
+shipped in ``kirkland.json`` next to this module.
+
+Provenance of ``kirkland.json``: the 12 parameters per element are Kirkland's parametrisation of the electron
+scattering factors, published in E. J. Kirkland, *Advanced Computing in Electron Microscopy*, 2nd ed.
+(Springer, 2010), Appendix C: coefficients of a least-squares fit to relativistic Hartree–Fock scattering
+factors, valid to q = 12 1/Å. They are fitted physical parameters (data about atoms, not code); the file holds
+only those numbers, transcribed from the ``fparams`` table of Kirkland's own program (computem) and checked
+against abTEM's copy (its header fields ``reference``, ``transcribed_from`` and ``provenance`` say so), and
+no code of either program. Cite Kirkland (2010) when results depend on them. The tests compare the table
+with an independent fit (Peng et al. 1996, below) as a check of the transcription. The
 structure factor of reflection :math:`\mathbf g = h\mathbf a^* + k\mathbf b^* + l\mathbf c^*` is
 [Williams & Carter 2009, ch. 13; the Debye–Waller factor as in International Tables Vol. C, sec. 6.1.1.3]
 

@@ -1,0 +1,234 @@
+r"""Site environments as table indices, and the per-chain state that makes a Monte Carlo trial a few look-ups.
+
+A :class:`~hpcai.sim.alloy.energy.SiteEnergyModel` without triplet features gives each site an energy that
+depends only on the site's species and on how many neighbours of each species each shell holds. That is a
+small, discrete set of *environments*: a binary alloy on fcc has :math:`2\cdot 13 = 26` of them with one
+shell and :math:`2\cdot 13\cdot 7\cdot 25 = 4550` with three. So the per-site function -- a neural network,
+a pair model, anything -- is evaluated once per environment into a table, and a site's energy is
+``table[index]`` with the environment index
+
+.. math::
+    \mathrm{index} = \sigma + S\sum_{s}\sum_{u\ge 1} c_{s,u}\,P_{s,u},
+
+:math:`\sigma` the site's species, :math:`c_{s,u}` its count of species :math:`u` in shell :math:`s` and
+:math:`P` mixed-radix place values (radix :math:`z_s + 1`). The index is *linear* in the counts, so a swap
+of :math:`i` (species :math:`a`) and :math:`j` (species :math:`b`) changes it by fixed amounts: :math:`b - a`
+at :math:`i`, :math:`a - b` at :math:`j`, and :math:`S(P_{s,b} - P_{s,a})` (or its negative) at every
+neighbour of :math:`i` (of :math:`j`) in shell :math:`s`; a site that appears several times (a common
+neighbour of :math:`i` and :math:`j`, :math:`i` and :math:`j` next to each other, periodic images in a
+small cell) takes the sum. A :class:`SwapState` keeps every chain's site indices and updates them on an
+accepted swap, so a trial costs :math:`2 + 2\sum_s z_s` look-ups and no feature gathering at all, and the
+energy change is exactly the difference of the tabulated whole-cell energies (the same numbers summed).
+
+This is the on-lattice analogue of compiling a potential into a look-up table; the networks still define
+the energy, the table only stops the Monte Carlo from evaluating them twice on the same environment.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["SiteTable", "SwapState", "TABLE_LIMIT"]
+
+TABLE_LIMIT = 1 << 21      # largest table (environments) built; beyond it the model evaluates features instead
+_PACK = 1 << 32            # a duplicate's index change and its count travel as change * _PACK + 1
+
+
+class SiteTable:
+    """Environment indexing of a lattice's sites for ``n_species`` species (no table values; see the module).
+
+    Attributes
+    ----------
+    size : int
+        Number of environments (table entries), ``n_species * prod((z_s + 1) ** (n_species - 1))``.
+    strides : ndarray, shape (n_species, Z)
+        ``strides[u, k]``: the index change of a site when one neighbour in its column ``k`` of
+        :attr:`Lattice.neighborhood` becomes species ``u`` (0 for species 0).
+    """
+
+    def __init__(self, lattice, n_species: int):
+        self.lattice, self.n_species = lattice, n_species
+        S, place = n_species, n_species
+        strides = np.zeros((lattice.n_shells, S), dtype=np.int64)
+        for s, z in enumerate(lattice.coordination):
+            for u in range(1, S):
+                strides[s, u] = place
+                place *= z + 1
+        self.size = place
+        self.shell_strides = strides
+        self.strides = np.ascontiguousarray(strides[lattice.shell_of_column].T)            # (S, Z)
+        self._lists = None
+
+    @staticmethod
+    def environments(lattice, n_species: int) -> int:
+        """The table size for a lattice and species count, without building anything."""
+        return n_species * math.prod((z + 1) ** (n_species - 1) for z in lattice.coordination)
+
+    def index(self, occupation: np.ndarray) -> np.ndarray:
+        """Environment index of every site of configurations ``(B, n_sites)`` -> ``(B, n_sites)`` int64."""
+        nbh, B = self.lattice.neighborhood, len(occupation)
+        out = np.empty(occupation.shape, dtype=np.int64)
+        step = max(1, (1 << 22) // max(1, nbh.size))
+        columns = np.arange(nbh.shape[1])
+        for k in range(0, B, step):
+            occ = occupation[k:k + step]
+            out[k:k + step] = occ + self.strides[occ[:, nbh], columns].sum(-1)
+        return out
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Feature rows of every environment, in :meth:`SiteEnergyModel.site_features` column order, and a
+        mask of the reachable ones (counts of a shell summing to at most its coordination)."""
+        S, shells = self.n_species, self.lattice.n_shells
+        index = np.arange(self.size, dtype=np.int64)
+        rows = np.zeros((self.size, S * (1 + shells)))
+        rows[index, index % S] = 1.0
+        valid = np.ones(self.size, dtype=bool)
+        for s, z in enumerate(self.lattice.coordination):
+            rest = np.full(self.size, float(z))
+            for u in range(1, S):
+                count = (index // self.shell_strides[s, u]) % (z + 1)
+                rows[:, S * (1 + s) + u] = count
+                rest -= count
+            rows[:, S * (1 + s)] = rest
+            valid &= rest >= 0
+        return rows, valid
+
+    def neighbour_lists(self) -> tuple:
+        """For the one-chain path: per site, its neighbours as a tuple; the doubled coordinates as three lists;
+        and the set of displacement codes (:meth:`code`) at which two sites' neighbourhoods can share a site
+        (None when some neighbourhood lists a site twice: then every swap takes the general route)."""
+        if self._lists is None:
+            lattice = self.lattice
+            lists = [tuple(row) for row in lattice.neighborhood.tolist()]
+            xyz = [c.tolist() for c in lattice.doubled_coordinates.T]
+            offsets = np.concatenate([np.rint(2 * o).astype(np.int64) for o in lattice.offsets])
+            near = np.concatenate([offsets, (offsets[:, None] - offsets[None]).reshape(-1, 3)])
+            codes = {self.code(*v) for v in near.tolist()}
+            repeated = any(len(set(row)) < len(row) for row in lists)
+            self._lists = lists, xyz, None if repeated else codes
+        return self._lists
+
+    def code(self, dx: int, dy: int, dz: int) -> int:
+        """A displacement in doubled coordinates, wrapped into the cell, as one integer."""
+        m = 2 * self.lattice.size
+        return ((dx % m) * m + dy % m) * m + dz % m
+
+    def changes(self, occupation: np.ndarray, i: np.ndarray, j: np.ndarray):
+        """Affected sites ``(B, A)`` of swapping ``i[b] <-> j[b]`` and their index changes, one column per
+        appearance (not yet summed over duplicates): ``i``, ``j``, the neighbours of ``i``, of ``j``."""
+        nbh, b = self.lattice.neighborhood, np.arange(len(occupation))
+        a, c = occupation[b, i].astype(np.intp), occupation[b, j].astype(np.intp)
+        step = self.strides[c] - self.strides[a]                                              # (B, Z)
+        sites = np.concatenate([i[:, None], j[:, None], nbh[i], nbh[j]], axis=1)
+        change = np.concatenate([(c - a)[:, None], (a - c)[:, None], step, -step], axis=1)
+        return sites, change
+
+
+def combine(scratch: np.ndarray, flat: np.ndarray, change: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per appearance, the summed change of its site over all its appearances, and how many there are.
+
+    ``flat (B, A)`` are row-unique positions in the zeroed ``scratch`` (left zeroed again)."""
+    np.add.at(scratch, flat, change * _PACK + 1)
+    packed = scratch[flat]
+    scratch[flat] = 0
+    return packed >> 32, packed & (_PACK - 1)
+
+
+class SwapState:
+    """The environment index of every site of every chain, kept up to date on accepted swaps.
+
+    Made by :meth:`SiteEnergyModel.swap_state`; :class:`~hpcai.sim.alloy.MonteCarlo` uses it in place of
+    ``swap_deltas``: :meth:`deltas` prices one trial swap per chain, :meth:`accept` commits the ones taken
+    (before or after the Monte Carlo swaps the occupation), :meth:`reorder` follows replica exchange and
+    :meth:`scalar` is the same for a single chain in plain Python, with no per-step numpy call.
+    """
+
+    def __init__(self, model, occupation: np.ndarray):
+        self.model, self.geometry = model, model.site_table_geometry
+        self.index = self.geometry.index(occupation)                                          # (B, N)
+        self._scratch = np.zeros(self.index.size, dtype=np.int64)
+        self._pending = None
+
+    def deltas(self, occupation: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Energy change of swapping ``i[b] <-> j[b]`` in every chain ``b`` of ``occupation`` (the state's
+        configurations); remembers the new indices for :meth:`accept`."""
+        sites, change = self.geometry.changes(occupation, i, j)
+        flat = sites + (np.arange(len(sites)) * self.index.shape[1])[:, None]
+        total, count = combine(self._scratch, flat, change)
+        index = self.index.reshape(-1)
+        old = index[flat]
+        new = old + total
+        table = self.model.site_table()
+        self._pending = flat, new
+        return ((table[new] - table[old]) / count).sum(1)
+
+    def accept(self, rows: np.ndarray) -> None:
+        """Commit the last :meth:`deltas` in chains ``rows``."""
+        flat, new = self._pending
+        self.index.reshape(-1)[flat[rows]] = new[rows]
+
+    def reorder(self, source: np.ndarray) -> None:
+        """Chain ``k`` now holds what chain ``source[k]`` held (replica exchange)."""
+        self.index = np.ascontiguousarray(self.index[source])
+
+    def scalar(self, occupation: list, chain: int = 0):
+        """Plain-Python ``(delta, accept, finish)`` for one chain whose species are the list ``occupation``
+        (the caller swaps it on acceptance): ``delta(i, j)`` prices a swap, ``accept()`` commits the last
+        one, ``finish()`` writes the indices back to :attr:`index`."""
+        index = self.index[chain].tolist()
+        table = self.model.site_table().tolist()
+        nbr, (X, Y, Z), near = self.geometry.neighbour_lists()
+        m = 2 * self.geometry.lattice.size
+        strides = self.geometry.strides.tolist()
+        S = self.geometry.n_species
+        steps = [[[y - x for x, y in zip(strides[a], strides[c])] for c in range(S)] for a in range(S)]
+        last: dict = {}
+
+        def delta(i: int, j: int) -> float:
+            nonlocal last
+            a, c = occupation[i], occupation[j]
+            if near is not None and (((X[j] - X[i]) % m * m + (Y[j] - Y[i]) % m) * m + (Z[j] - Z[i]) % m) not in near:
+                # far apart: every affected site appears once, no sums needed
+                step = steps[a][c]
+                oi, oj = index[i], index[j]
+                energy = table[oi + c - a] - table[oi] + table[oj + a - c] - table[oj]
+                for k, d in zip(nbr[i], step):
+                    old = index[k]
+                    energy += table[old + d] - table[old]
+                for k, d in zip(nbr[j], step):
+                    old = index[k]
+                    energy += table[old - d] - table[old]
+                last = (i, j, a, c)
+                return energy
+            change = {i: c - a, j: a - c}
+            get = change.get
+            for k, d in zip(nbr[i], steps[a][c]):
+                change[k] = get(k, 0) + d
+            for k, d in zip(nbr[j], steps[c][a]):
+                change[k] = get(k, 0) + d
+            energy = 0.0
+            for k, d in change.items():
+                old = index[k]
+                energy += table[old + d] - table[old]
+            last = change
+            return energy
+
+        def accept() -> None:
+            if isinstance(last, tuple):
+                i, j, a, c = last
+                index[i] += c - a
+                index[j] += a - c
+                step = steps[a][c]
+                for k, d in zip(nbr[i], step):
+                    index[k] += d
+                for k, d in zip(nbr[j], step):
+                    index[k] -= d
+                return
+            for k, d in last.items():
+                index[k] += d
+
+        def finish() -> None:
+            self.index[chain] = index
+
+        return delta, accept, finish
