@@ -61,6 +61,8 @@ class TrainStep:
         elif not isinstance(scaler, DynamicLossScaler):
             raise TypeError(f"loss_scaler: expected a DynamicLossScaler, None or False, got {type(scaler).__name__}")
         self.scaler = scaler
+        if scaler is not None and getattr(optimizer, "error_feedback", False) and optimizer.loss_scaler is None:
+            optimizer.loss_scaler = scaler  # a DistributedOptimizer's kept errors follow this step's loss scale
         self.clip_norm = None if clip_norm is None else checks.number("clip_norm", clip_norm, 0.0, low_open=True)
         self.params = model.parameters()
         self.steps = self.skipped = self.consecutive_skips = 0

@@ -127,3 +127,21 @@ def test_error_feedback_follows_a_changing_loss_scale(comm, compression):
     assert all(stepped) and scaler.scale == 2.0 ** (3 + T)
     assert err[True] <= one_step, err
     assert err[False] > 4 * err[True], (err, one_step)
+
+
+def test_train_step_hands_its_loss_scaler_to_error_feedback(comm):
+    """TrainStep makes the loss scaler (mixed-fp16), so it tells a DistributedOptimizer with error feedback;
+    one given explicitly, or an optimizer with nothing to rescale, is left as it is."""
+    from hpcai.train import TrainStep
+    net = model()
+    kept = DistributedOptimizer(optim.SGD(net.parameters(), lr=0.1), comm=comm, compression="bf16",
+                                error_feedback=True)
+    step = TrainStep(net, cross_entropy, kept, "mixed-fp16")
+    assert step.scaler is not None and kept.loss_scaler is step.scaler
+    mine = DynamicLossScaler()
+    told = DistributedOptimizer(optim.SGD(net.parameters(), lr=0.1), comm=comm, compression="bf16",
+                                error_feedback=True, loss_scaler=mine)
+    TrainStep(net, cross_entropy, told, "mixed-fp16")
+    plain = DistributedOptimizer(optim.SGD(net.parameters(), lr=0.1), comm=comm, compression="bf16")
+    TrainStep(net, cross_entropy, plain, "mixed-fp16")
+    assert told.loss_scaler is mine and plain.loss_scaler is None
