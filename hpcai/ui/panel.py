@@ -403,7 +403,7 @@ class Panel:
         start = time.perf_counter()
         self._running = f"running {name} on {n} MPI engine(s)" if n else f"running {name} in this kernel"
         try:
-            if not n:
+            if not n or self._engines_ready(n):
                 self._set_state("running", self._running)
             # run_app starts the engines (the state says "running" at their first report): a start that fails
             # is a failed run, recorded in the run history like any other
