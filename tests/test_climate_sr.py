@@ -214,6 +214,27 @@ def test_block_steps_open_in_xarray_and_decode_with_scipy_alone(small_run):
         assert ds["bound"].attrs["units"] == "1/s" and ds.sizes["time"] == 13
 
 
+def test_a_damaged_or_truncated_file_is_named_not_decoded(small_run, tmp_path):
+    """Every byte read back is covered: a flipped byte inside a stored chunk of the block coefficients, or a
+    file cut short, is a CorruptFileError naming the file, never a field decoded from damaged data."""
+    import shutil
+    import h5py
+    from hpcai.io import CorruptFileError
+    original = small_run[0].files["data"]
+    with h5py.File(original, "r") as f:
+        info = f["vorticity_dct"].id.get_chunk_info(3)
+    for name, damage in (("flipped.h5", lambda b: b[:info.byte_offset + 20] + bytes([b[info.byte_offset + 20] ^ 1])
+                          + b[info.byte_offset + 21:]),
+                         ("cut.h5", lambda b: b[:len(b) // 2])):
+        path = tmp_path / name
+        shutil.copyfile(original, path)
+        path.write_bytes(damage(path.read_bytes()))
+        with pytest.raises(CorruptFileError, match=name):
+            climate_sr.read_compressed(path)
+    with pytest.raises(FileNotFoundError, match="path: no such file"):
+        climate_sr.read_compressed(tmp_path / "missing.h5")
+
+
 def test_output_file_is_readable_by_xarray_with_coordinates_and_units(unet_run):
     xr = pytest.importorskip("xarray")
     pytest.importorskip("h5netcdf")

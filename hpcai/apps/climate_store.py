@@ -39,6 +39,27 @@ def _block_chunks(stored):
     return wide, streams
 
 
+def _streams_checksum(streams) -> str:
+    """SHA-256 of the chunks as stored (the codecs' own bytes, before any HDF5 filter decodes them)."""
+    return io.checksum({f"{i:08d}": np.frombuffer(b, np.uint8) for i, b in enumerate(streams)})
+
+
+def _verify(path, f, name: str, value=None) -> None:
+    """Dataset ``name`` of ``f`` against its ``sha256`` (files of earlier versions have none): its stored
+    chunks, or ``value``, the array read; CorruptFileError naming the file and the dataset otherwise."""
+    d = f[name]
+    expected = d.attrs.get("sha256")
+    if expected is None:
+        return
+    if value is None:
+        streams = [d.id.read_direct_chunk((i,) + (0,) * (d.ndim - 1))[1] for i in range(d.shape[0])]
+        got = _streams_checksum(streams)
+    else:
+        got = io.checksum({name: value})
+    if got != expected:
+        raise io.CorruptFileError(f"path: the {name!r} data in {os.fspath(path)!r} do not match their checksum")
+
+
 def block_fields(q, steps, slope: float, shape) -> np.ndarray:
     """Fields (time, nlat, nlon) from a file's block coefficients ``q`` (time, block_lat, block_lon, b, b) and
     quantiser ``steps`` (time): what xarray reads, decoded with scipy.fft alone."""
@@ -76,16 +97,17 @@ def write_compressed(path, config, stored, hours, lat, lon, state=None, norm=Non
                     d.make_scale(name)
                 d = f.create_dataset("coef", data=coef)
                 d.attrs.update(long_name=f"lowest DCT-II (ortho) coefficients of {config.field}",
-                               units=FIELDS[config.field])
+                               units=FIELDS[config.field], sha256=io.checksum({"coef": coef}))
                 for axis, name in enumerate(("time", "ky", "kx")):
                     d.dims[axis].attach_scale(f[name])
             elif config.codec in ("sz3", "zfp"):  # HDF5-filter chunks: any reader with hdf5plugin decodes them
                 d = f.create_dataset(config.field, (len(stored),) + tuple(stored[0].shape), "<f8",
                                      chunks=(1,) + tuple(stored[0].shape), **_codec.filter_options(stored[0]))
-                for i, c in enumerate(stored):
-                    d.id.write_direct_chunk((i, 0, 0), c.arrays["stream"].tobytes(), 0)
+                streams = [c.arrays["stream"].tobytes() for c in stored]
+                for i, stream in enumerate(streams):
+                    d.id.write_direct_chunk((i, 0, 0), stream, 0)
                 d.attrs.update(units=FIELDS[config.field], long_name=f"{config.field}, {config.codec}-compressed",
-                               params=json.dumps([c.params for c in stored]))
+                               params=json.dumps([c.params for c in stored]), sha256=_streams_checksum(streams))
                 for axis, name in enumerate(("time", "lat", "lon")):
                     d.dims[axis].attach_scale(f[name])
             else:  # block: the integer coefficients, each step's zlib stream a deflate chunk
@@ -96,6 +118,7 @@ def write_compressed(path, config, stored, hours, lat, lon, state=None, norm=Non
                 d = f.create_dataset(f"{config.field}_dct", shape, wide, chunks=(1,) + shape[1:], compression="gzip")
                 for i, stream in enumerate(streams):
                     d.id.write_direct_chunk((i, 0, 0, 0, 0), stream, 0)
+                d.attrs["sha256"] = _streams_checksum(streams)
                 d.attrs.update(units="1", slope=float(p["slope"]), block=b, long_name=(
                     f"quantised 8x8 block DCT-II (ortho) coefficients of {config.field}: a block is "
                     "idctn(q * quantiser_step * (1 + slope * (ky + kx)), norm='ortho'); blocks side by side, "
@@ -104,8 +127,10 @@ def write_compressed(path, config, stored, hours, lat, lon, state=None, norm=Non
                     s = f.create_dataset(name, data=np.arange(n))
                     s.attrs.update(units="1", long_name=f"{name.replace('_', ' ')} index")
                     s.make_scale(name)
-                steps = f.create_dataset("quantiser_step", data=np.array([c.params["step"] for c in stored]))
-                steps.attrs.update(units=FIELDS[config.field], long_name="quantiser step of the block codec")
+                q_steps = np.array([c.params["step"] for c in stored])
+                steps = f.create_dataset("quantiser_step", data=q_steps)
+                steps.attrs.update(units=FIELDS[config.field], long_name="quantiser step of the block codec",
+                                   sha256=io.checksum({"quantiser_step": q_steps}))
                 steps.dims[0].attach_scale(f["time"])
                 for axis, name in enumerate(("time", "block_lat", "block_lon", "ky", "kx")):
                     d.dims[axis].attach_scale(f[name])
@@ -141,57 +166,85 @@ def read_compressed(path, restore: bool = False):
     or with ``restore`` the restored ones (the stored network applied and, for the bounded pipeline, the
     corrections added; checksums verified first)."""
     import h5py
-    with h5py.File(path, "r") as f:
-        attrs = dict(f.attrs)
-        shape = tuple(int(n) for n in attrs["grid_shape"])
-        dct = f"{attrs['field']}_dct"
-        if "coef" in f:
-            parts = [_codec.Compressed("truncate", shape, "<f8", {"coef": c}, {}) for c in f["coef"][()]]
-            fields = np.stack([_codec.decompress(p) for p in parts])
-        elif dct in f:
-            fields = block_fields(f[dct][()], f["quantiser_step"][()], float(f[dct].attrs["slope"]), shape)
-        elif "payload" in f:  # files of earlier versions: the block codec's zlib streams
-            params = json.loads(f["payload"].attrs["params"])
-            parts = [_codec.Compressed("block", shape, "<f8", {"zlib": p}, q) for p, q in zip(f["payload"][()], params)]
-            fields = np.stack([_codec.decompress(p) for p in parts])
-        else:
-            _codec.hdf5_filters()  # registers the SZ3/ZFP filters with HDF5
-            fields = f[attrs["field"]][()]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path: no such file {os.fspath(path)!r}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:  # truncated, or not HDF5 at all
+        raise io.CorruptFileError(f"path: {os.fspath(path)!r} is not a readable HDF5 file: {e}") from None
+    with f:
+        try:
+            fields, attrs = _read_steps(path, f)
+        except (OSError, KeyError, zlib.error) as e:  # a truncated or damaged chunk, a dataset missing
+            raise io.CorruptFileError(f"path: the compressed steps in {os.fspath(path)!r} cannot be read: "
+                                      f"{type(e).__name__}: {e}") from None
         if not restore:
             return fields, attrs
-        name = "residual" if "residual" in f else "restorer"
-        if name not in f:
-            raise ValueError(f"path: {os.fspath(path)!r} holds no restorer weights")
-        g = f[name]
-        state = {k: g[k][()] for k in g}
-        if io.checksum(state) != g.attrs["sha256"]:
-            raise io.CorruptFileError(f"path: the restorer weights in {os.fspath(path)!r} do not match their checksum")
-        policy = amp.get_policy(str(g.attrs["precision"]))
-        if name == "residual":
-            model = ResidualNet(int(g.attrs["channels"]), int(g.attrs["layers"]))
-            policy.prepare(model)
-            model.load_state_dict(state)
-            sinlat = np.sin(np.radians(f["lat"][()]))
-            scale = float(g.attrs["scale"])
-            if dct in f:  # the residual's unit of each step: the codec's quantiser step, or its bound
-                units = f["quantiser_step"][()]
-            elif attrs["field"] in f and "params" in f[attrs["field"]].attrs:
-                units = [p["bound"] for p in json.loads(f[attrs["field"]].attrs["params"])]
-            else:
-                units = [float(g.attrs["residual_scale"])] * len(fields)
-            restored = np.stack([_apply_residual(model, c, scale, float(u), sinlat, policy)
-                                 for c, u in zip(fields, units)])
-            if "corrections" in f:
-                corrections = [np.asarray(c, np.uint8) for c in f["corrections"][()]]
-                expected = f["corrections"].attrs["sha256"]
-                if io.checksum({str(i): c for i, c in enumerate(corrections)}) != expected:
-                    raise io.CorruptFileError(f"path: the corrections in {os.fspath(path)!r} do not match their "
-                                              "checksum")
-                restored = np.stack([_codec.apply_guard(r, c, b)
-                                     for r, c, b in zip(restored, corrections, f["bound"][()])])
-            return restored, attrs
-        model = Restorer(int(g.attrs["channels"]), int(g.attrs["blocks"]))
+        return _restored(path, f, fields, attrs)
+
+
+def _read_steps(path, f):
+    """The decompressed steps of an open file and its attributes, every checksum verified first."""
+    attrs = dict(f.attrs)
+    shape = tuple(int(n) for n in attrs["grid_shape"])
+    dct = f"{attrs['field']}_dct"
+    if "coef" in f:
+        coef = f["coef"][()]
+        _verify(path, f, "coef", coef)
+        parts = [_codec.Compressed("truncate", shape, "<f8", {"coef": c}, {}) for c in coef]
+        fields = np.stack([_codec.decompress(p) for p in parts])
+    elif dct in f:
+        _verify(path, f, dct)
+        steps = f["quantiser_step"][()]
+        _verify(path, f, "quantiser_step", steps)
+        fields = block_fields(f[dct][()], steps, float(f[dct].attrs["slope"]), shape)
+    elif "payload" in f:  # files of earlier versions: the block codec's zlib streams
+        params = json.loads(f["payload"].attrs["params"])
+        parts = [_codec.Compressed("block", shape, "<f8", {"zlib": p}, q) for p, q in zip(f["payload"][()], params)]
+        fields = np.stack([_codec.decompress(p) for p in parts])
+    else:
+        _verify(path, f, attrs["field"])
+        _codec.hdf5_filters()  # registers the SZ3/ZFP filters with HDF5
+        fields = f[attrs["field"]][()]
+    return fields, attrs
+
+
+def _restored(path, f, fields, attrs):
+    """The restored steps: the stored network applied to ``fields`` and the corrections added."""
+    dct = f"{attrs['field']}_dct"
+    name = "residual" if "residual" in f else "restorer"
+    if name not in f:
+        raise ValueError(f"path: {os.fspath(path)!r} holds no restorer weights")
+    g = f[name]
+    state = {k: g[k][()] for k in g}
+    if io.checksum(state) != g.attrs["sha256"]:
+        raise io.CorruptFileError(f"path: the restorer weights in {os.fspath(path)!r} do not match their checksum")
+    policy = amp.get_policy(str(g.attrs["precision"]))
+    if name == "residual":
+        model = ResidualNet(int(g.attrs["channels"]), int(g.attrs["layers"]))
         policy.prepare(model)
         model.load_state_dict(state)
-        norm, pos = tuple(float(v) for v in g.attrs["norm"]), position_channels(f["lat"][()], f["lon"][()])
+        sinlat = np.sin(np.radians(f["lat"][()]))
+        scale = float(g.attrs["scale"])
+        if dct in f:  # the residual's unit of each step: the codec's quantiser step, or its bound
+            units = f["quantiser_step"][()]
+        elif attrs["field"] in f and "params" in f[attrs["field"]].attrs:
+            units = [p["bound"] for p in json.loads(f[attrs["field"]].attrs["params"])]
+        else:
+            units = [float(g.attrs["residual_scale"])] * len(fields)
+        restored = np.stack([_apply_residual(model, c, scale, float(u), sinlat, policy)
+                             for c, u in zip(fields, units)])
+        if "corrections" in f:
+            corrections = [np.asarray(c, np.uint8) for c in f["corrections"][()]]
+            expected = f["corrections"].attrs["sha256"]
+            if io.checksum({str(i): c for i, c in enumerate(corrections)}) != expected:
+                raise io.CorruptFileError(f"path: the corrections in {os.fspath(path)!r} do not match their "
+                                          "checksum")
+            restored = np.stack([_codec.apply_guard(r, c, b)
+                                 for r, c, b in zip(restored, corrections, f["bound"][()])])
+        return restored, attrs
+    model = Restorer(int(g.attrs["channels"]), int(g.attrs["blocks"]))
+    policy.prepare(model)
+    model.load_state_dict(state)
+    norm, pos = tuple(float(v) for v in g.attrs["norm"]), position_channels(f["lat"][()], f["lon"][()])
     return np.stack([_apply(model, policy, norm, pos, c) for c in fields]), attrs
