@@ -102,6 +102,29 @@ def test_the_monte_carlo_table_follows_training_and_loaded_weights():
     np.testing.assert_allclose(other.features.energies(x[30:]), after, atol=1e-9)
 
 
+def test_the_triplet_memo_follows_training_and_a_running_monte_carlo_prices_by_it():
+    """With neighbour-pair features the Monte Carlo's energies come from the memo of environment keys: they equal
+    the ensemble's, follow every fit (also inside a swap state made before it), and the swap state's energy
+    changes equal differences of the ensemble's whole-cell energies."""
+    lattice = alloy.Lattice("fcc", 3, shells=2)
+    x, e = labelled(alloy.PairModel.from_bonds(lattice, 0.0, 0.0, -0.02), 40, 13)
+    surrogate = Surrogate(lattice, 2, hidden=8, ensemble=2, seed=0, triplets=1)
+    surrogate.fit(x[:20], e[:20], epochs=2)
+    model = surrogate.features
+    assert model.memoised and not model.tabulated
+    np.testing.assert_allclose(model.energies(x[30:]), surrogate.energies(x[30:]), atol=1e-6)
+    state = model.swap_state(x[30:34].copy())
+    before = len(model.memo())
+    surrogate.fit(x[:30], e[:30], epochs=20, lr=0.01)
+    assert len(model.memo()) == 0 < before                  # forgotten: the networks changed
+    rows, i, j = np.arange(4), np.array([0, 5, 9, 20]), np.array([40, 41, 77, 3])
+    after = x[30:34].copy()
+    after[rows, i], after[rows, j] = x[30:34][rows, j], x[30:34][rows, i]
+    np.testing.assert_allclose(state.deltas(x[30:34], i, j), surrogate.energies(after) - surrogate.energies(x[30:34]),
+                               atol=1e-5)
+    assert alloy.swap_delta_mismatch(model, x[34:], seed=1) < 1e-9
+
+
 def test_weights_round_trip_through_one_vector_for_any_cell_size():
     lattice = alloy.Lattice("bcc", 3)
     x, e = labelled(alloy.PairModel.from_bonds(lattice, 0.0, 0.0, -0.02), 20, 5)

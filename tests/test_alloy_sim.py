@@ -87,8 +87,11 @@ def test_local_swap_energy_equals_difference_of_full_energies(kind, size, shells
     generic_pair = A.SiteEnergyModel(lattice, n_species, pair.site_energies)
     with_triplets = A.SiteEnergyModel(lattice, n_species, lambda f: np.tanh(f @ v), triplets=shells)
     v = rng.normal(size=with_triplets.n_features) / 10
-    for model in (pair, nonlinear, generic_pair, with_triplets):
+    plain_triplets = A.SiteEnergyModel(lattice, n_species, lambda f: np.tanh(f @ v), triplets=shells, tabulate=False)
+    for model in (pair, nonlinear, generic_pair, with_triplets, plain_triplets):
         assert A.swap_delta_mismatch(model, occ, seed=seed) < 1e-9 * (1 + np.abs(model.energies(occ)).max())
+    assert with_triplets.memoised == A.EnvironmentKeys(with_triplets).fits and not plain_triplets.memoised
+    np.testing.assert_allclose(with_triplets.energies(occ), plain_triplets.energies(occ), atol=1e-12)
     np.testing.assert_allclose(generic_pair.energies(occ), pair.energies(occ), atol=1e-10)
     i, j = rng.integers(0, lattice.n_sites, (2, len(occ)))
     np.testing.assert_allclose(generic_pair.swap_deltas(occ, i, j), pair.swap_deltas(occ, i, j), atol=1e-10)
@@ -296,6 +299,96 @@ def test_swap_state_stays_exact_after_many_accepted_swaps(kind, size, shells, n_
         rows = np.arange(chains)
         after[rows, i], after[rows, j] = occ[rows, j], occ[rows, i]
         np.testing.assert_allclose(state.deltas(occ, i, j), model.energies(after) - model.energies(occ), atol=1e-10)
+        np.testing.assert_allclose(model.swap_deltas(occ, i, j), plain.swap_deltas(occ, i, j), atol=1e-10)
+
+
+@pytest.mark.parametrize("kind, size, shells, triplets, n_species", [
+    ("fcc", 4, 4, 1, 2), ("fcc", 2, 2, 1, 2), ("sc", 2, 1, 1, 3), ("bcc", 3, 3, 2, 2), ("sc", 4, 2, 1, 3)])
+def test_environment_keys_encode_every_feature_row_exactly(kind, size, shells, triplets, n_species):
+    """A site's key decodes to its feature row (periodic images included), and the key change of a swap that
+    the swap state adds up (counts linear, neighbour pairs from the partners' species) gives the swapped keys."""
+    lattice = A.Lattice(kind, size, shells=shells)
+    model = A.SiteEnergyModel(lattice, n_species, lambda f: f.sum(1), triplets=triplets)
+    assert model.memoised and not model.tabulated
+    occ = np.random.default_rng(size).integers(0, n_species, (7, lattice.n_sites)).astype(np.int8)
+    keys = model.site_keys(occ)
+    geometry = model.environment_keys
+    features = model.site_features(occ).reshape(-1, model.n_features)
+    np.testing.assert_array_equal(geometry.decode(keys.reshape(-1)), features)
+    assert len(np.unique(keys)) > 5
+    rng, rows = np.random.default_rng(1), np.arange(len(occ))
+    for _ in range(30):
+        i, j = rng.integers(0, lattice.n_sites, (2, len(occ)))
+        sites, change = geometry.changes(occ, i, j)
+        total = np.zeros_like(keys)
+        np.add.at(total, (rows[:, None], sites), change)
+        after = occ.copy()
+        after[rows, i], after[rows, j] = occ[rows, j], occ[rows, i]
+        np.testing.assert_array_equal(keys + total, model.site_keys(after))
+
+
+def test_energy_memo_evaluates_each_environment_once_through_growth_collisions_and_restarts():
+    calls = []
+
+    def reference(rows):
+        return np.sin(rows[:, 0]) + rows[:, 0] ** 0.5
+
+    def function(rows):
+        calls.append(len(rows))
+        return reference(rows)
+
+    decode = lambda keys: keys[:, None].astype(np.float64)  # noqa: E731
+    memo = A.EnergyMemo(function, decode, limit=5000)
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 3000, (40, 70)) * 7919          # repeats, and many keys sharing home slots
+    np.testing.assert_array_equal(memo(keys), reference(decode(keys.reshape(-1))).reshape(keys.shape))
+    assert calls == [len(np.unique(keys))] and len(memo) == memo.evaluated == calls[0]
+    np.testing.assert_array_equal(memo(keys[::-1]), memo(keys)[::-1])
+    assert len(calls) == 1                                 # everything found, nothing evaluated again
+    more = rng.permutation(np.arange(3000, 9000))[:4000] * 7919    # past the limit: the memo starts afresh
+    np.testing.assert_array_equal(memo(more), reference(decode(more)))
+    assert len(calls) == 2 and len(memo) == calls[1] == len(np.unique(more)) and memo.evaluated == sum(calls)
+    np.testing.assert_array_equal(memo(keys), reference(decode(keys.reshape(-1))).reshape(keys.shape))
+    assert len(calls) == 3 and len(memo) <= 5000
+
+
+@pytest.mark.parametrize("kind, size, shells, triplets, n_species, chains", [
+    ("fcc", 3, 2, 1, 2, 4), ("fcc", 2, 2, 1, 2, 3), ("sc", 4, 2, 1, 3, 4), ("bcc", 4, 3, 2, 2, 1)])
+def test_triplet_swap_state_stays_exact_after_many_accepted_swaps(kind, size, shells, triplets, n_species, chains):
+    """With neighbour-pair features the Monte Carlo keeps every chain's environment keys and site energies
+    (through the memo): after thousands of accepted swaps and replica exchanges they equal keys and energies
+    computed afresh, the trajectory is the very same as on the general route (features gathered and the
+    function evaluated per trial), and the state's energy changes equal differences of full energies."""
+    lattice = A.Lattice(kind, size, shells=shells)
+    rng = np.random.default_rng(size * 10 + n_species)
+    model = A.SiteEnergyModel(lattice, n_species, lambda f: np.tanh(f @ w) + 0.05 * (f @ w) ** 2, triplets=triplets)
+    w = rng.normal(size=model.n_features) * 0.3 / np.concatenate([np.ones(n_species), model.feature_scale])
+    plain = A.SiteEnergyModel(lattice, n_species, model.function, triplets=triplets, tabulate=False)
+    composition = np.full(n_species, 1 / n_species) if lattice.n_sites % n_species == 0 else (0.25, 0.25, 0.5)
+    start = A.random_occupation(lattice, composition, (chains,), seed=1)
+    kT = np.linspace(0.6, 1.2, chains)
+    fast, slow = (A.MonteCarlo(m, start, kT, seed=2) for m in (model, GeneralRoute(plain)))
+    assert isinstance(fast._state, A.KeyedSwapState) and slow._state is None
+    for _ in range(6):
+        for mc in (fast, slow):
+            mc.step(500)
+            if chains > 1:
+                mc.exchange()
+    assert (fast.acceptance > 0.3).all()  # about a thousand accepted swaps per chain at least
+    np.testing.assert_array_equal(fast.occupation, slow.occupation)
+    state, occ = fast._state, fast._occ
+    np.testing.assert_array_equal(state.keys, model.site_keys(occ))
+    features = plain.site_features(occ)
+    np.testing.assert_allclose(state.energy, plain.site_energies(features.reshape(-1, model.n_features))
+                               .reshape(occ.shape), atol=1e-12)
+    np.testing.assert_allclose(fast.energies, plain.energies(fast.occupation), atol=1e-9)
+    np.testing.assert_allclose(fast.energies, slow.energies, atol=1e-9)
+    rows = np.arange(chains)
+    for _ in range(5):
+        i, j = rng.integers(0, lattice.n_sites, (2, chains))
+        after = occ.copy()
+        after[rows, i], after[rows, j] = occ[rows, j], occ[rows, i]
+        np.testing.assert_allclose(state.deltas(occ, i, j), plain.energies(after) - plain.energies(occ), atol=1e-10)
         np.testing.assert_allclose(model.swap_deltas(occ, i, j), plain.swap_deltas(occ, i, j), atol=1e-10)
 
 

@@ -16,7 +16,10 @@ the Monte Carlo the ensemble's mean is a :class:`~hpcai.sim.alloy.SiteEnergyMode
 costs the sites it changes, not a cell; without triplet features a site's inputs take few distinct values
 (26 environments for binary fcc with one shell), so the ensemble is evaluated once per environment into a
 table (:mod:`hpcai.sim.alloy.local`, rebuilt after every :meth:`Surrogate.fit` and
-:meth:`Surrogate.load_vector`) and a trial is a few look-ups in it.
+:meth:`Surrogate.load_vector`) and a trial is a few look-ups in it. With ``triplets`` the environments are too
+many for a table, so they are memoised instead (:mod:`hpcai.sim.alloy.memo`, forgotten at the same points):
+the ensemble runs once per environment the Monte Carlo meets, and each chain keeps its sites' keys and energies,
+so a trial prices the affected sites by their keys and runs the networks only on environments not met before.
 """
 from __future__ import annotations
 
@@ -104,7 +107,7 @@ class Surrogate:
             history = fit(net, (x, y), "mse", opt, epochs=epochs, batch_size=batch_size, verbose=0,
                           seed=self.seed + 104729 * k + len(y), precision=self.precision)
             losses.append(float(history["loss"][-1]))
-        self.features.invalidate()                               # the Monte Carlo's environment table
+        self.features.invalidate()                               # the Monte Carlo's environment table/memo
         self.history.append(losses)
         return losses
 

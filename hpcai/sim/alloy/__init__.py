@@ -9,6 +9,10 @@
 ``local``
     :class:`SiteTable` / :class:`SwapState`: a per-site model's energies tabulated per environment, and every
     chain's environment indices kept up to date, so a Monte Carlo trial is a few look-ups.
+``memo``
+    :class:`EnvironmentKeys` / :class:`EnergyMemo` / :class:`KeyedSwapState`: with triplet features, every site
+    environment as an exact integer key, its energy computed once, and every chain's keys and site energies
+    kept up to date, so a Monte Carlo trial evaluates the networks only on environments never met before.
 ``reference`` / ``atoms``
     :class:`AseReference`: energies from any ASE calculator (default EMT), eV per cell; ``ase.Atoms``
     conversion. ASE is optional (``pip install 'hpcai[alloy]'``) and imported only there.
@@ -24,6 +28,7 @@ from .energy import EnergyModel, IsingCoupling, PairModel, SiteEnergyModel, swap
 from .lattice import (LATTICES, STRUCTURES, Lattice, ordered_occupation, random_occupation, species_counts,
                       sublattices)
 from .local import SiteTable, SwapState
+from .memo import EnergyMemo, EnvironmentKeys, KeyedSwapState
 from .montecarlo import KB_EV, MonteCarlo, exchange_permutation
 from .observables import (Estimate, autocorrelation_time, binder_cumulant, block_means, blocking_error,
                           heat_capacity, jackknife, order_parameter, warren_cowley)
@@ -33,7 +38,7 @@ from .transition import (ISING_KC, Crossing, Scan, binder_crossing, critical_tem
                          ising_critical_temperature, reweight_scan, temperature_scan)
 
 __all__ = ["ISING_KC", "KB_EV", "LATTICES", "STRUCTURES", "AseReference", "CalculatorError", "Crossing",
-           "EnergyModel", "Estimate", "IsingCoupling", "Lattice", "MonteCarlo", "PairModel", "Reweighting",
+           "EnergyMemo", "EnergyModel", "EnvironmentKeys", "Estimate", "IsingCoupling", "KeyedSwapState", "Lattice", "MonteCarlo", "PairModel", "Reweighting",
            "Scan", "SiteEnergyModel", "SiteTable", "SwapState", "autocorrelation_time", "binder_crossing",
            "binder_cumulant",
            "block_means", "blocking_error", "critical_temperature", "emt_elements", "exchange_permutation",

@@ -29,7 +29,10 @@ rows -- is model-specific; the swap delta is derived once here: a swap changes t
 after. A neural surrogate needs nothing more than that function. Without triplet features a site has few
 distinct environments, so by default ``function`` is evaluated once per environment into a table and the
 Monte Carlo keeps every chain's environment indices (:meth:`SiteEnergyModel.swap_state`,
-:mod:`hpcai.sim.alloy.local`): a trial swap is then :math:`2 + 2\sum_s z_s` look-ups.
+:mod:`hpcai.sim.alloy.local`): a trial swap is then :math:`2 + 2\sum_s z_s` look-ups. With triplet features
+there are too many environments for a table, so each is an exact integer key and ``function`` is memoised
+per key (:mod:`hpcai.sim.alloy.memo`); the Monte Carlo keeps every chain's keys and site energies, and a trial
+updates the affected keys, looks them up and runs ``function`` only on environments not met before.
 
 Optional for any model: ``swap_state(occupation)`` returning an object with ``deltas(occupation, i, j)``,
 ``accept(rows)``, ``reorder(source)`` and ``scalar(list)`` (see :class:`~hpcai.sim.alloy.local.SwapState`)
@@ -64,6 +67,7 @@ import numpy as np
 from ... import checks
 from .lattice import Lattice, check_occupation
 from .local import TABLE_LIMIT, SiteTable, SwapState, combine
+from .memo import EnergyMemo, EnvironmentKeys, KeyedSwapState
 
 __all__ = ["EnergyModel", "IsingCoupling", "PairModel", "SiteEnergyModel", "swap_delta_mismatch"]
 
@@ -106,8 +110,10 @@ class SiteEnergyModel:
     tabulate : bool
         Evaluate ``function`` once per distinct environment into a table (:mod:`hpcai.sim.alloy.local`) and
         let the Monte Carlo keep per-chain environment indices (:meth:`swap_state`), so a trial swap is a few
-        look-ups. Needs ``triplets=0`` and at most ``TABLE_LIMIT`` environments, else ignored. ``function``
-        must then be a fixed function of its rows: after changing it (training), call :meth:`invalidate`.
+        look-ups. With ``triplets`` (or more than ``TABLE_LIMIT`` environments) the table is a memo filled on
+        demand instead (:mod:`hpcai.sim.alloy.memo`: ``function`` runs once per environment met, the Monte
+        Carlo keeps per-chain environment keys and site energies). ``function`` must then be a fixed function
+        of its rows: after changing it (training), call :meth:`invalidate`.
     """
 
     def __init__(self, lattice: Lattice, n_species: int, function: Callable[[np.ndarray], np.ndarray],
@@ -128,6 +134,9 @@ class SiteEnergyModel:
         small = SiteTable.environments(lattice, self.n_species) <= TABLE_LIMIT
         self.site_table_geometry = SiteTable(lattice, self.n_species) if tabulate and small and not triplets else None
         self._site_values = None
+        keys = EnvironmentKeys(self) if tabulate and self.site_table_geometry is None else None
+        self.environment_keys = keys if keys is not None and keys.fits else None
+        self._memo = None
 
     @property
     def n_features(self) -> int:
@@ -186,12 +195,40 @@ class SiteEnergyModel:
         return self._site_values
 
     def invalidate(self) -> None:
-        """Forget the environment table (``function`` changed, e.g. a surrogate was trained)."""
+        """Forget the environment table or memo (``function`` changed, e.g. a surrogate was trained)."""
         self._site_values = None
+        self._memo = None
+
+    @property
+    def memoised(self) -> bool:
+        """Whether energies and swaps go through the memo of environment keys (``tabulate`` without a table)."""
+        return self.environment_keys is not None
+
+    def memo(self) -> EnergyMemo:
+        """The site energy of every environment key met so far (:class:`~hpcai.sim.alloy.memo.EnergyMemo`),
+        made on first use; a new one after :meth:`invalidate`."""
+        if self._memo is None:
+            if self.environment_keys is None:
+                raise ValueError("tabulate: this model has no environment memo (a dense table, keys too large, "
+                                 "or tabulate=False)")
+            self._memo = EnergyMemo(self.site_energies, self.environment_keys.decode)
+        return self._memo
+
+    def site_keys(self, occupation: np.ndarray) -> np.ndarray:
+        """Environment keys ``(B, n_sites)`` of configurations ``(B, n_sites)`` (:class:`EnvironmentKeys`)."""
+        flat = occupation.reshape(-1, self.lattice.n_sites)
+        step = max(1, ROWS_PER_CALL // self.lattice.n_sites)
+        parts = [self.environment_keys.encode(self._features(occ, occ[:, self.lattice.neighborhood]))
+                 for occ in (flat[k:k + step] for k in range(0, len(flat), step))]
+        return np.concatenate(parts or [np.zeros((0, self.lattice.n_sites), np.int64)])
 
     def swap_state(self, occupation: np.ndarray):
-        """Per-chain environment indices for the Monte Carlo (:class:`~hpcai.sim.alloy.local.SwapState`), or
-        None where the model has no table or a subclass computes swaps its own way (overrides ``swap_deltas``)."""
+        """Per-chain environment indices for the Monte Carlo (:class:`~hpcai.sim.alloy.local.SwapState`), or with
+        a memo per-chain environment keys and site energies (:class:`~hpcai.sim.alloy.memo.KeyedSwapState`), or
+        None where the model has neither or a subclass computes swaps its own way (overrides ``swap_deltas``)."""
+        if self.memoised and type(self).swap_deltas is SiteEnergyModel.swap_deltas \
+                and type(self).energies is SiteEnergyModel.energies:
+            return KeyedSwapState(self, occupation)
         if self.site_table_geometry is None or type(self).swap_deltas not in _TABLE_SWAPS:
             return None
         return SwapState(self, occupation)
@@ -202,6 +239,8 @@ class SiteEnergyModel:
         flat = occupation.reshape(-1, self.lattice.n_sites)
         if self.tabulated:
             return self.site_table()[self.site_table_geometry.index(flat)].sum(1).reshape(occupation.shape[:-1])
+        if self.memoised:
+            return self.memo()(self.site_keys(flat)).sum(1).reshape(occupation.shape[:-1])
         step = max(1, ROWS_PER_CALL // self.lattice.n_sites)
         out = np.concatenate([self._cell_energies(flat[k:k + step]) for k in range(0, len(flat), step)]
                              or [np.zeros(0)])
@@ -229,7 +268,9 @@ class SiteEnergyModel:
         si, sj = occupation[b, i], occupation[b, j]
         features = self._features(np.stack([own, _swapped(own, affected, i, j, si, sj)]),
                                   np.stack([neigh, _swapped(neigh, around, i, j, si, sj)]))
-        e = self.site_energies(features.reshape(-1, self.n_features)).reshape(2, *affected.shape)
+        rows = features.reshape(-1, self.n_features)
+        e = (self.memo()(self.environment_keys.encode(rows)) if self.memoised
+             else self.site_energies(rows)).reshape(2, *affected.shape)
         return ((e[1] - e[0]) * once).sum(1)
 
     def _table_swap_deltas(self, occupation: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:

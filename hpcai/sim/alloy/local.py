@@ -32,7 +32,6 @@ import numpy as np
 __all__ = ["SiteTable", "SwapState", "TABLE_LIMIT"]
 
 TABLE_LIMIT = 1 << 21      # largest table (environments) built; beyond it the model evaluates features instead
-_PACK = 1 << 32            # a duplicate's index change and its count travel as change * _PACK + 1
 
 
 class SiteTable:
@@ -125,14 +124,16 @@ class SiteTable:
         return sites, change
 
 
-def combine(scratch: np.ndarray, flat: np.ndarray, change: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def combine(scratch: np.ndarray, flat: np.ndarray, change: np.ndarray,
+            shift: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Per appearance, the summed change of its site over all its appearances, and how many there are.
 
-    ``flat (B, A)`` are row-unique positions in the zeroed ``scratch`` (left zeroed again)."""
-    np.add.at(scratch, flat, change * _PACK + 1)
+    ``flat (B, A)`` are row-unique positions in the zeroed ``scratch`` (left zeroed again); the count travels
+    in the low ``shift`` bits (fewer than ``2**shift`` appearances, changes below ``2**(63 - shift)``)."""
+    np.add.at(scratch, flat, (change << shift) + 1)
     packed = scratch[flat]
     scratch[flat] = 0
-    return packed >> 32, packed & (_PACK - 1)
+    return packed >> shift, packed & ((1 << shift) - 1)
 
 
 class SwapState:

@@ -7,7 +7,9 @@ throughput grows with the batch until memory bandwidth is the limit. A model tha
 (``model.swap_state``; every tabulated :class:`~hpcai.sim.alloy.energy.SiteEnergyModel`, the pair model
 included) keeps each chain's site environments and updates them on accepted swaps, so a trial costs a few
 look-ups; a single chain then runs its trials in plain Python (numpy's per-call overhead would dominate),
-with the same random numbers and decisions as the batched path.
+with the same random numbers and decisions as the batched path. With triplet features the state keeps every
+chain's environment keys and site energies (:mod:`hpcai.sim.alloy.memo`); it has no plain-Python path, so a
+single chain takes the batched one.
 
 Move (canonical, fixed composition): pick an unordered pair of sites holding *different* species
 uniformly among all such pairs -- a species pair :math:`(s, t)` with probability
@@ -199,7 +201,7 @@ class MonteCarlo:
             m = min(n, RANDOM_BLOCK)
             u = self.rng.random((m, 3, len(self._occ)))
             x = self.rng.standard_exponential((m, len(self._occ)))
-            if self._state is not None and len(self._occ) == 1:
+            if len(self._occ) == 1 and hasattr(self._state, "scalar"):
                 self._trials_one_chain(u[:, :, 0], x[:, 0])
             else:
                 for k in range(m):
