@@ -217,6 +217,11 @@ class Config:
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
+        outputs = 1 + math.ceil(self.days * 24 / self.output_hours - 1e-9)  # the initial state included
+        if outputs < self.holdout_every:
+            raise ValueError(f"days: expected a run with a held-out step (every {self.holdout_every}th output, one "
+                             f"every {self.output_hours} h: at least {(self.holdout_every - 1) * self.output_hours / 24:g}"
+                             f" days), got {self.days!r}")
         amp.get_policy(self.precision)
         return self
 
