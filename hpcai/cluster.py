@@ -109,32 +109,12 @@ def _sync(coro_fn):
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return _interruptible(run)
+            return run()
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             return pool.submit(run).result()
     twin.__name__ = twin.__qualname__ = coro_fn.__name__ + "_sync"
     twin.__doc__ = f"Blocking twin of :meth:`{coro_fn.__name__}`."
     return twin
-
-
-def _interruptible(run):
-    """``run()`` (an ``asyncio.run``) with Ctrl-C raising KeyboardInterrupt where the main thread is.
-
-    asyncio.run's own SIGINT handler (Python 3.11+) only cancels the main task and raises KeyboardInterrupt
-    if that task ends *cancelled*; an await inside ipyparallel that swallows the cancellation lets the task
-    finish normally, and the Ctrl-C is lost (seen: a run went on to its end). Raised in place instead, the
-    KeyboardInterrupt ends the loop, whose shutdown cancels the task, so its cleanup (``stop``) still runs."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        return run()
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGINT, interrupt)
-    try:
-        return run()
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 _LIVE = weakref.WeakSet()

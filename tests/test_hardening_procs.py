@@ -79,6 +79,12 @@ def _kinds(started) -> str:
     return " ".join(" ".join(p.cmdline()) for p in procs.living(started))
 
 
+def _as_from_a_terminal():
+    """SIGINT as a command typed in a terminal has it. A test suite started in the background by a shell
+    without job control ignores SIGINT, and its children would inherit that (Ctrl-C would never arrive)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_client(tmp_path):
     """``hpcai run digits --engines 2`` with a fresh marker; its output goes to files (pipes would be held open
     by whatever inherits them)."""
@@ -86,7 +92,8 @@ def _run_client(tmp_path):
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
         client = subprocess.Popen([sys.executable, "-m", "hpcai", "run", *DIGITS], cwd=tmp_path,
                                   env=_env(tmp_path, marker), stdout=out, stderr=err,
-                                  start_new_session=True)  # its own process group: the test's Ctrl-C hits only it
+                                  start_new_session=True,  # its own process group: the test's Ctrl-C hits only it
+                                  preexec_fn=_as_from_a_terminal)
     return marker, client
 
 
