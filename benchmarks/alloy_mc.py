@@ -12,8 +12,8 @@ Three sections, each printing rows (name, value, note):
    installed (``pip install clease``; a benchmark-only dependency): CLEASE's own canonical Monte Carlo
    (C++ energy updates) on the same cell with the same model -- a cluster expansion whose only ECI is the
    nearest-neighbour pair, checked to give our energy differences -- at the same temperature (1.2 T_c),
-   measured alternately with ours (three rounds; ratios as ranges). One chain takes the plain-Python path
-   of the per-chain environment indices (``hpcai.sim.alloy.local``), batches the numpy one.
+   measured alternately with ours (three rounds; ratios as ranges). The trials run through the per-chain
+   environment keys (``hpcai.sim.alloy.state``): compiled with numba where installed, else numpy.
    Goal: >= 0.5x CLEASE.
 2. T_c of the bcc and sc 50/50 ordering pair model from Binder-cumulant crossings of three sizes (replica
    exchange, many replicas per temperature, curves by multiple-histogram reweighting), against
@@ -147,7 +147,7 @@ def throughput(report=report, sizes=(8, 12, 16), batches=(1, 64, 256), seconds=2
         for batch in (1, batches[-1]):
             rate, _ = hpcai_swaps_per_second(model, batch, 0.05, seconds)
             report(f"bcc L={sizes[0]}: generic per-site model swaps/s, {batch} chain(s)", rate,
-                   "2 shells, the path a neural surrogate takes (environment table, per-chain indices)")
+                   "2 shells, the path a neural surrogate takes (environment table, per-chain keys)")
 
 
 def critical_temperatures(report=report, quick=False) -> None:

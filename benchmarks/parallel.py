@@ -8,17 +8,21 @@ Run without mpiexec, the script launches itself as ``mpiexec -n N python benchma
 for each N it needs (the mpiexec next to this Python, one thread per rank) and reads the JSON that rank 0
 prints. Sections:
 
-- ``convert``: one core packing float32 gradients into fp16/bf16 words and unpacking them, GB/s of float32
-  bytes, for each path: :mod:`hpcai.parallel.compression`'s kernels, numpy's float16 cast, ml_dtypes'
-  bfloat16 cast (the median of alternating rounds, and the best round: what a quiet core does; goal >= 5
-  GB/s). fp16 packs at the power-of-two scale DistributedOptimizer would pick for these gradients on 2 ranks.
+- ``convert``: one core packing float32 gradients into fp16/bf16 words (alone, and keeping the rounding
+  error for error feedback), unpacking them, and unpacking-and-summing two ranks' rows: GB/s of float32
+  bytes for each path: :mod:`hpcai.parallel.compression`'s compiled loops (numba, where installed), its
+  numpy chunks (the path without numba), and numpy's float16 / ml_dtypes' bfloat16 cast (the median of
+  alternating rounds, and the best round: what a quiet core does; goal >= 5 GB/s). fp16 packs at the
+  power-of-two scale DistributedOptimizer would pick for these gradients on 2 ranks.
 - ``allreduce``: bandwidth (GB/s, bytes of the buffer / seconds) of ``Communicator.allreduce_`` against raw
   mpi4py ``comm.Allreduce`` on the same float32 buffers, 1 KiB to 64 MiB, 2 ranks; the ratio's goal is
   >= 0.9. Also the time of the same values reduced by MPI as fp16 and bf16 words.
 - ``compressed``: DistributedOptimizer's whole exchange of one 4, 16 and 64 MiB float32 bucket on 2 ranks,
-  fp16 and bf16 against fp32 (goal: within 1.3x), its parts (pack, words on the wire, unpack-and-sum), and
-  the model ``exchange = convert + bytes / bandwidth`` fitted to them: the network bandwidth below which
-  compression pays (break-even), and the model's prediction of the 2-rank run checked against the run.
+  fp16 and bf16 against fp32 (goal: within 1.3x), its parts (the gradient's copy into the bucket, what
+  finding fp16's largest ``|g|`` adds to it, pack, words on the wire, unpack-and-sum), and the model
+  ``exchange = convert + bytes / bandwidth`` fitted to them: the network bandwidth below which compression
+  pays (break-even), and the model's prediction of the 2-rank run checked against the run. ``--rounds R``
+  sets the alternating rounds (default 7).
 - ``scaling``: one data-parallel training step (forward, backward, gradient exchange, SGD) of an MLP
   784-512-256-10 at 1, 2 and 4 ranks with a fixed batch of 64 per rank (weak scaling): ms per step, the
   part spent in the exchange, efficiency t(1) / t(N); then 2 ranks with fp16 and bf16 compression.
@@ -109,27 +113,53 @@ def gradients(n: int, seed: int = 0):
     return x
 
 
+COMPILED, CHUNKS = "compiled", "numpy chunks"  # the codecs' two paths (numba loops; numpy without numba)
+
+
+def _on(path: str, fn):
+    """``fn`` run on one of the codecs' paths: the compiled loops, or the numpy chunks (numba switched off)."""
+    from hpcai import accel
+    if path == COMPILED:
+        return fn
+
+    def numpy_path():
+        with accel.disabled():
+            return fn()
+    return numpy_path
+
+
 def conversion_cases(n: int) -> dict:
-    """(codec, direction, path) -> a function converting ``n`` float32 gradients into preallocated arrays."""
+    """(codec, operation, path) -> a function converting ``n`` float32 gradients into preallocated arrays.
+    Operations: pack, pack keeping the rounding error (error feedback), unpack, unpack-and-sum of 2 rows."""
     import ml_dtypes
     from hpcai.parallel.compression import get_codec
     x = gradients(n)
     s = fp16_scale(float(np.abs(x).max()), 2)
-    y = np.empty(n, np.float32)
+    y, res = np.empty(n, np.float32), np.empty(n, np.float32)
     f16, b16 = get_codec("fp16"), get_codec("bf16")
     w16, wb = f16.pack(x, np.empty(n, np.uint16), s), b16.pack(x, np.empty(n, np.uint16))
+    r16, rb = np.stack([w16, w16[::-1]]), np.stack([wb, wb[::-1]])  # two ranks' words
     half, brain = np.empty(n, np.float16), np.empty(n, ml_dtypes.bfloat16)
     scale, unscale = np.float32(s), np.float32(1 / s)
-    return {
-        ("fp16", "pack", "integer kernels"): lambda: f16.pack(x, w16, s),
+    cases = {}
+    for path in (COMPILED, CHUNKS):
+        cases.update({
+            ("fp16", "pack", path): _on(path, lambda: f16.pack(x, w16, s)),
+            ("fp16", "pack + residual", path): _on(path, lambda: f16.pack(x, w16, s, residual=res)),
+            ("fp16", "unpack", path): _on(path, lambda: f16.unpack(w16, y, 1 / s)),
+            ("fp16", "unpack-sum 2 rows", path): _on(path, lambda: f16.unpack_sum(r16, y, 1 / (2 * s), finite=True)),
+            ("bf16", "pack", path): _on(path, lambda: b16.pack(x, wb)),
+            ("bf16", "pack + residual", path): _on(path, lambda: b16.pack(x, wb, residual=res)),
+            ("bf16", "unpack", path): _on(path, lambda: b16.unpack(wb, y)),
+            ("bf16", "unpack-sum 2 rows", path): _on(path, lambda: b16.unpack_sum(rb, y, 0.5)),
+        })
+    cases.update({
         ("fp16", "pack", "numpy cast"): lambda: np.multiply(x, scale, out=half, casting="unsafe"),
-        ("fp16", "unpack", "integer kernels"): lambda: f16.unpack(w16, y, 1 / s),
         ("fp16", "unpack", "numpy cast"): lambda: np.multiply(w16.view(np.float16), unscale, out=y),
-        ("bf16", "pack", "integer kernels"): lambda: b16.pack(x, wb),
         ("bf16", "pack", "ml_dtypes cast"): lambda: np.copyto(brain, x, casting="unsafe"),
-        ("bf16", "unpack", "integer kernels"): lambda: b16.unpack(wb, y),
         ("bf16", "unpack", "ml_dtypes cast"): lambda: np.copyto(y, wb.view(ml_dtypes.bfloat16)),
-    }
+    })
+    return cases
 
 
 def measure_conversion(rounds: int = 9) -> list:
@@ -139,6 +169,8 @@ def measure_conversion(rounds: int = 9) -> list:
     rows = []
     for nbytes in BUCKETS:
         cases = conversion_cases(nbytes // 4)
+        for fn in cases.values():  # compiles the numba loops (or loads them from numba's cache)
+            fn()
         times = {k: [] for k in cases}
         for _ in range(rounds):
             for key, fn in cases.items():
@@ -153,8 +185,10 @@ def measure_conversion(rounds: int = 9) -> list:
 
 def measure_compressed(comm, rounds: int = 7) -> list:
     """Per bucket size: median seconds of DistributedOptimizer's exchange of one float32 bucket with
-    compression none/fp16/bf16, and of its parts (pack, words on the wire, unpack-and-sum; fp32 allreduce_)."""
+    compression none/fp16/bf16, and of its parts (the gradient copied into the bucket, alone and finding the
+    largest |g|; pack, words on the wire, unpack-and-sum; fp32 allreduce_), each as the optimizer runs it."""
     from hpcai.nn import Parameter
+    from hpcai.parallel import data_parallel
     from hpcai.parallel.compression import get_codec
     rows = []
     for nbytes in BUCKETS:
@@ -172,15 +206,20 @@ def measure_compressed(comm, rounds: int = 7) -> list:
         buf, y = g.copy(), np.empty(n, np.float32)
         cases["allreduce fp32"] = lambda: comm.allreduce_(buf)
         largest = comm.allreduce_obj(float(np.abs(g).max()), "max")
+        bucket = np.empty(n, np.float32)  # the gradient into the bucket: fp32's copy, fp16's with max |g| found
+        cases["copy"] = functools.partial(np.copyto, bucket, g)
+        cases["copy + max |g|"] = functools.partial(data_parallel._last_pass, bucket, g, True)
+        gathered = np.empty((comm.size, n), np.uint16)  # a buffer kept, packed into and gathered in place
         for c in ("fp16", "bf16"):  # the parts as the optimizer runs them
             codec, scale = get_codec(c), (fp16_scale(largest, comm.size) if c == "fp16" else 1.0)
-            words = codec.pack(g, np.empty(n, np.uint16), scale)
+            words = codec.pack(g, gathered[comm.rank], scale)
             cases[f"pack {c}"] = functools.partial(codec.pack, g, words, scale)
             cases[f"unpack-sum {c}"] = functools.partial(codec.unpack_sum, comm.allgather(words), y,
                                                          1 / (scale * comm.size), finite=c == "fp16")
-        gathered = np.empty((comm.size, n), np.uint16)  # into a buffer kept, as the optimizer gathers
-        cases["words on the wire"] = lambda: comm.wait(comm.comm.Iallgather(words, gathered))
+        cases["words on the wire"] = lambda: comm.allgather(gathered[comm.rank], out=gathered)
         reps = max(1, int(2e7 / nbytes))
+        for fn in cases.values():  # warm-up: numba's loops compiled (or loaded from its cache), pages touched
+            fn()
         t = _medians(cases, rounds, lambda fn: _timed(comm, fn, reps))
         rows.append({"bytes": nbytes, "ranks": comm.size, **t})
     return rows
@@ -233,42 +272,70 @@ def allreduce(report=report) -> None:
 
 
 def convert(report=report) -> None:
+    from hpcai import accel
     rows = measure_conversion()
-    print("fp16/bf16 conversion of float32 gradients, one core, into preallocated arrays (GB/s of float32 bytes, "
-          "median of alternating rounds; goal >= 5)")
+    compiled = accel.numba_installed() and os.environ.get("HPCAI_NUMBA", "1") not in ("0", "false", "no", "off")
+    print(f"fp16/bf16 conversion of float32 gradients, one core, into preallocated arrays (GB/s of float32 bytes, "
+          f"median of alternating rounds [best round]; goal >= 5); '{COMPILED}': numba's loops"
+          f"{'' if compiled else ' (numba absent or switched off: the numpy chunks ran)'}")
+    by_op: dict = {}
     for r in rows:
-        report(f"{r['bytes'] // 2 ** 20} MiB {r['codec']} {r['direction']}, {r['path']}: GB/s", r["gbs"],
-               f"best round {r['best']:.2f} GB/s")
+        by_op.setdefault((r["bytes"], r["codec"], r["direction"]), []).append(r)
+    for (nbytes, codec, op), paths in by_op.items():
+        main = next(r for r in paths if r["path"] == COMPILED)
+        others = ", ".join(f"{r['path']} {r['gbs']:.2f} [{r['best']:.2f}]" for r in paths if r is not main)
+        report(f"{nbytes // 2 ** 20} MiB {codec} {op}: GB/s", main["gbs"],
+               f"[{main['best']:.2f}] {COMPILED}; {others}")
 
 
-def compressed(report=report) -> None:
-    rows = measure_compressed(world()) if under_mpiexec() else launch(2, "compressed")
+def _max_seconds(r: dict) -> float:
+    """What finding fp16's largest |g| adds to copying the gradient into the bucket (the same pass)."""
+    return max(0.0, r["copy + max |g|"] - r["copy"])
+
+
+def _convert_seconds(r: dict, c: str) -> float:
+    """What compression ``c`` adds to the exchange besides moving words: packing and unpacking-and-summing;
+    fp16 also finds the largest |g| (its scale) while copying the gradient into the bucket, while bf16
+    packs the gradient straight into the words instead of copying it (one backward pass per step)."""
+    extra = _max_seconds(r) if c == "fp16" else -r["copy"]
+    return max(r[f"pack {c}"] + r[f"unpack-sum {c}"] + extra, 1e-9)
+
+
+def compressed(report=report, rounds: int = 7) -> None:
+    rows = measure_compressed(world(), rounds) if under_mpiexec() else \
+        launch(2, "compressed", "--rounds", str(rounds))
     n = rows[0]["ranks"]
     print(f"DistributedOptimizer's exchange of one float32 bucket on {n} ranks, compressed vs fp32 (median ms of "
-          f"alternating rounds; goal: ratio <= 1.3)")
+          f"{rounds} alternating rounds; goal: ratio <= 1.3)")
     for r in rows:
         mib = f"{r['bytes'] // 2 ** 20} MiB"
         for c in ("fp16", "bf16"):
+            largest = f"max |g| {_max_seconds(r) * 1e3:.2f} ms, " if c == "fp16" else \
+                f"(instead of the fp32 copy {r['copy'] * 1e3:.2f} ms) "
             report(f"{mib} {c}: compressed / fp32 exchange", r[c] / r["none"],
-                   f"{r[c] * 1e3:.2f} ms vs {r['none'] * 1e3:.2f} ms; pack {r[f'pack {c}'] * 1e3:.2f} ms, words on "
-                   f"the wire {r['words on the wire'] * 1e3:.2f} ms, unpack-and-sum "
+                   f"{r[c] * 1e3:.2f} ms vs {r['none'] * 1e3:.2f} ms; {largest}pack {r[f'pack {c}'] * 1e3:.2f} ms, "
+                   f"words on the wire {r['words on the wire'] * 1e3:.2f} ms, unpack-and-sum "
                    f"{r[f'unpack-sum {c}'] * 1e3:.2f} ms; "
                    f"fp32 allreduce_ {r['allreduce fp32'] * 1e3:.2f} ms")
     print("model: exchange = convert + bytes / bandwidth. A ring allreduce sends 2 (N-1)/N x 4 bytes per value; "
-          "compressed, each rank packs, sends (N-1) x 2 bytes per value (allgather) and unpacks N rows")
+          "compressed, each rank packs, sends (N-1) x 2 bytes per value (allgather) and unpacks N rows; "
+          "convert = pack + unpack-and-sum, + for fp16 what finding max |g| adds to the gradient's copy into the "
+          "bucket, - for bf16 that copy (it packs straight from the gradient)")
     for c in ("fp16", "bf16"):
         for r in rows:
-            b, conv = r["bytes"], r[f"pack {c}"] + r[f"unpack-sum {c}"]
+            b, conv = r["bytes"], _convert_seconds(r, c)
             full, half = 2 * (n - 1) / n * b, (n - 1) * b / 2
             here = full / r["allreduce fp32"]  # the bandwidth the fp32 allreduce achieved here
             overhead = r["none"] - r["allreduce fp32"]  # what the optimizer adds around the exchange (both cases)
             predicted = overhead + conv + half / here
+            parts = overhead + conv + r["words on the wire"]  # the same sum with the gather's own time
             breakeven = (full - half) / conv
             at = ", ".join(f"{w:g} GB/s: {(conv + half / (w * 1e9)) / (full / (w * 1e9)):.2f}x"
                            for w in (1.25, 3, 12.5, 50))
             report(f"{b // 2 ** 20} MiB {c}: break-even bandwidth GB/s", breakeven / 1e9,
                    f"(compression pays below it); converting at {b / conv / 1e9:.2f} GB/s; compressed/fp32 at {at}; "
-                   f"here ({here / 1e9:.1f} GB/s) predicted {predicted * 1e3:.2f} ms, measured {r[c] * 1e3:.2f} ms")
+                   f"here ({here / 1e9:.1f} GB/s) predicted {predicted * 1e3:.2f} ms (with the gather's measured "
+                   f"time {parts * 1e3:.2f} ms), measured {r[c] * 1e3:.2f} ms")
 
 
 def scaling(report=report) -> None:
@@ -296,10 +363,10 @@ def run_async(report=report) -> None:
     print("  (the same study in measured time: python benchmarks/parallel_async.py measured)")
 
 
-def child(section: str, compression: str) -> None:
+def child(section: str, compression: str, rounds: int) -> None:
     comm = world()
-    measure = {"allreduce": measure_allreduce, "compressed": measure_compressed}.get(section)
-    result = measure(comm) if measure else measure_scaling(comm, compression)
+    measure = {"allreduce": measure_allreduce, "compressed": functools.partial(measure_compressed, rounds=rounds)}
+    result = measure[section](comm) if section in measure else measure_scaling(comm, compression)
     if comm.rank == 0:
         print_result(result)
 
@@ -308,15 +375,20 @@ def main(argv=None) -> None:
     parser = section_parser(__doc__, SECTIONS)
     parser.add_argument("--child", choices=["allreduce", "compressed", "scaling"], help=argparse.SUPPRESS)
     parser.add_argument("--compression", default="none", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds of the compressed section")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds: expected a positive integer, got {args.rounds}")
     if args.child:
-        return child(args.child, args.compression)
+        return child(args.child, args.compression, args.rounds)
     chosen = chosen_sections(parser, args, SECTIONS)
     inside = under_mpiexec()  # under your own mpiexec: every rank measures, rank 0 prints
     for name, fn in (("convert", convert), ("allreduce", allreduce), ("compressed", compressed),
                      ("scaling", scaling), ("async", run_async)):
         if name not in chosen or (name in ("async", "convert") and inside):
             continue
+        if name == "compressed":
+            fn = functools.partial(fn, rounds=args.rounds)
         if inside and world().rank != 0:
             _quiet(fn)
         else:

@@ -1,5 +1,6 @@
 """Alloy lattice Monte Carlo: exact shells, local swap energies, the Ising mapping, detailed balance by
 enumeration, the Ising limit, statistics, ASE references, and clear errors for bad input."""
+import contextlib
 import itertools
 
 import numpy as np
@@ -9,6 +10,7 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hpcai import accel
 from hpcai.sim import alloy as A
 
 EXPECTED_SHELLS = {"sc": (6, 12, 8), "bcc": (8, 6, 12), "fcc": (12, 6, 24)}
@@ -228,18 +230,32 @@ def test_energy_levels_of_bcc_cell_follow_boltzmann():
     assert chi_square_p(np.round(mc.energies, 9), levels, degeneracy / degeneracy.sum()) < 1e-6
 
 
-def test_one_chain_detailed_balance_on_the_plain_python_path():
-    """A single chain runs the plain-Python trials of the environment table (no numpy per step): its thinned
-    trajectory on sc L=2 (8 sites, ternary, 560 states) follows the exact Boltzmann weights."""
+def paths():
+    """Both ways a swap state runs the trials: compiled where numba is installed, and numpy."""
+    return [pytest.param(True, id="compiled", marks=pytest.mark.skipif(not accel.numba_installed(),
+                                                                       reason="numba not installed")),
+            pytest.param(False, id="numpy")]
+
+
+def stepping(compiled: bool):
+    """A context in which the Monte Carlo takes the compiled path (``True``) or the numpy one."""
+    return contextlib.nullcontext() if compiled else accel.disabled()
+
+
+@pytest.mark.parametrize("triplets", [0, 1])
+def test_one_chain_detailed_balance_through_the_swap_state(triplets):
+    """A single chain priced by the swap state (table or, with triplets, memo; compiled where numba is, whose
+    trajectories equal the numpy path's in the tests below): its thinned trajectory on sc L=2 (8 sites,
+    ternary, 560 states) follows the exact Boltzmann weights."""
     lattice = A.Lattice("sc", 2)
-    w = np.random.default_rng(16).normal(size=6) * 0.3
-    model = A.SiteEnergyModel(lattice, 3, lambda f: np.cos(f @ w))
-    assert model.swap_state(np.arange(8, dtype=np.int8)[None] % 3) is not None
+    model = A.SiteEnergyModel(lattice, 3, lambda f: np.cos(f @ w), triplets=triplets)
+    w = np.random.default_rng(16).normal(size=model.n_features) * 0.3
+    assert model.swap_state(np.arange(8, dtype=np.int8)[None] % 3) is not None or triplets
     states = enumerate_states(8, (2, 3, 3))
     p = boltzmann(model.energies(states), 0.5)
     mc = A.MonteCarlo(model, A.random_occupation(lattice, (2 / 8, 3 / 8, 3 / 8), seed=17), 0.5, seed=18)
-    mc.step(200)
     samples = []
+    mc.step(200)
     for _ in range(3000):
         mc.step(25)
         samples.append(mc.occupation.copy())
@@ -266,10 +282,10 @@ class GeneralRoute:
     ("fcc", 4, 1, 2, 1), ("fcc", 4, 1, 2, 4), ("fcc", 2, 2, 2, 1), ("bcc", 4, 2, 2, 3), ("sc", 4, 2, 3, 1),
     ("sc", 4, 2, 3, 4)])
 def test_swap_state_stays_exact_after_many_accepted_swaps(kind, size, shells, n_species, chains):
-    """The per-chain environment indices, updated on every accepted swap (one chain: plain Python; several:
-    numpy, with replica exchange reordering them), equal indices computed afresh; the Monte Carlo takes the
-    very same trajectory as on the general route (features gathered per trial); its local energy changes
-    equal differences of full energies after thousands of accepted swaps."""
+    """The per-chain environment keys (table indices), updated on every accepted swap (compiled and numpy,
+    with replica exchange reordering them), equal keys computed afresh; the Monte Carlo takes the very same
+    trajectory on both paths and on the general route (features gathered per trial); its local energy
+    changes equal differences of full energies after thousands of accepted swaps."""
     lattice = A.Lattice(kind, size, shells=shells)
     rng = np.random.default_rng(size * 10 + n_species)
     w = rng.normal(size=n_species * (1 + shells)) * 0.4
@@ -280,17 +296,23 @@ def test_swap_state_stays_exact_after_many_accepted_swaps(kind, size, shells, n_
     composition = np.full(n_species, 1 / n_species) if lattice.n_sites % n_species == 0 else (0.25, 0.25, 0.5)
     start = A.random_occupation(lattice, composition, (chains,), seed=1)
     kT = np.linspace(0.6, 1.2, chains)
-    fast, slow = (A.MonteCarlo(m, start, kT, seed=2) for m in (model, GeneralRoute(plain)))
-    assert fast._state is not None and slow._state is None
+    fast, numpy, slow = (A.MonteCarlo(m, start, kT, seed=2) for m in (model, model, GeneralRoute(plain)))
+    assert isinstance(fast._state, A.SwapState) and fast._state.table and slow._state is None
     for _ in range(6):
-        for mc in (fast, slow):
-            mc.step(500)
+        for mc in (fast, numpy, slow):
+            with stepping(mc is not numpy):
+                mc.step(500)
             if chains > 1:
                 mc.exchange()
     assert (fast.acceptance > 0.1).all()  # thousands of accepted swaps
     np.testing.assert_array_equal(fast.occupation, slow.occupation)
+    np.testing.assert_array_equal(numpy.occupation, slow.occupation)
+    np.testing.assert_array_equal(fast.acceptance, numpy.acceptance)
+    np.testing.assert_allclose(fast.energies, numpy.energies, atol=1e-10)
     state = fast._state
-    np.testing.assert_array_equal(state.index, model.site_table_geometry.index(fast._occ))
+    for mc in (fast, numpy):
+        np.testing.assert_array_equal(mc._state.keys, model.site_table_geometry.index(mc._occ))
+        np.testing.assert_array_equal(mc._state.energy, model.site_table()[mc._state.keys])
     np.testing.assert_allclose(fast.energies, model.energies(fast.occupation), atol=1e-9)
     occ = fast._occ
     for _ in range(5):
@@ -353,12 +375,15 @@ def test_energy_memo_evaluates_each_environment_once_through_growth_collisions_a
 
 
 @pytest.mark.parametrize("kind, size, shells, triplets, n_species, chains", [
-    ("fcc", 3, 2, 1, 2, 4), ("fcc", 2, 2, 1, 2, 3), ("sc", 4, 2, 1, 3, 4), ("bcc", 4, 3, 2, 2, 1)])
+    ("fcc", 3, 2, 1, 2, 4), ("fcc", 2, 2, 1, 2, 3), ("sc", 4, 2, 1, 3, 4), ("bcc", 4, 3, 2, 2, 1),
+    ("fcc", 4, 4, 1, 2, 1)])
 def test_triplet_swap_state_stays_exact_after_many_accepted_swaps(kind, size, shells, triplets, n_species, chains):
     """With neighbour-pair features the Monte Carlo keeps every chain's environment keys and site energies
-    (through the memo): after thousands of accepted swaps and replica exchanges they equal keys and energies
-    computed afresh, the trajectory is the very same as on the general route (features gathered and the
-    function evaluated per trial), and the state's energy changes equal differences of full energies."""
+    (through the memo, which starts empty: the compiled path stops at every new environment): after thousands
+    of accepted swaps and replica exchanges they equal keys and energies computed afresh, the trajectory is the
+    very same on the compiled and the numpy path and on the general route (features gathered and the function
+    evaluated per trial), and the state's energy changes equal differences of full energies. The last case is
+    the benchmark's surrogate geometry (fcc, 4 shells, nearest-neighbour pairs)."""
     lattice = A.Lattice(kind, size, shells=shells)
     rng = np.random.default_rng(size * 10 + n_species)
     model = A.SiteEnergyModel(lattice, n_species, lambda f: np.tanh(f @ w) + 0.05 * (f @ w) ** 2, triplets=triplets)
@@ -367,15 +392,20 @@ def test_triplet_swap_state_stays_exact_after_many_accepted_swaps(kind, size, sh
     composition = np.full(n_species, 1 / n_species) if lattice.n_sites % n_species == 0 else (0.25, 0.25, 0.5)
     start = A.random_occupation(lattice, composition, (chains,), seed=1)
     kT = np.linspace(0.6, 1.2, chains)
-    fast, slow = (A.MonteCarlo(m, start, kT, seed=2) for m in (model, GeneralRoute(plain)))
-    assert isinstance(fast._state, A.KeyedSwapState) and slow._state is None
+    twin = A.SiteEnergyModel(lattice, n_species, model.function, triplets=triplets)     # a memo of its own
+    fast, numpy, slow = (A.MonteCarlo(m, start, kT, seed=2) for m in (model, twin, GeneralRoute(plain)))
+    assert isinstance(fast._state, A.SwapState) and not fast._state.table and slow._state is None
     for _ in range(6):
-        for mc in (fast, slow):
-            mc.step(500)
+        for mc in (fast, numpy, slow):
+            with stepping(mc is not numpy):
+                mc.step(500)
             if chains > 1:
                 mc.exchange()
     assert (fast.acceptance > 0.3).all()  # about a thousand accepted swaps per chain at least
     np.testing.assert_array_equal(fast.occupation, slow.occupation)
+    np.testing.assert_array_equal(numpy.occupation, slow.occupation)
+    np.testing.assert_allclose(fast.energies, numpy.energies, atol=1e-10)
+    np.testing.assert_array_equal(numpy._state.keys, model.site_keys(numpy._occ))
     state, occ = fast._state, fast._occ
     np.testing.assert_array_equal(state.keys, model.site_keys(occ))
     features = plain.site_features(occ)
@@ -540,6 +570,21 @@ def test_a_model_that_returns_nan_stops_the_monte_carlo():
     mc = A.MonteCarlo(Broken.from_bonds(lattice, 0, 0, 1), start, [1.0, 2.0])
     with pytest.raises(FloatingPointError, match=r"model: swap_deltas gave nan for chain 1 \(sites"):
         mc.step()
+
+
+@pytest.mark.parametrize("compiled", paths())
+@pytest.mark.parametrize("triplets", [0, 1])
+def test_a_site_energy_that_turns_nan_later_stops_the_swap_state(compiled, triplets):
+    """Finite at the start (a checkerboard: no like nearest neighbours), NaN for a species-1 site with three or
+    more species-1 neighbours: the first trial that makes one stops the chain, naming it and the sites."""
+    lattice = A.Lattice("sc", 4)
+    model = A.SiteEnergyModel(lattice, 2, lambda f: np.where((f[:, 1] > 0) & (f[:, 3] >= 3), np.nan, f[:, 3]),
+                              triplets=triplets)
+    start = (np.rint(lattice.positions).sum(1) % 2).astype(np.int8)
+    mc = A.MonteCarlo(model, start, 10.0, seed=0)
+    assert mc._state is not None
+    with stepping(compiled), pytest.raises(FloatingPointError, match=r"swap_deltas gave nan for chain 0 \(sites \d+, \d"):
+        mc.step(2000)
 
 
 # ------------------------------------------------------------------------------------------------- ASE

@@ -1,10 +1,32 @@
 """Every gradient codec in CODECS packs bitwise as the reference casts round (ties to even, subnormals,
-overflow, inf and NaN) and unpacks exactly, across chunk boundaries and with power-of-two scales."""
+overflow, inf and NaN) and unpacks exactly, across chunk boundaries and with power-of-two scales, on both
+paths: the compiled loops (numba) and the numpy chunks; and the two paths give the same bits, NaN
+payloads and residuals included."""
 import ml_dtypes
 import numpy as np
 import pytest
 
+from hpcai import accel
+from hpcai.parallel import compression
 from hpcai.parallel.compression import CHUNK, CODECS, get_codec
+
+PATHS = ("compiled", "numpy")
+
+
+@pytest.fixture(params=PATHS, autouse=True)
+def path(request):
+    """Every test here runs on the compiled loops and again on the numpy chunks (numba switched off)."""
+    if request.param == "numpy":
+        with accel.disabled():
+            yield request.param
+        return
+    needs_numba()
+    yield request.param
+
+
+def needs_numba():
+    if not compression._pack_fp16_kernel.available:
+        pytest.skip("numba is not installed (extra 'fast') or HPCAI_NUMBA=0")
 
 SPECIALS = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 65504, 65519.99, 65520, 6e-8, 2 ** -24,
                      2 ** -25, 3 * 2 ** -26, 1e-45, -1e-45, 1.17e-38, 3.4e38, -3.4e38, 1 + 2 ** -8, 1 + 3 * 2 ** -8],
@@ -166,3 +188,75 @@ def test_pack_keeps_the_rounding_error_as_the_words_give_it(name, scale, case):
     with np.errstate(all="ignore"):
         expect = x.astype(np.float64) - reference(x, name, scale).astype(np.float64) * (1 / scale)
     np.testing.assert_array_equal(wide, expect)
+
+
+def _every_result(name, x, scale, factor):
+    """Words, residual, unpacked values and three-row sums (from a 2-D array and from a list) of ``x``."""
+    codec, n = get_codec(name), x.size
+    words, res = np.empty(n, np.uint16), np.full(n, 7, np.float32)
+    with np.errstate(all="ignore"):
+        codec.pack(x, words, scale, residual=res)
+        alone = codec.pack(x, np.empty(n, np.uint16), scale)
+        rows = np.stack([words, words[::-1], np.roll(words, 3)])
+        out = [codec.unpack(words, np.empty(n, np.float32), factor),
+               codec.unpack_sum(rows, np.empty(n, np.float32), factor),
+               codec.unpack_sum(list(rows), np.empty(n, np.float32), factor)]
+    return [words, alone, res.view(np.uint32)] + [o.view(np.uint32) for o in out]
+
+
+@pytest.mark.parametrize("name", sorted(CODECS))
+@pytest.mark.parametrize("k", [0, 9, -7, -37, 99, 100])  # 100: past the kernels' range, the exact cast
+@pytest.mark.parametrize("factor", ["unscale", "half", 1 / 3, 2.0 ** 13])
+@pytest.mark.parametrize("path", ["compiled"])  # (overrides the fixture: both paths run inside)
+def test_compiled_and_numpy_paths_give_the_same_bits(path, name, k, factor):
+    """Bit for bit, NaN payloads (signalling ones included), the sign of zeros and residuals of inf and NaN
+    too: the comparisons above see every NaN as equal."""
+    needs_numba()
+    x = inputs()["bits"]
+    factor = {"unscale": 2.0 ** -k, "half": 2.0 ** (-k - 1)}.get(factor, factor)
+    compiled = _every_result(name, x, 2.0 ** k, factor)
+    with accel.disabled():
+        reference_bits = _every_result(name, x, 2.0 ** k, factor)
+    for what, a, b in zip(["words", "words without residual", "residual", "unpack", "unpack_sum",
+                           "unpack_sum of a list"], compiled, reference_bits):
+        np.testing.assert_array_equal(a, b, err_msg=what)
+
+
+@pytest.mark.parametrize("path", ["compiled"])
+def test_compiled_path_runs_no_numpy_chunk(path, monkeypatch):
+    """With numba every conversion is its compiled loop: none of the numpy chunk kernels runs."""
+    needs_numba()
+    x = inputs()["wide"]
+    for name in sorted(CODECS):
+        codec = get_codec(name)
+        for method in ("_bf16_chunk", "_fp16_fast_chunk", "_fp16_chunk", "_decode", "_pack_reference"):
+            monkeypatch.setattr(codec, method, lambda *a, method=method: pytest.fail(f"{method} ran"))
+        words = codec.pack(x, np.empty(x.size, np.uint16), 2.0 ** 9 if name == "fp16" else 1.0,
+                           residual=np.empty(x.size, np.float32))
+        codec.unpack(words, np.empty(x.size, np.float32), 0.5)
+        codec.unpack_sum(np.stack([words, words]), np.empty(x.size, np.float32), 1 / 3)
+
+
+@pytest.mark.parametrize("name", sorted(CODECS))
+@pytest.mark.parametrize("ratio", [1.0, 2.0, 0.5])
+def test_pack_fed_back_is_pack_of_the_sum_in_one_pass(name, ratio):
+    """``pack_fed_back(g, out, e, r)`` packs ``g + e * r`` (float32 arithmetic), leaves ``g`` as it was, puts
+    the new rounding error in ``e`` and returns the largest ``|g + e * r|``, inf for an inf or NaN."""
+    rng = np.random.default_rng(6)
+    g = (rng.standard_normal(CHUNK + 33) * 10.0 ** rng.uniform(-6, 2, CHUNK + 33)).astype(np.float32)
+    e = (g * rng.uniform(-2 ** -9, 2 ** -9, g.size)).astype(np.float32)
+    codec = get_codec(name)
+    for special in (None, np.inf, np.nan):
+        if special is not None:
+            g[7] = special
+        before, res = g.copy(), e.copy()
+        words = np.empty(g.size, np.uint16)
+        largest = codec.pack_fed_back(g, words, res, ratio)
+        with np.errstate(all="ignore"):
+            v = g + e * np.float32(ratio)
+            expect_res = np.empty_like(v)
+            expect = codec.pack(v, np.empty(g.size, np.uint16), 1.0, residual=expect_res)
+        np.testing.assert_array_equal(g, before)
+        np.testing.assert_array_equal(words, expect)
+        np.testing.assert_array_equal(res, expect_res)
+        assert largest == (float(np.abs(v).max()) if special is None else np.inf)

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import threading
 import time
+import types
 import warnings
 
 import pytest
@@ -109,8 +110,13 @@ def test_concurrent_appends_from_several_processes_never_interleave(tmp_path):
         assert [r["config"]["i"] for r in records if r["config"]["worker"] == w] == list(range(25))
 
 
-def test_concurrent_appends_from_threads_of_one_process_never_interleave(tmp_path):
-    """POSIX record locks belong to the process: its threads must still take turns."""
+def test_concurrent_appends_from_threads_of_one_process_never_interleave(tmp_path, monkeypatch):
+    """POSIX record locks belong to the process: its threads must still take turns. Every write is cut short
+    at 4 kB and yields the processor, so threads that did not take turns would interleave their records."""
+    def short_write(fd, data):
+        time.sleep(0)
+        return os.write(fd, bytes(data[:4096]))
+    monkeypatch.setattr(history, "os", types.SimpleNamespace(**{**vars(os), "write": short_write}))
     threads = [threading.Thread(target=_append_many, args=(str(tmp_path), w, 10, 100_000)) for w in range(4)]
     for t in threads:
         t.start()

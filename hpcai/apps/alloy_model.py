@@ -18,8 +18,10 @@ costs the sites it changes, not a cell; without triplet features a site's inputs
 table (:mod:`hpcai.sim.alloy.local`, rebuilt after every :meth:`Surrogate.fit` and
 :meth:`Surrogate.load_vector`) and a trial is a few look-ups in it. With ``triplets`` the environments are too
 many for a table, so they are memoised instead (:mod:`hpcai.sim.alloy.memo`, forgotten at the same points):
-the ensemble runs once per environment the Monte Carlo meets, and each chain keeps its sites' keys and energies,
-so a trial prices the affected sites by their keys and runs the networks only on environments not met before.
+the ensemble runs once per environment the Monte Carlo meets. Either way each chain keeps its sites' keys and
+energies (:class:`~hpcai.sim.alloy.SwapState`), so a trial prices the affected sites by their keys and runs the
+networks only on environments not met before -- a few at a time, so they run as one set of plain array products
+(:meth:`Surrogate._stacked`), not through autograd.
 """
 from __future__ import annotations
 
@@ -70,6 +72,7 @@ class Surrogate:
         self.w, self.mean, self.std = np.zeros(self.n_inputs), 0.0, 1.0
         self.nets = [SiteNet(self.n_inputs, self.hidden, self.seed + 7919 * k) for k in range(self.size)]
         self.history: list = []
+        self._stack = None                                           # _stacked(), made after each training
 
     # -- inputs ------------------------------------------------------------------------------------------
     def expand(self, features: np.ndarray) -> np.ndarray:
@@ -108,6 +111,7 @@ class Surrogate:
                           seed=self.seed + 104729 * k + len(y), precision=self.precision)
             losses.append(float(history["loss"][-1]))
         self.features.invalidate()                               # the Monte Carlo's environment table/memo
+        self._stack = None
         self.history.append(losses)
         return losses
 
@@ -130,9 +134,30 @@ class Surrogate:
 
     def _site_energies(self, features: np.ndarray) -> np.ndarray:
         x = self.expand(features)
-        with no_grad():
-            out = sum(net.sites(Tensor(x)).data for net in self.nets) / len(self.nets)
+        out = x
+        for k, (w, b) in enumerate(self._stacked()):
+            out = out @ w + b
+            if k < 2:
+                out = np.tanh(out)
         return x.astype(np.float64) @ self.w + out.reshape(-1).astype(np.float64) * self.std + self.mean
+
+    def _stacked(self) -> list:
+        """The ensemble's mean site network as three plain (weight, bias) pairs, the networks side by side
+        (hidden layers block-diagonal), made once per training: the Monte Carlo evaluates a few new
+        environments at a time, where one product per layer beats four autograd networks by far."""
+        if self._stack is None:
+            linear = [[layer for layer in net.net if isinstance(layer, nn.Linear)] for net in self.nets]
+            h = self.hidden
+            first = (np.concatenate([ls[0].weight.data.T for ls in linear], axis=1),
+                     np.concatenate([ls[0].bias.data for ls in linear]))
+            middle = np.zeros((h * self.size, h * self.size), np.float32)
+            for k, ls in enumerate(linear):
+                middle[k * h:(k + 1) * h, k * h:(k + 1) * h] = ls[1].weight.data.T
+            second = middle, np.concatenate([ls[1].bias.data for ls in linear])
+            last = (np.concatenate([ls[2].weight.data.T for ls in linear]) / np.float32(self.size),
+                    np.float32(sum(float(ls[2].bias.data[0]) for ls in linear) / self.size))
+            self._stack = [first, second, last]
+        return self._stack
 
     # -- weights -----------------------------------------------------------------------------------------
     def vector(self) -> np.ndarray:
@@ -155,4 +180,5 @@ class Surrogate:
             p.data[...] = vector[at:at + p.size].reshape(p.shape)
             at += p.size
         self.features.invalidate()
+        self._stack = None
         return self

@@ -262,11 +262,15 @@ class Communicator(SerialCommunicator):
 
     def allgather(self, buf, out=None):
         """An array of shape (size, *buf.shape) holding every rank's ``buf`` in rank order: a new one, or
-        ``out`` (a C-contiguous host array of that shape and dtype, reused so a step allocates nothing)."""
+        ``out`` (a C-contiguous host array of that shape and dtype, reused so a step allocates nothing).
+        ``buf`` may be ``out[rank]`` itself: then this rank's row stays where it is (MPI's in-place gather)."""
         host = self._host(buf)
         if out is not None:
             _check_gather_out(out, host, self.size)
-            self._complete(self.comm.Iallgather(self._words(host), self._words(out)), "allgather")
+            mine = out[self.rank]
+            send = self.MPI.IN_PLACE if (host.__array_interface__["data"][0] == mine.__array_interface__["data"][0]
+                                         and host.shape == mine.shape) else self._words(host)
+            self._complete(self.comm.Iallgather(send, self._words(out)), "allgather")
             return out
         out = np.empty((self.size,) + host.shape, host.dtype)
         self._complete(self.comm.Iallgather(self._words(host), self._words(out)), "allgather")

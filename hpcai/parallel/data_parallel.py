@@ -42,11 +42,18 @@ count half, and after an overflow (the scale halved) there are none to feed back
 an inf or NaN; so no more than one step's rounding error (a relative ``u`` of a gradient) is lost per change
 of scale.
 
-Up to :data:`GATHER_RANKS` ranks, the words are gathered into a buffer kept per bucket (no allocation per
-step). Packing, exchanging and unpacking are not overlapped: MPI moves a nonblocking collective's bytes in
-shared memory only inside a Test or Wait (no progress thread), so packing the next piece of a bucket while
-this one is "in flight" gains nothing there (measured: ``Iallgather``, then computing, then ``Wait`` took
-as long as the two one after the other).
+Buffers are kept across steps: each bucket's float32 buffer (the averaged gradients are views of it until
+the next step's exchange starts, as with PyTorch DDP's ``gradient_as_bucket_view``), its 2-byte words and,
+up to :data:`GATHER_RANKS` ranks, the (ranks, numel) buffer the words are gathered into, whose own row each
+rank packs into directly (an in-place allgather). Compressed, an exchange is three passes over the bucket:
+the last backward pass's gradients go into it with the kept errors added and its largest ``|g|`` found
+on the way, packing reads it, and the gathered rows are unpacked and summed into it; bf16 (no scale to
+wait for) after a single backward pass packs the gradients and errors straight into the words instead of
+the first two (with numba, :mod:`hpcai.accel`, each pass is one compiled loop; numpy takes a few). Packing, exchanging and
+unpacking are not overlapped: MPI moves a nonblocking collective's bytes in shared memory only inside a
+Test or Wait (no progress thread), so packing the next piece of a bucket while this one is "in flight"
+gains nothing there (measured: ``Iallgather``, then computing, then ``Wait`` took as long as the two one
+after the other).
 
 Run ``mpiexec -n 4 python -m hpcai.parallel.data_parallel --epochs 10`` to train the digits MLP on 4 ranks.
 """
@@ -60,7 +67,7 @@ import time
 
 import numpy as np
 
-from .. import backend
+from .. import accel, backend
 from .. import precision as _precision
 from ..autograd.tensor import Tensor
 from ..nn.module import Module
@@ -205,6 +212,76 @@ def _fp16_scale(max_abs: float, n: int, dtype) -> float:
     return math.ldexp(1.0, min(max(e - 1, info.minexp), info.maxexp - 1))
 
 
+@accel.jit
+def _max_abs_bits(x):
+    """The largest ``|x|`` of float32 ``x`` as the bits of a float32 (NaN's exceed inf's): an integer max,
+    which LLVM vectorises where a float max with NaN semantics is not."""
+    m = np.int32(0)
+    for i in range(x.size):
+        m = max(m, np.int32(np.float32(x[i]).view(np.int32) & 0x7FFFFFFF))
+    return m
+
+
+@accel.jit
+def _last_pass_bits(dst, g, first, res, ratio):
+    """:func:`_last_pass` in one pass over float32 arrays (``res`` empty: no error feedback; not written:
+    the packing that follows overwrites it); returns the largest ``|dst|`` as :func:`_max_abs_bits` does."""
+    m = np.int32(0)
+    feed, scaled = res.size != 0, ratio != 1
+    for i in range(dst.size):
+        v = g[i] if first else dst[i] + g[i]
+        if feed:
+            r = res[i]
+            if scaled:
+                r *= ratio
+            v += r
+        dst[i] = v
+        m = max(m, np.int32(np.float32(v).view(np.int32) & 0x7FFFFFFF))
+    return m
+
+
+_NO_RESIDUAL = np.empty(0, np.float32)
+
+
+def _float_of_bits(m) -> float:
+    """:func:`_max_abs_bits`' result as a float: inf for an inf or a NaN (no error feedback carries them)."""
+    return math.inf if m >= 0x7F800000 else float(np.int32(m).view(np.float32))
+
+
+def _max_abs(buf) -> float:
+    """The largest ``|buf|`` (inf if buf holds an inf or a NaN; 0 if empty)."""
+    if not buf.size:
+        return 0.0
+    if type(buf) is np.ndarray and buf.dtype == np.float32 and buf.flags.c_contiguous and _max_abs_bits.available:
+        return _float_of_bits(_max_abs_bits(buf.reshape(-1)))
+    m = max(float(buf.max()), -float(buf.min()))  # NaN propagates
+    return math.inf if math.isnan(m) else m
+
+
+def _last_pass(dst, g, first: bool, res=None, ratio: float = 1.0) -> float:
+    """The last backward pass's part of a bucket: ``dst = g`` (first pass; None: zeros) or ``dst += g``, then
+    with error feedback ``dst += res * ratio``; returns the largest ``|dst|`` (inf for an inf or NaN).
+    ``dst``, ``res``: flat segments of a bucket; ``g`` a gradient of ``dst``'s size. ``res`` is spent: the
+    packing that follows overwrites it with this step's rounding errors (so it may be left scaled, or not)."""
+    if (g is not None and type(dst) is np.ndarray and type(g) is np.ndarray and dst.dtype == g.dtype == np.float32
+            and g.size == dst.size and g.flags.c_contiguous and dst.flags.c_contiguous and _last_pass_bits.available):
+        return _float_of_bits(_last_pass_bits(dst, g.reshape(-1), first, _NO_RESIDUAL if res is None else res,
+                                              np.float32(ratio)))
+    if g is not None:
+        view = dst.reshape(g.shape)  # (g may be a strided view)
+        if first:
+            view[...] = g
+        else:
+            view += g
+    elif first:
+        dst[...] = 0
+    if res is not None:
+        if ratio != 1.0:
+            res *= ratio  # a power of two for DynamicLossScaler's factors: exact
+        dst += res
+    return _max_abs(dst)
+
+
 class DistributedOptimizer(Optimizer):
     """Wrap any hpcai Optimizer so that ``step()`` first averages the gradients over ranks (Horovod's name).
 
@@ -254,8 +331,10 @@ class DistributedOptimizer(Optimizer):
         self.loss_scaler = loss_scaler
         self.buckets: list = []
         self._key, self._bufs, self._seen, self._passes, self._ready = None, None, None, 0, False
+        self._largest = None  # per bucket, made by the last pass before an exchange that needs it
         self._words, self._residuals = [], []  # per bucket: reusable 2-byte words; rounding errors kept
         self._gathered = []  # per bucket: every rank's words, (size, numel), reused
+        self._packed = []  # per bucket: words already packed by this step's (only) backward pass
         self._residual_scale = None  # the loss scale the errors kept were made at
 
     # the wrapped optimizer's groups, state and defaults are this one's
@@ -283,32 +362,69 @@ class DistributedOptimizer(Optimizer):
         key = tuple((id(p), p.shape, p.dtype) for p in params)
         if key != self._key:
             self._key, self.buckets = key, plan_buckets(params, self.bucket_bytes)
-            self._bufs, self._passes = None, 0
-            self._words = [np.empty(b.numel, np.uint16) for b in self.buckets] if self.codec else []
+            self._bufs, self._passes = [b.xp.empty(b.numel, b.dtype) for b in self.buckets], 0
+            self._words = [None] * len(self.buckets)  # made on first use: gathered ranks pack into _gathered
             self._residuals = [b.xp.zeros(b.numel, b.dtype) for b in self.buckets] if self.error_feedback else []
             self._gathered = [None] * len(self.buckets)
+            self._packed = [False] * len(self.buckets)
         return params
 
     def _accumulate(self, params) -> None:
-        """Add every parameter's gradient (None: zeros) into the bucket buffers, and clear it."""
+        """Add every parameter's gradient (None: zeros) into the bucket buffers (kept across steps: last
+        step's averaged gradients, views of them, are overwritten now), and clear it.
+
+        The pass before an exchange that needs each bucket's largest ``|g|`` (fp16's scale; error feedback's
+        inf/NaN check) also adds the errors kept and finds it, in the same pass over the bucket; bf16 after
+        a single pass packs the words here instead (:meth:`_pack_segment`)."""
         first = self._passes == 0
         if first:
-            self._bufs = [b.xp.empty(b.numel, b.dtype) for b in self.buckets]
             self._seen = np.zeros(len(params), bool)
-        for b, buf in zip(self.buckets, self._bufs):
+        last = self._passes + 1 >= self.backward_passes_per_step
+        fold = last and (self.compression == "fp16" or self.error_feedback)
+        ratio = self._residual_ratio() if fold and self.error_feedback else 1.0
+        self._largest = [] if fold else None
+        for j, (b, buf) in enumerate(zip(self.buckets, self._bufs)):
+            res, largest = self._residuals[j] if fold and self.error_feedback else None, 0.0
+            # bf16 needs no scale: one pass packs the gradients (and errors) straight into the words
+            self._packed[j] = first and last and self.compression == "bf16" and type(buf) is np.ndarray
+            words = self._words_of(j, buf.size) if self._packed[j] else None
             for i, lo, hi in b.entries:
-                g, view = params[i].grad, buf[lo:hi].reshape(params[i].shape)  # (g may be a strided view)
+                g = params[i].grad
+                if g is not None:
+                    self._seen[i] = True
+                    params[i].grad = None
+                if words is not None:
+                    largest = max(largest, self._pack_segment(buf[lo:hi], g, words[lo:hi],
+                                                              None if res is None else res[lo:hi], ratio))
+                    continue
+                if fold:
+                    largest = max(largest, _last_pass(buf[lo:hi], g, first, None if res is None else res[lo:hi],
+                                                      ratio))
+                    continue
+                view = buf[lo:hi].reshape(params[i].shape)  # (g may be a strided view)
                 if g is None:
                     if first:
                         view[...] = 0
-                    continue
-                self._seen[i] = True
-                if first:
+                elif first:
                     view[...] = g
                 else:
                     view += g
-                params[i].grad = None
+            if fold:
+                self._largest.append(largest)
         self._passes += 1
+
+    def _pack_segment(self, dst, g, words, res, ratio: float) -> float:
+        """bf16, a single backward pass: pack gradient ``g`` (plus the errors kept, ``res * ratio``) into
+        ``words``, keeping the new errors in ``res``, without writing the bucket segment ``dst`` (unless
+        ``g`` is None or unusual: then through ``dst``). Returns the largest ``|g + e|`` (0 if not needed)."""
+        if type(g) is np.ndarray and g.dtype == dst.dtype == np.float32 and g.size == dst.size and g.flags.c_contiguous:
+            if res is not None:
+                return self.codec.pack_fed_back(g.reshape(-1), words, res, ratio)
+            self.codec.pack(g.reshape(-1), words)
+            return 0.0
+        largest = _last_pass(dst, g, True, res, ratio)
+        self.codec.pack(dst, words, 1.0, residual=res)
+        return largest
 
     def _allreduce_bucket(self, buf, max_abs: float, j: int = 0, divisor: int = 1) -> None:
         """Sum bucket ``j``'s buffer over ranks, in place, and divide it by ``divisor``."""
@@ -336,21 +452,35 @@ class DistributedOptimizer(Optimizer):
         s = _fp16_scale(max_abs, self.comm.size, buf.dtype) if self.compression == "fp16" else 1.0
         # error feedback: e = g - Q(g), in the bucket's units, made as it packs; no inf/NaN is carried on
         res = self._residuals[j] if self.error_feedback else None
-        words = self.codec.pack(buf, self._words[j], s, residual=res if math.isfinite(max_abs) else None)
+        words = self._words_of(j, buf.size)
+        if not self._packed[j]:  # (bf16 from one backward pass: packed as the gradients came in)
+            self.codec.pack(buf, words, s, residual=res if math.isfinite(max_abs) else None)
         if res is not None and not math.isfinite(max_abs):
             res[...] = 0
-        if 1 < self.comm.size <= GATHER_RANKS:
-            return s, self._allgather(words, j)
+        if 1 < self.comm.size <= GATHER_RANKS:  # in place: this rank's row is where the gathered words go
+            return s, self.comm.allgather(words, out=self._gathered[j])
         if self.comm.size > 1:
             self.comm.allreduce_(words.view(self.codec.dtype), "sum")
         return s, words[None]
 
-    def _allgather(self, words, j: int):
-        """Every rank's words of bucket ``j``, in rank order, in a buffer kept for that bucket."""
+    def _words_of(self, j: int, numel: int):
+        """Where bucket ``j``'s words are packed: this rank's row of the gathered buffer, or words of its own."""
+        if 1 < self.comm.size <= GATHER_RANKS:
+            return self._gathered_rows(j, numel)[self.comm.rank]
+        return self._own_words(j, numel)
+
+    def _gathered_rows(self, j: int, numel: int):
+        """The buffer kept for bucket ``j``'s gathered words: (ranks, numel) uint16, one row per rank."""
         out = self._gathered[j]
-        if out is None or out.shape != (self.comm.size, words.size):
-            out = self._gathered[j] = np.empty((self.comm.size, words.size), np.uint16)
-        return self.comm.allgather(words, out=out)
+        if out is None or out.shape != (self.comm.size, numel):
+            out = self._gathered[j] = np.empty((self.comm.size, numel), np.uint16)
+        return out
+
+    def _own_words(self, j: int, numel: int):
+        """Bucket ``j``'s words when they are not gathered (1 rank, or MPI sums them), kept across steps."""
+        if self._words[j] is None or self._words[j].size != numel:
+            self._words[j] = np.empty(numel, np.uint16)
+        return self._words[j]
 
     def _finish(self, buf, s: float, rows, divisor: int, finite: bool = False) -> None:
         """``buf = sum of rows / (s * divisor)``, summed in buf's dtype in rank order (the same on all ranks).
@@ -360,33 +490,26 @@ class DistributedOptimizer(Optimizer):
         if not exact:
             buf /= divisor
 
-    def _feed_back(self) -> None:
-        """Add the rounding errors kept to the buckets, rescaled to the loss scale of this step's gradients."""
+    def _residual_ratio(self) -> float:
+        """The factor that brings the errors kept to this step's loss scale (1 without a loss scaler)."""
         now = float(self.loss_scaler.scale) if self.loss_scaler is not None else None
         ratio = now / self._residual_scale if now is not None and self._residual_scale else 1.0
-        for buf, res in zip(self._bufs, self._residuals):
-            if ratio != 1.0:
-                res *= ratio  # a power of two for DynamicLossScaler's factors: exact
-            buf += res
         self._residual_scale = now
+        return ratio
 
     def _exchange(self, params) -> None:
         n, scaled = len(params), self.compression != "none"
-        if self.error_feedback:
-            self._feed_back()
         meta = np.zeros(n + scaled * len(self.buckets))  # [has a gradient, per parameter; max |g|, per bucket]
         meta[:n] = self._seen
-        # max |g|: fp16's scale; for bf16 only to see an inf/NaN that error feedback must not carry on
-        for j, buf in enumerate(self._bufs if self.compression == "fp16" or self.error_feedback else ()):
-            m = max(float(buf.max()), -float(buf.min())) if buf.size else 0.0  # NaN propagates
-            meta[n + j] = math.inf if math.isnan(m) else m
+        if self._largest is not None:  # max |g| (errors fed back): fp16's scale; an inf/NaN error feedback drops
+            meta[n:] = self._largest
         self.comm.allreduce_(meta, "max")
         divisor = self._passes * (self.comm.size if self.op == "average" else 1)
         for j, (b, buf) in enumerate(zip(self.buckets, self._bufs)):
             self._allreduce_bucket(buf, meta[n + j] if scaled else 0.0, j, divisor)
-            for i, lo, hi in b.entries:  # gradients become views of the (never reused) bucket buffer
+            for i, lo, hi in b.entries:  # gradients become views of the bucket buffer, until the next step
                 params[i].grad = buf[lo:hi].reshape(params[i].shape) if meta[i] > 0 else None
-        self._bufs, self._passes = None, 0
+        self._passes = 0
 
     def synchronize(self) -> bool:
         """Add this pass's gradients; on every k-th pass exchange them, leaving the averaged gradients in

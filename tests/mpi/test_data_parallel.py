@@ -4,6 +4,7 @@ accumulation, buckets and fit over MPI. Runs unchanged on 1, 2 and 4 ranks.
 Each rank takes its ``B / size`` slice of the same global batch; the serial reference (computed on every
 rank, without communication) trains on the whole batch, in fp64.
 """
+import contextlib
 import io
 import warnings
 
@@ -168,6 +169,46 @@ def test_compressed_words_are_gathered_into_a_buffer_kept_across_steps(comm, com
     assert len(kept.buckets) == 3 and buffers[0] == buffers[1] and all(b is not None for b in kept._gathered)
     for a, b in zip(got, fresh):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("compression", ["none", "bf16"])
+def test_bucket_buffers_are_kept_across_steps(comm, compression):
+    """A step allocates no bucket buffer: the averaged gradients are views of the same buffers every step
+    (each step's values its own, bitwise what a fresh optimizer gives the same gradients)."""
+    rng = np.random.default_rng(comm.rank)
+    params = [Parameter(np.zeros(400, np.float32)) for _ in range(3)]
+    kept = DistributedOptimizer(optim.SGD(params, lr=0.0), comm=comm, compression=compression, bucket_bytes=3200)
+    bases, got, fresh = [], [], []
+    for _ in range(3):
+        grads = [rng.standard_normal(400).astype(np.float32) for _ in params]
+        for opt, results in ((kept, got), (DistributedOptimizer(optim.SGD(params, lr=0.0), comm=comm,
+                                                                compression=compression, bucket_bytes=3200), fresh)):
+            opt.zero_grad()
+            for p, g in zip(params, grads):
+                p.grad = g.copy()
+            opt.synchronize()
+            results.append(np.concatenate([p.grad for p in params]))
+            if opt is kept:
+                bases.append([p.grad.base if p.grad.base is not None else p.grad for p in params])
+    assert len(kept.buckets) == 2 and bases[0][0] is bases[0][1] and bases[0][1] is not bases[0][2]
+    assert all(x is y for step in bases[1:] for x, y in zip(step, bases[0]))  # the same buffers every step
+    for a, b in zip(got, fresh):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_largest_magnitude_on_both_paths():
+    """The largest |g| that picks fp16's scale: compiled (an integer max over the bits) and numpy agree;
+    an inf or a NaN anywhere gives inf; float64 and empty buffers take numpy's way."""
+    from hpcai import accel
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(10007) * 10.0 ** rng.uniform(-40, 30, 10007)).astype(np.float32)
+    cases = [x, -np.abs(x), x[:0], np.float32([-0.0, 0.0]), np.float32([1e-45, -3e-45]),
+             np.float32([1.0, np.nan, 2.0]), np.float32([-np.inf, 1.0]), x.astype(np.float64)]
+    expect = [float(np.abs(x).max()), float(np.abs(x).max()), 0.0, 0.0, float(np.float32(3e-45)),
+              np.inf, np.inf, float(np.abs(x).max())]
+    for compiled in (True, False):
+        with accel.disabled() if not compiled else contextlib.nullcontext():
+            assert [data_parallel._max_abs(c) for c in cases] == expect, compiled
 
 
 def test_two_backward_passes_per_step_equal_one_step_on_the_doubled_batch(comm):

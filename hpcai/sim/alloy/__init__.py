@@ -7,12 +7,13 @@
     The :class:`EnergyModel` protocol the Monte Carlo calls; :class:`SiteEnergyModel` (per-site energies
     from neighbour-shell counts, swap energies from the affected sites only) and :class:`PairModel`.
 ``local``
-    :class:`SiteTable` / :class:`SwapState`: a per-site model's energies tabulated per environment, and every
-    chain's environment indices kept up to date, so a Monte Carlo trial is a few look-ups.
+    :class:`SiteTable`: a per-site model's energies tabulated per environment (counts only).
 ``memo``
-    :class:`EnvironmentKeys` / :class:`EnergyMemo` / :class:`KeyedSwapState`: with triplet features, every site
-    environment as an exact integer key, its energy computed once, and every chain's keys and site energies
-    kept up to date, so a Monte Carlo trial evaluates the networks only on environments never met before.
+    :class:`EnvironmentKeys` / :class:`EnergyMemo`: every site environment as an exact integer key, and with
+    triplet features its energy computed once per key met.
+``state``
+    :class:`SwapState`: every chain's environment keys and site energies kept up to date (from the table or
+    the memo), so a Monte Carlo trial is a few look-ups; numpy for batches, compiled blocks where numba is.
 ``reference`` / ``atoms``
     :class:`AseReference`: energies from any ASE calculator (default EMT), eV per cell; ``ase.Atoms``
     conversion. ASE is optional (``pip install 'hpcai[alloy]'``) and imported only there.
@@ -27,18 +28,19 @@ from .atoms import from_atoms, to_atoms, vegard_lattice_constant
 from .energy import EnergyModel, IsingCoupling, PairModel, SiteEnergyModel, swap_delta_mismatch
 from .lattice import (LATTICES, STRUCTURES, Lattice, ordered_occupation, random_occupation, species_counts,
                       sublattices)
-from .local import SiteTable, SwapState
-from .memo import EnergyMemo, EnvironmentKeys, KeyedSwapState
+from .local import SiteTable
+from .memo import EnergyMemo, EnvironmentKeys
 from .montecarlo import KB_EV, MonteCarlo, exchange_permutation
 from .observables import (Estimate, autocorrelation_time, binder_cumulant, block_means, blocking_error,
                           heat_capacity, jackknife, order_parameter, warren_cowley)
 from .reference import AseReference, CalculatorError, emt_elements
 from .reweighting import Reweighting
+from .state import SwapState
 from .transition import (ISING_KC, Crossing, Scan, binder_crossing, critical_temperature,
                          ising_critical_temperature, reweight_scan, temperature_scan)
 
 __all__ = ["ISING_KC", "KB_EV", "LATTICES", "STRUCTURES", "AseReference", "CalculatorError", "Crossing",
-           "EnergyMemo", "EnergyModel", "EnvironmentKeys", "Estimate", "IsingCoupling", "KeyedSwapState", "Lattice", "MonteCarlo", "PairModel", "Reweighting",
+           "EnergyMemo", "EnergyModel", "EnvironmentKeys", "Estimate", "IsingCoupling", "Lattice", "MonteCarlo", "PairModel", "Reweighting",
            "Scan", "SiteEnergyModel", "SiteTable", "SwapState", "autocorrelation_time", "binder_crossing",
            "binder_cumulant",
            "block_means", "blocking_error", "critical_temperature", "emt_elements", "exchange_permutation",

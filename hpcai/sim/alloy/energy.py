@@ -28,14 +28,14 @@ rows -- is model-specific; the swap delta is derived once here: a swap changes t
 :math:`i`, :math:`j` and their neighbours only, so those sites are re-evaluated (each once) before and
 after. A neural surrogate needs nothing more than that function. Without triplet features a site has few
 distinct environments, so by default ``function`` is evaluated once per environment into a table and the
-Monte Carlo keeps every chain's environment indices (:meth:`SiteEnergyModel.swap_state`,
-:mod:`hpcai.sim.alloy.local`): a trial swap is then :math:`2 + 2\sum_s z_s` look-ups. With triplet features
-there are too many environments for a table, so each is an exact integer key and ``function`` is memoised
-per key (:mod:`hpcai.sim.alloy.memo`); the Monte Carlo keeps every chain's keys and site energies, and a trial
-updates the affected keys, looks them up and runs ``function`` only on environments not met before.
+environment's key is its table index (:mod:`hpcai.sim.alloy.local`). With triplet features there are too many
+environments for a table, so ``function`` is memoised per exact integer key instead (:mod:`hpcai.sim.alloy.memo`).
+Either way the Monte Carlo keeps every chain's keys and site energies (:meth:`SiteEnergyModel.swap_state`,
+:class:`~hpcai.sim.alloy.state.SwapState`, one mechanism for both): a trial updates the affected keys and looks
+them up (table or memo), and ``function`` runs only on environments not met before.
 
 Optional for any model: ``swap_state(occupation)`` returning an object with ``deltas(occupation, i, j)``,
-``accept(rows)``, ``reorder(source)`` and ``scalar(list)`` (see :class:`~hpcai.sim.alloy.local.SwapState`)
+``accept(rows)``, ``reorder(source)``, ``compiled`` and ``run(...)`` (see :class:`~hpcai.sim.alloy.state.SwapState`)
 or None; the Monte Carlo then prices trials through it instead of ``swap_deltas``.
 
 :class:`PairModel` (shell-resolved bond energies) is a per-site model with exact, faster shortcuts; for a
@@ -66,8 +66,9 @@ import numpy as np
 
 from ... import checks
 from .lattice import Lattice, check_occupation
-from .local import TABLE_LIMIT, SiteTable, SwapState, combine
-from .memo import EnergyMemo, EnvironmentKeys, KeyedSwapState
+from .local import TABLE_LIMIT, SiteTable, combine
+from .memo import EnergyMemo, EnvironmentKeys
+from .state import SwapState
 
 __all__ = ["EnergyModel", "IsingCoupling", "PairModel", "SiteEnergyModel", "swap_delta_mismatch"]
 
@@ -134,7 +135,7 @@ class SiteEnergyModel:
         small = SiteTable.environments(lattice, self.n_species) <= TABLE_LIMIT
         self.site_table_geometry = SiteTable(lattice, self.n_species) if tabulate and small and not triplets else None
         self._site_values = None
-        keys = EnvironmentKeys(self) if tabulate and self.site_table_geometry is None else None
+        keys = EnvironmentKeys(self) if tabulate else None     # with a table: the keys are its indices
         self.environment_keys = keys if keys is not None and keys.fits else None
         self._memo = None
 
@@ -202,17 +203,21 @@ class SiteEnergyModel:
     @property
     def memoised(self) -> bool:
         """Whether energies and swaps go through the memo of environment keys (``tabulate`` without a table)."""
-        return self.environment_keys is not None
+        return self.environment_keys is not None and self.site_table_geometry is None
 
     def memo(self) -> EnergyMemo:
         """The site energy of every environment key met so far (:class:`~hpcai.sim.alloy.memo.EnergyMemo`),
         made on first use; a new one after :meth:`invalidate`."""
         if self._memo is None:
-            if self.environment_keys is None:
+            if not self.memoised:
                 raise ValueError("tabulate: this model has no environment memo (a dense table, keys too large, "
                                  "or tabulate=False)")
             self._memo = EnergyMemo(self.site_energies, self.environment_keys.decode)
         return self._memo
+
+    def site_lookup(self):
+        """Where site energies of environment keys come from: the table (an array indexed by key) or the memo."""
+        return self.site_table() if self.tabulated else self.memo()
 
     def site_keys(self, occupation: np.ndarray) -> np.ndarray:
         """Environment keys ``(B, n_sites)`` of configurations ``(B, n_sites)`` (:class:`EnvironmentKeys`)."""
@@ -223,13 +228,15 @@ class SiteEnergyModel:
         return np.concatenate(parts or [np.zeros((0, self.lattice.n_sites), np.int64)])
 
     def swap_state(self, occupation: np.ndarray):
-        """Per-chain environment indices for the Monte Carlo (:class:`~hpcai.sim.alloy.local.SwapState`), or with
-        a memo per-chain environment keys and site energies (:class:`~hpcai.sim.alloy.memo.KeyedSwapState`), or
-        None where the model has neither or a subclass computes swaps its own way (overrides ``swap_deltas``)."""
-        if self.memoised and type(self).swap_deltas is SiteEnergyModel.swap_deltas \
-                and type(self).energies is SiteEnergyModel.energies:
-            return KeyedSwapState(self, occupation)
-        if self.site_table_geometry is None or type(self).swap_deltas not in _TABLE_SWAPS:
+        """Per-chain environment keys and site energies for the Monte Carlo
+        (:class:`~hpcai.sim.alloy.state.SwapState`, from the table or the memo), or None where the model has
+        neither or a subclass computes swaps its own way (overrides ``swap_deltas`` or ``energies``)."""
+        if self.environment_keys is None:
+            return None
+        if self.memoised and (type(self).swap_deltas is not SiteEnergyModel.swap_deltas
+                              or type(self).energies is not SiteEnergyModel.energies):
+            return None
+        if self.tabulated and type(self).swap_deltas not in _TABLE_SWAPS:
             return None
         return SwapState(self, occupation)
 

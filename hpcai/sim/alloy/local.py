@@ -1,4 +1,4 @@
-r"""Site environments as table indices, and the per-chain state that makes a Monte Carlo trial a few look-ups.
+r"""Site environments as indices of a dense table of their energies (per-site models without triplet features).
 
 A :class:`~hpcai.sim.alloy.energy.SiteEnergyModel` without triplet features gives each site an energy that
 depends only on the site's species and on how many neighbours of each species each shell holds. That is a
@@ -16,9 +16,11 @@ of :math:`i` (species :math:`a`) and :math:`j` (species :math:`b`) changes it by
 at :math:`i`, :math:`a - b` at :math:`j`, and :math:`S(P_{s,b} - P_{s,a})` (or its negative) at every
 neighbour of :math:`i` (of :math:`j`) in shell :math:`s`; a site that appears several times (a common
 neighbour of :math:`i` and :math:`j`, :math:`i` and :math:`j` next to each other, periodic images in a
-small cell) takes the sum. A :class:`SwapState` keeps every chain's site indices and updates them on an
-accepted swap, so a trial costs :math:`2 + 2\sum_s z_s` look-ups and no feature gathering at all, and the
-energy change is exactly the difference of the tabulated whole-cell energies (the same numbers summed).
+small cell) takes the sum. The index is the same number as the site's environment key
+(:class:`~hpcai.sim.alloy.memo.EnvironmentKeys` without neighbour-pair fields), so the Monte Carlo's
+:class:`~hpcai.sim.alloy.state.SwapState` keeps every chain's indices as keys and prices a trial with
+:math:`2 + 2\sum_s z_s` table look-ups and no feature gathering at all; the energy change is exactly the
+difference of the tabulated whole-cell energies (the same numbers summed).
 
 This is the on-lattice analogue of compiling a potential into a look-up table; the networks still define
 the energy, the table only stops the Monte Carlo from evaluating them twice on the same environment.
@@ -29,7 +31,7 @@ import math
 
 import numpy as np
 
-__all__ = ["SiteTable", "SwapState", "TABLE_LIMIT"]
+__all__ = ["SiteTable", "TABLE_LIMIT"]
 
 TABLE_LIMIT = 1 << 21      # largest table (environments) built; beyond it the model evaluates features instead
 
@@ -57,7 +59,6 @@ class SiteTable:
         self.size = place
         self.shell_strides = strides
         self.strides = np.ascontiguousarray(strides[lattice.shell_of_column].T)            # (S, Z)
-        self._lists = None
 
     @staticmethod
     def environments(lattice, n_species: int) -> int:
@@ -93,26 +94,6 @@ class SiteTable:
             valid &= rest >= 0
         return rows, valid
 
-    def neighbour_lists(self) -> tuple:
-        """For the one-chain path: per site, its neighbours as a tuple; the doubled coordinates as three lists;
-        and the set of displacement codes (:meth:`code`) at which two sites' neighbourhoods can share a site
-        (None when some neighbourhood lists a site twice: then every swap takes the general route)."""
-        if self._lists is None:
-            lattice = self.lattice
-            lists = [tuple(row) for row in lattice.neighborhood.tolist()]
-            xyz = [c.tolist() for c in lattice.doubled_coordinates.T]
-            offsets = np.concatenate([np.rint(2 * o).astype(np.int64) for o in lattice.offsets])
-            near = np.concatenate([offsets, (offsets[:, None] - offsets[None]).reshape(-1, 3)])
-            codes = {self.code(*v) for v in near.tolist()}
-            repeated = any(len(set(row)) < len(row) for row in lists)
-            self._lists = lists, xyz, None if repeated else codes
-        return self._lists
-
-    def code(self, dx: int, dy: int, dz: int) -> int:
-        """A displacement in doubled coordinates, wrapped into the cell, as one integer."""
-        m = 2 * self.lattice.size
-        return ((dx % m) * m + dy % m) * m + dz % m
-
     def changes(self, occupation: np.ndarray, i: np.ndarray, j: np.ndarray):
         """Affected sites ``(B, A)`` of swapping ``i[b] <-> j[b]`` and their index changes, one column per
         appearance (not yet summed over duplicates): ``i``, ``j``, the neighbours of ``i``, of ``j``."""
@@ -134,102 +115,3 @@ def combine(scratch: np.ndarray, flat: np.ndarray, change: np.ndarray,
     packed = scratch[flat]
     scratch[flat] = 0
     return packed >> shift, packed & ((1 << shift) - 1)
-
-
-class SwapState:
-    """The environment index of every site of every chain, kept up to date on accepted swaps.
-
-    Made by :meth:`SiteEnergyModel.swap_state`; :class:`~hpcai.sim.alloy.MonteCarlo` uses it in place of
-    ``swap_deltas``: :meth:`deltas` prices one trial swap per chain, :meth:`accept` commits the ones taken
-    (before or after the Monte Carlo swaps the occupation), :meth:`reorder` follows replica exchange and
-    :meth:`scalar` is the same for a single chain in plain Python, with no per-step numpy call.
-    """
-
-    def __init__(self, model, occupation: np.ndarray):
-        self.model, self.geometry = model, model.site_table_geometry
-        self.index = self.geometry.index(occupation)                                          # (B, N)
-        self._scratch = np.zeros(self.index.size, dtype=np.int64)
-        self._pending = None
-
-    def deltas(self, occupation: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """Energy change of swapping ``i[b] <-> j[b]`` in every chain ``b`` of ``occupation`` (the state's
-        configurations); remembers the new indices for :meth:`accept`."""
-        sites, change = self.geometry.changes(occupation, i, j)
-        flat = sites + (np.arange(len(sites)) * self.index.shape[1])[:, None]
-        total, count = combine(self._scratch, flat, change)
-        index = self.index.reshape(-1)
-        old = index[flat]
-        new = old + total
-        table = self.model.site_table()
-        self._pending = flat, new
-        return ((table[new] - table[old]) / count).sum(1)
-
-    def accept(self, rows: np.ndarray) -> None:
-        """Commit the last :meth:`deltas` in chains ``rows``."""
-        flat, new = self._pending
-        self.index.reshape(-1)[flat[rows]] = new[rows]
-
-    def reorder(self, source: np.ndarray) -> None:
-        """Chain ``k`` now holds what chain ``source[k]`` held (replica exchange)."""
-        self.index = np.ascontiguousarray(self.index[source])
-
-    def scalar(self, occupation: list, chain: int = 0):
-        """Plain-Python ``(delta, accept, finish)`` for one chain whose species are the list ``occupation``
-        (the caller swaps it on acceptance): ``delta(i, j)`` prices a swap, ``accept()`` commits the last
-        one, ``finish()`` writes the indices back to :attr:`index`."""
-        index = self.index[chain].tolist()
-        table = self.model.site_table().tolist()
-        nbr, (X, Y, Z), near = self.geometry.neighbour_lists()
-        m = 2 * self.geometry.lattice.size
-        strides = self.geometry.strides.tolist()
-        S = self.geometry.n_species
-        steps = [[[y - x for x, y in zip(strides[a], strides[c])] for c in range(S)] for a in range(S)]
-        last: dict = {}
-
-        def delta(i: int, j: int) -> float:
-            nonlocal last
-            a, c = occupation[i], occupation[j]
-            if near is not None and (((X[j] - X[i]) % m * m + (Y[j] - Y[i]) % m) * m + (Z[j] - Z[i]) % m) not in near:
-                # far apart: every affected site appears once, no sums needed
-                step = steps[a][c]
-                oi, oj = index[i], index[j]
-                energy = table[oi + c - a] - table[oi] + table[oj + a - c] - table[oj]
-                for k, d in zip(nbr[i], step):
-                    old = index[k]
-                    energy += table[old + d] - table[old]
-                for k, d in zip(nbr[j], step):
-                    old = index[k]
-                    energy += table[old - d] - table[old]
-                last = (i, j, a, c)
-                return energy
-            change = {i: c - a, j: a - c}
-            get = change.get
-            for k, d in zip(nbr[i], steps[a][c]):
-                change[k] = get(k, 0) + d
-            for k, d in zip(nbr[j], steps[c][a]):
-                change[k] = get(k, 0) + d
-            energy = 0.0
-            for k, d in change.items():
-                old = index[k]
-                energy += table[old + d] - table[old]
-            last = change
-            return energy
-
-        def accept() -> None:
-            if isinstance(last, tuple):
-                i, j, a, c = last
-                index[i] += c - a
-                index[j] += a - c
-                step = steps[a][c]
-                for k, d in zip(nbr[i], step):
-                    index[k] += d
-                for k, d in zip(nbr[j], step):
-                    index[k] -= d
-                return
-            for k, d in last.items():
-                index[k] += d
-
-        def finish() -> None:
-            self.index[chain] = index
-
-        return delta, accept, finish

@@ -1,4 +1,4 @@
-r"""Site environments with triplet features as integer keys, a memo of their energies, and a per-chain state.
+r"""Site environments as exact integer keys, and a memo of their energies for the triplet features.
 
 With neighbour-pair (triplet) features (:class:`~hpcai.sim.alloy.energy.SiteEnergyModel` ``triplets > 0``) a
 site has far too many possible environments for a dense table (:mod:`hpcai.sim.alloy.local`): about
@@ -7,28 +7,26 @@ a small part of them, so the per-site function is *memoised* instead: every feat
 mixed-radix integer key (:class:`EnvironmentKeys`), and :class:`EnergyMemo` -- an open-addressing hash table
 in numpy arrays -- evaluates the function once per key it has not seen, in one batch, and looks up the rest.
 
-A :class:`KeyedSwapState` keeps every chain's site keys and site energies. A swap of :math:`i` (species
-:math:`a`) and :math:`j` (species :math:`b`) changes the keys of :math:`i`, :math:`j` and their neighbours
-only: the count fields exactly as in :mod:`~hpcai.sim.alloy.local` (linear), and the neighbour-pair fields
-of every site :math:`k` that has :math:`i` (or :math:`j`) in its first ``triplets`` shells: each pair of
-:math:`k`'s neighbours that contains :math:`i` goes from species :math:`(a, \sigma)` to :math:`(b, \sigma)`,
-:math:`\sigma` the partner's species, i.e. the key changes by a sum over the partners that is linear in their
-species (one small product per neighbour); where the partner is :math:`j` itself the pair goes from
-:math:`(a, b)` to :math:`(b, a)` and does not change. The partner sites are tabulated per site
-(:attr:`EnvironmentKeys.around`), so a trial costs :math:`2 + 2\sum_s z_s` key changes,
-:math:`2 z_\mathrm{in} P` partner look-ups (:math:`z_\mathrm{in}` neighbours in the inner shells, :math:`P`
-pairs through each) and one memo look-up per affected site; where the two neighbourhoods overlap, a site
-listed twice takes both changes (:attr:`EnvironmentKeys.merge`, by displacement). The networks run only on keys
-never seen before. The energy change is exactly the difference of the whole-cell energies the model reports,
-because those go through the same memo.
+A swap of :math:`i` (species :math:`a`) and :math:`j` (species :math:`b`) changes the keys of :math:`i`,
+:math:`j` and their neighbours only (:meth:`EnvironmentKeys.changes`): the count fields exactly as in
+:mod:`~hpcai.sim.alloy.local` (linear), and the neighbour-pair fields of every site :math:`k` that has
+:math:`i` (or :math:`j`) in its first ``triplets`` shells: each pair of :math:`k`'s neighbours that contains
+:math:`i` goes from species :math:`(a, \sigma)` to :math:`(b, \sigma)`, :math:`\sigma` the partner's species,
+i.e. the key changes by a sum over the partners that is linear in their species (one small product per
+neighbour); where the partner is :math:`j` itself the pair goes from :math:`(a, b)` to :math:`(b, a)` and does
+not change. The partner sites are tabulated per site (:attr:`EnvironmentKeys.around`), so a trial costs
+:math:`2 + 2\sum_s z_s` key changes, :math:`2 z_\mathrm{in} P` partner look-ups (:math:`z_\mathrm{in}`
+neighbours in the inner shells, :math:`P` pairs through each) and one memo look-up per affected site; where
+the two neighbourhoods overlap, a site listed twice takes both changes (:attr:`EnvironmentKeys.merge`, by
+displacement). The Monte Carlo keeps every chain's keys and site energies in a
+:class:`~hpcai.sim.alloy.state.SwapState`; the networks run only on keys never seen before, and the energy
+change is exactly the difference of the whole-cell energies the model reports (they go through the same memo).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .local import combine
-
-__all__ = ["EnergyMemo", "EnvironmentKeys", "KeyedSwapState", "MEMO_LIMIT"]
+__all__ = ["EnergyMemo", "EnvironmentKeys", "MEMO_LIMIT"]
 
 ROWS_PER_CALL = 1 << 18     # feature rows per call of the function (bounds the networks' memory)
 MEMO_LIMIT = 1 << 20        # environments a memo keeps (a table of at most 64 MiB at load 1/4); then it starts afresh
@@ -84,10 +82,25 @@ class EnvironmentKeys:
         self.weights = np.concatenate(weights).astype(np.int64)                               # (n_features,)
         self.strides = np.ascontiguousarray(count_place.astype(np.int64)[lattice.shell_of_column].T)  # (S, Z)
         self.pair_strides = pair_place.astype(np.int64)
-        self._radix = [(S, 1)] + [(z + 1, int(count_place[s, u])) for s, z in enumerate(lattice.coordination)
-                                  for u in range(1, S)]
-        self._pair_radix = [(len(c) + 1, [int(pair_place[g, t, u]) for t, u in species_pairs if (t, u) != (0, 0)])
-                            for g, (_, c) in enumerate(pairs)]
+        # decoding: every explicit field (place, radix, feature column); per shell / group the implied field
+        # (species 0, pair (0, 0)) is its total less the explicit ones
+        fields, rests = [], []
+        at = S
+        for s, z in enumerate(lattice.coordination):
+            fields += [(int(count_place[s, u]), z + 1, at + u) for u in range(1, S)]
+            rests.append((at, z, range(len(fields) - (S - 1), len(fields))))
+            at += S
+        for g, (_, columns) in enumerate(pairs):
+            explicit = [(t, u) for t, u in species_pairs if (t, u) != (0, 0)]
+            fields += [(int(pair_place[g, t, u]), len(columns) + 1, at + 1 + k) for k, (t, u) in enumerate(explicit)]
+            rests.append((at, len(columns), range(len(fields) - len(explicit), len(fields))))
+            at += 1 + len(explicit)
+        self._digit_place, self._digit_radix, self._digit_column = (np.array(v, dtype=np.int64) for v in zip(*fields))
+        self._rest_column = np.array([c for c, _, _ in rests], dtype=np.int64)
+        self._rest_total = np.array([t for _, t, _ in rests], dtype=np.float64)
+        self._rest_of = np.zeros((len(fields), len(rests)), dtype=np.float64)
+        for r, (_, _, members) in enumerate(rests):
+            self._rest_of[list(members), r] = 1.0
         # neighbour-pair partners of each inner column, and the partner sites seen from every site's neighbours
         nbh = lattice.neighborhood
         doubled = np.concatenate([np.rint(2 * o).astype(np.int64) for o in lattice.offsets])
@@ -107,7 +120,8 @@ class EnvironmentKeys:
         self.inner = inner
         own = self.inverse[:inner]                                   # the column of k holding i, k = nbh[i, q]
         self.around = nbh[nbh[:, :inner]][:, np.arange(inner)[:, None], self.partner_column[own]]  # (N, inner, P)
-        self._group = self.partner_group[own]                                                      # (inner, P)
+        self.partner_groups = self.partner_group[own]            # (inner, P): the group of each entry of around
+        self._group = self.partner_groups
         self.around = np.ascontiguousarray(self.around.reshape(lattice.n_sites, -1))              # (N, inner * P)
         # a neighbour k of i, i going a -> c, partners' species unchanged: k's key changes by
         # sum_g m_kg D[g, a, c, 0] + sum_g sum_{u >= 1} n_kgu (D[g, a, c, u] - D[g, a, c, 0]),
@@ -149,26 +163,12 @@ class EnvironmentKeys:
 
     def decode(self, keys: np.ndarray) -> np.ndarray:
         """Feature rows ``(M, n_features)`` float64 of keys ``(M,)``: the inverse of :meth:`encode`."""
-        S = self.n_species
         keys = np.asarray(keys, dtype=np.int64)
+        digits = (keys[:, None] // self._digit_place) % self._digit_radix                    # (M, fields)
         out = np.zeros((len(keys), self.n_features))
-        out[np.arange(len(keys)), keys % S] = 1.0
-        at = S
-        for s, z in enumerate(self.lattice.coordination):
-            rest = np.full(len(keys), float(z))
-            for u in range(1, S):
-                radix, place = self._radix[1 + s * (S - 1) + u - 1]
-                out[:, at + u] = (keys // place) % radix
-                rest -= out[:, at + u]
-            out[:, at] = rest
-            at += S
-        for radix, places in self._pair_radix:
-            rest = np.full(len(keys), float(radix - 1))
-            for k, place in enumerate(places):
-                out[:, at + 1 + k] = (keys // place) % radix
-                rest -= out[:, at + 1 + k]
-            out[:, at] = rest
-            at += 1 + len(places)
+        out[np.arange(len(keys)), keys % self.n_species] = 1.0
+        out[:, self._digit_column] = digits
+        out[:, self._rest_column] = self._rest_total - digits @ self._rest_of                # the implied field
         return out
 
     def changes(self, occupation: np.ndarray, i: np.ndarray, j: np.ndarray):
@@ -299,63 +299,3 @@ class EnergyMemo:
                 self._allocate(2 * len(self._keys))
                 self._insert(old_keys, old_values)
             self._insert(new, values)
-
-
-class KeyedSwapState:
-    """Every chain's site keys and site energies, kept up to date on accepted swaps (the keyed counterpart of
-    :class:`~hpcai.sim.alloy.local.SwapState`, same methods but no plain-Python :meth:`scalar` path).
-
-    Made by :meth:`SiteEnergyModel.swap_state` for a model with a memo (:attr:`SiteEnergyModel.memoised`)."""
-
-    def __init__(self, model, occupation: np.ndarray):
-        self.model, self.keys_geometry = model, model.environment_keys
-        self.keys = model.site_keys(occupation)                                               # (B, N)
-        self._memo = model.memo()
-        self.energy = self._memo(self.keys)                                                   # (B, N)
-        self._scratch = np.zeros(self.keys.size, dtype=np.int64)
-        self._pending = None
-
-    def _current(self):
-        memo = self.model.memo()
-        if memo is not self._memo:                       # the function changed (invalidate): new site energies
-            self._memo, self.energy = memo, memo(self.keys)
-        return memo
-
-    def deltas(self, occupation: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """Energy change of swapping ``i[b] <-> j[b]`` in every chain ``b``; remembers the new keys and site
-        energies for :meth:`accept`."""
-        memo = self._current()
-        geometry = self.keys_geometry
-        sites, change = geometry.changes(occupation, i, j)
-        flat = sites + (np.arange(len(sites)) * self.keys.shape[1])[:, None]
-        if geometry.merge is None:                          # periodic images: sum over appearances
-            total, count = combine(self._scratch, flat, change, geometry.count_bits)
-            new = self.keys.reshape(-1)[flat] + total
-            energy = memo(new)
-            self._pending = flat, new, energy
-            return ((energy - self.energy.reshape(-1)[flat]) / count).sum(1)
-        B, Z1 = len(sites), sites.shape[1] // 2
-        where = np.take(geometry.merge, geometry.code(i, j), axis=0)   # (B, Z1): j's appearance among i's, or Z1
-        merged = np.zeros((B, Z1 + 1), dtype=np.int64)
-        merged[:, :Z1] = change[:, :Z1]
-        merged.reshape(-1)[where + (np.arange(B) * (Z1 + 1))[:, None]] += change[:, Z1:]   # unique per row
-        twice = where < Z1
-        change[:, :Z1] = merged[:, :Z1]
-        change[:, Z1:] = np.where(twice, np.take_along_axis(merged, where, 1), change[:, Z1:])
-        new = self.keys.reshape(-1)[flat] + change
-        energy = memo(new)
-        self._pending = flat, new, energy
-        diff = energy - self.energy.reshape(-1)[flat]
-        diff[:, Z1:] *= ~twice                              # a site in both lists counts once
-        return diff.sum(1)
-
-    def accept(self, rows: np.ndarray) -> None:
-        """Commit the last :meth:`deltas` in chains ``rows``."""
-        flat, new, energy = self._pending
-        self.keys.reshape(-1)[flat[rows]] = new[rows]
-        self.energy.reshape(-1)[flat[rows]] = energy[rows]
-
-    def reorder(self, source: np.ndarray) -> None:
-        """Chain ``k`` now holds what chain ``source[k]`` held (replica exchange)."""
-        self.keys = np.ascontiguousarray(self.keys[source])
-        self.energy = np.ascontiguousarray(self.energy[source])

@@ -4,12 +4,11 @@ A :class:`MonteCarlo` holds a *batch* of chains -- e.g. temperatures x replicas,
 occupation array ``(*batch_shape, n_sites)``. One step is one proposed swap in *every* chain, done with a
 handful of numpy operations on ``(B,)`` arrays, so the Python overhead of a step is shared by all chains;
 throughput grows with the batch until memory bandwidth is the limit. A model that offers a swap state
-(``model.swap_state``; every tabulated :class:`~hpcai.sim.alloy.energy.SiteEnergyModel`, the pair model
-included) keeps each chain's site environments and updates them on accepted swaps, so a trial costs a few
-look-ups; a single chain then runs its trials in plain Python (numpy's per-call overhead would dominate),
-with the same random numbers and decisions as the batched path. With triplet features the state keeps every
-chain's environment keys and site energies (:mod:`hpcai.sim.alloy.memo`); it has no plain-Python path, so a
-single chain takes the batched one.
+(``model.swap_state``; every tabulated or memoised :class:`~hpcai.sim.alloy.energy.SiteEnergyModel`, the pair
+model included; :class:`~hpcai.sim.alloy.state.SwapState`) keeps each chain's site environment keys and site
+energies and updates them on accepted swaps, so a trial costs a few look-ups. Where numba is installed
+(:mod:`hpcai.accel`) the state runs whole blocks of trials compiled, chain by chain, with the same random
+numbers and decisions as the numpy step (numpy's per-call overhead would dominate a single chain).
 
 Move (canonical, fixed composition): pick an unordered pair of sites holding *different* species
 uniformly among all such pairs -- a species pair :math:`(s, t)` with probability
@@ -40,8 +39,6 @@ Swendsen, R. H. and Wang, J.-S. (1986). Replica Monte Carlo simulation of spin g
 """
 from __future__ import annotations
 
-import bisect
-import math
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -201,8 +198,9 @@ class MonteCarlo:
             m = min(n, RANDOM_BLOCK)
             u = self.rng.random((m, 3, len(self._occ)))
             x = self.rng.standard_exponential((m, len(self._occ)))
-            if len(self._occ) == 1 and hasattr(self._state, "scalar"):
-                self._trials_one_chain(u[:, :, 0], x[:, 0])
+            if self._state is not None and self._state.compiled:
+                self._state.run(u, x, self._occ, self._lists, self._counts, self._pair_cum, self._pair_s,
+                                self._pair_t, self._beta, self._energy, self._accepted)
             else:
                 for k in range(m):
                     self._trial(u[k], x[k])
@@ -243,44 +241,6 @@ class MonteCarlo:
             self._accepted[r] += 1
             if state is not None:
                 state.accept(r)
-
-    def _trials_one_chain(self, u: np.ndarray, x: np.ndarray) -> None:
-        """The trials of :meth:`_trial` for a single chain with a swap state, in plain Python: the same random
-        numbers (``u (m, 3)``, ``x (m,)``) and the same decisions, without numpy's per-call overhead."""
-        S = self._lists.shape[1]
-        counts = self._counts[0].astype(np.int64).tolist()
-        lists = [self._lists[0, s, :counts[s]].tolist() for s in range(S)]
-        occ = self._occ[0].tolist()
-        cum, pair_s, pair_t = self._pair_cum[0].tolist(), self._pair_s.tolist(), self._pair_t.tolist()
-        delta, accept, finish = self._state.scalar(occ)
-        beta, energy, accepted = float(self._beta[0]), float(self._energy[0]), 0
-        u0, u1, u2 = (u[:, k].tolist() for k in range(3))
-        try:
-            for k, xk in enumerate(x.tolist()):
-                if S == 2:
-                    s, t = 0, 1
-                else:
-                    p = bisect.bisect_left(cum, u2[k])
-                    s, t = pair_s[p], pair_t[p]
-                a, b = int(u0[k] * counts[s]), int(u1[k] * counts[t])
-                ls, lt = lists[s], lists[t]
-                i, j = ls[a], lt[b]
-                d = delta(i, j)
-                if not -math.inf < d < math.inf:
-                    raise FloatingPointError(f"model: swap_deltas gave {d} for chain 0 (sites {i}, {j})")
-                if d * beta < xk:
-                    accept()
-                    occ[i], occ[j] = occ[j], occ[i]
-                    ls[a], lt[b] = j, i
-                    energy += d
-                    accepted += 1
-        finally:
-            finish()
-            self._occ[0] = occ
-            for s in range(S):
-                self._lists[0, s, :counts[s]] = lists[s]
-            self._energy[0] = energy
-            self._accepted[0] += accepted
 
     # -------------------------------------------------------------------------------- replica exchange
     def exchange(self) -> np.ndarray:
