@@ -76,8 +76,8 @@ def torch_twin(config, model):
             return torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + self.shortcut(x))
 
     w = config.width
-    twin = torch.nn.Sequential(torch.nn.Conv2d(3, w, 3, padding=1), torch.nn.BatchNorm2d(w), torch.nn.ReLU(),
-                               torch.nn.MaxPool2d(2), Residual(w, w), Residual(w, 2 * w, 2), Residual(2 * w, 4 * w, 2),
+    twin = torch.nn.Sequential(torch.nn.Conv2d(3, w, 3, padding=1), torch.nn.BatchNorm2d(w), torch.nn.MaxPool2d(2),
+                               torch.nn.ReLU(), Residual(w, w), Residual(w, 2 * w, 2), Residual(2 * w, 4 * w, 2),
                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                                torch.nn.Linear(4 * w, config.classes()))
     ours, theirs = model.parameters(), list(twin.parameters())

@@ -3,6 +3,7 @@
   python benchmarks/train_vs_torch.py                 # all four cases, a few minutes on 2 cores
   python benchmarks/train_vs_torch.py mlp cnn --rounds 5
   python benchmarks/train_vs_torch.py --threads 1 --clock cpu   # on a busy machine: CPU time, one thread each
+  python benchmarks/train_vs_torch.py --baseline ../old   # also the hpcai of another checkout, alternating
 
 Each measurement runs in its own process, alternating hpcai and PyTorch, so the two frameworks' idle
 worker threads never spin against each other (on 2 cores that alone costs 1.6-1.9x). One step is
@@ -11,11 +12,12 @@ Each case also prints its achieved fraction of the fp32 GEMM peak: the case's mu
 weight gradients, input gradients below the first layer; 2 FLOPs each) over its step time, against numpy's
 product of two 2048x2048 float32 matrices timed in the same run (in a process of its own before each
 case; the best so far is the peak). ``--layers`` adds hpcai's GFLOP/s per convolution layer, forward,
-backward-data (dL/dx) and backward-weight (dL/dw) timed apart. The goals: hpcai/torch <= 0.8 in every
-case, and >= 60 % of the GEMM peak on the convolution cases. Cases: (a) MLP 784-512-256-10, batch 256;
-(b) CNN conv3x3(16)-relu-pool-conv3x3(32)-relu-pool-linear(10) on 1x64x64, batch 64; (c) CBED-like CNN on
-3x128x128 (32-64-128 channels, global pool, 230 classes), batch 32; (d) SRCNN 9-5-5 (64, 32, 1 channels) on
-1x128x256, batch 8.
+backward-data (dL/dx) and backward-weight (dL/dw) timed apart. ``--baseline DIR`` times the hpcai package
+in checkout DIR as a third process in each round (before/after a change, under the same load). The
+goals: hpcai/torch <= 0.8 in every case, and >= 60 % of the GEMM peak on the convolution cases. Cases:
+(a) MLP 784-512-256-10, batch 256; (b) CNN conv3x3(16)-relu-pool-conv3x3(32)-relu-pool-linear(10) on
+1x64x64, batch 64; (c) CBED-like CNN on 3x128x128 (32-64-128 channels, global pool, 230 classes), batch 32;
+(d) SRCNN 9-5-5 (64, 32, 1 channels) on 1x128x256, batch 8.
 """
 from __future__ import annotations
 
@@ -194,13 +196,14 @@ def worker(framework: str, case: str, steps: int, threads: int, clock=time.perf_
     return statistics.median(times)
 
 
-def measure(framework: str, case: str, steps: int, threads: int, clock: str = "wall"):
+def measure(framework: str, case: str, steps: int, threads: int, clock: str = "wall", root: str = ROOT):
     """The worker's answer (seconds per step; FLOP/s for "gemm"; rates for "layers"), from a fresh process
-    whose BLAS and OpenMP use ``threads`` threads (hpcai follows BLAS's setting)."""
+    whose BLAS and OpenMP use ``threads`` threads (hpcai follows BLAS's setting), importing hpcai from the
+    checkout ``root``."""
     env = dict(os.environ, **{k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
     out = subprocess.run([sys.executable, __file__, "--worker", framework, "--steps", str(steps), "--threads",
-                          str(threads), "--clock", clock, case], capture_output=True, text=True, cwd=ROOT, check=True,
-                         env=env)
+                          str(threads), "--clock", clock, "--root", root, case], capture_output=True, text=True,
+                         cwd=ROOT, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["result"]
 
 
@@ -213,13 +216,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of each framework (all cores)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time, or process CPU time (use with --threads 1 on a busy machine)")
+    parser.add_argument("--baseline", metavar="DIR", help="also time the hpcai package of checkout DIR")
     parser.add_argument("--worker", choices=["hpcai", "torch", "gemm", "layers"], help=argparse.SUPPRESS)
+    parser.add_argument("--root", default=ROOT, help=argparse.SUPPRESS)
     args = parser.parse_args()
     unknown = [c for c in args.cases if c not in CASES]
     if unknown:
         parser.error(f"cases: expected some of {list(CASES)}, got {unknown}")
+    if args.baseline and not os.path.isdir(os.path.join(args.baseline, "hpcai")):
+        parser.error(f"--baseline: {args.baseline!r} holds no hpcai package")
     if args.worker:
-        sys.path.insert(0, ROOT)
+        sys.path.insert(0, args.root)
         clock = _clock(args.clock)
         jobs = {"gemm": lambda: gemm_rate(clock=clock), "layers": lambda: layer_rates(args.cases[0], clock=clock),
                 "hpcai": lambda: worker("hpcai", args.cases[0], args.steps or 5, args.threads, clock),
@@ -231,19 +238,27 @@ def main() -> None:
     print(f"training step (forward + backward + SGD momentum), {args.threads} threads each, "
           f"median over {args.rounds} alternating process pairs, {args.clock} time")
     print("  GEMM %: the step's FLOPs per second over the fp32 GEMM peak measured alongside (numpy, 2048^3)")
+    base = f"{'base ms':>9}{'base/torch':>12}" if args.baseline else ""
     print(f"  {'case':<8}{'GFLOP':>8}{'hpcai ms':>10}{'torch ms':>10}{'hpcai/torch':>13}{'hpcai GEMM %':>14}"
-          f"{'torch GEMM %':>14}")
+          f"{'torch GEMM %':>14}{base}")
     peaks, layers = [], {}
     for case in args.cases:
         steps = args.steps or {"mlp": 50, "cnn": 10, "cbed": 3, "srcnn": 2}[case]
-        ours, theirs = [], []
+        ours, theirs, before = [], [], []
         peaks.append(measure("gemm", case, 0, args.threads, args.clock))
         for _ in range(args.rounds):
             ours.append(measure("hpcai", case, steps, args.threads, args.clock))
             theirs.append(measure("torch", case, steps, args.threads, args.clock))
+            if args.baseline:
+                before.append(measure("hpcai", case, steps, args.threads, args.clock, args.baseline))
         o, t, peak, flops = statistics.median(ours), statistics.median(theirs), max(peaks), step_flops(case)
+        b = statistics.median(before) if before else None
+        base = f"{b * 1e3:>9.1f}{b / t:>12.2f}" if before else ""
         print(f"  {case:<8}{flops / 1e9:>8.2f}{o * 1e3:>10.1f}{t * 1e3:>10.1f}{o / t:>13.2f}"
-              f"{100 * flops / o / peak:>13.0f}%{100 * flops / t / peak:>13.0f}%", flush=True)
+              f"{100 * flops / o / peak:>13.0f}%{100 * flops / t / peak:>13.0f}%{base}", flush=True)
+        print(f"  {'':<8}per round hpcai/torch {' '.join(f'{a / c:.2f}' for a, c in zip(ours, theirs))}"
+              + (f"; baseline/torch {' '.join(f'{a / c:.2f}' for a, c in zip(before, theirs))}" if before else ""),
+              flush=True)
         if args.layers and any(layer[0] == "conv" for layer in CASES[case][3]):
             layers[case] = measure("layers", case, 0, args.threads, args.clock)
     print(f"  fp32 GEMM peak: {max(peaks) / 1e9:.0f} GFLOP/s (best of {len(peaks)} runs; "

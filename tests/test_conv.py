@@ -5,9 +5,10 @@ import itertools
 import numpy as np
 import pytest
 
-from hpcai import Tensor, backend, no_grad, ops
+from hpcai import Tensor, accel, backend, no_grad, ops
 from hpcai.ops import conv as conv_module
 from hpcai.ops import pool as pool_module
+from hpcai.ops import threads as threads_module
 
 
 def _t(xp, a, dtype=np.float64, grad=False):
@@ -65,8 +66,8 @@ def test_conv_transpose2d_is_the_adjoint_of_conv2d(xp, rng, stride, padding, dil
 
 
 def test_tiling_and_adjoint_paths_agree(xp, rng, monkeypatch):
-    """Every tile layout (whole batch, batch chunks, row chunks), any number of threads sharing the tiles,
-    and both forms of the adjoint give one answer."""
+    """Every tile layout (whole batch, batch chunks, row chunks by bytes or by pixels), any number of threads
+    sharing the tiles, and both forms of the adjoint give one answer."""
     x = rng.standard_normal((3, 4, 9, 7))
     w = rng.standard_normal((6, 2, 3, 3))
     g = rng.standard_normal((3, 6, 9, 7))
@@ -79,9 +80,11 @@ def test_tiling_and_adjoint_paths_agree(xp, rng, monkeypatch):
 
     for stride in (1, 2):
         want = run(stride)
-        for tile_bytes, adjoint, threads in [(10**9, 3, 1), (4 * 4 * 9 * 7 * 8 * 2, 3, 2), (64, 3, 2), (64, 0, 3),
-                                             (64, 3, 5), (10**9, 0, 2)]:
+        for tile_bytes, adjoint, threads, pixels in [(10**9, 3, 1, 10**9), (4 * 4 * 9 * 7 * 8 * 2, 3, 2, 10**9),
+                                                     (64, 3, 2, 10**9), (64, 0, 3, 10**9), (64, 3, 5, 10**9),
+                                                     (10**9, 0, 2, 10**9), (10**9, 3, 2, 14), (10**9, 0, 1, 20)]:
             monkeypatch.setattr(conv_module, "_TILE_BYTES", tile_bytes)
+            monkeypatch.setattr(conv_module, "_TILE_PIXELS", pixels)          # few columns: rows capped
             monkeypatch.setattr(conv_module, "_ADJOINT_AS_CONV", adjoint)
             monkeypatch.setattr(conv_module, "workers", lambda: threads)
             for a, b in zip(run(stride), want):
@@ -89,13 +92,30 @@ def test_tiling_and_adjoint_paths_agree(xp, rng, monkeypatch):
         monkeypatch.undo()
 
 
-@pytest.mark.parametrize("c,o,kernel,padding,dilation", [
-    (16, 8, (3, 3), 1, 1), (20, 1, (5, 5), 2, 1), (16, 4, (2, 3), (0, 1), (2, 1)), (8, 16, (3, 3), 1, 1),
-    (40, 20, (3, 3), 1, 1)])
-def test_shifted_view_path_matches_im2col(xp, rng, monkeypatch, c, o, kernel, padding, dilation):
-    """The stride-1 shifted-view kernels (forward, dL/dw; dL/dx through the convolution form of the adjoint
-    when its input has many channels: the last case) agree with im2col for any block size and thread
-    count, and with PyTorch in float32."""
+# The stride-1 kernels and their block-size constants; the (block bytes, threads) tried: whole samples, one
+# row, a few rows such that some threads' blocks are a sample's short last one, and (shifted views) two
+# samples to a block, one thread's blocks then of two sizes.
+_STRIDE1_PATHS = {
+    "shifted": ("_flat_ok", "_FLAT_BYTES", lambda c, o: [(10**9, 1), (1, 2), (c * 13 * 8 * 4, 3),
+                                                         (c * 13 * 8 * 6, 4), (c * 13 * 15 * 8 * 2, 1)]),
+    "output-side": ("_narrow_ok", "_NARROW_BYTES", lambda c, o: [(10**9, 1), (1, 2), ((c + o * 6) * 13 * 8 * 5, 3),
+                                                                 ((c + o * 6) * 13 * 8 * 9, 4)]),
+}
+
+
+@pytest.mark.parametrize("path,c,o,kernel,padding,dilation", [
+    ("shifted", 16, 8, (3, 3), 1, 1), ("shifted", 20, 1, (5, 5), 2, 1), ("shifted", 16, 4, (2, 3), (0, 1), (2, 1)),
+    ("shifted", 8, 16, (3, 3), 1, 1), ("shifted", 40, 20, (3, 3), 1, 1), ("shifted", 16, 16, (3, 3), 1, 1),
+    ("output-side", 32, 1, (5, 5), 2, 1), ("output-side", 20, 2, (3, 3), 1, 1),
+    ("output-side", 27, 3, (3, 3), (0, 1), (2, 1)), ("output-side", 12, 1, (2, 3), 0, (1, 2))])
+def test_stride1_paths_match_im2col(xp, rng, monkeypatch, path, c, o, kernel, padding, dilation):
+    """The stride-1 kernels (shifted views; output side for few outputs) agree with im2col in forward, dL/dx
+    (through the convolution form of the adjoint) and dL/dw, for any block size and thread count, and with
+    PyTorch in float32. Each case takes its path in forward or in the adjoint."""
+    taken, block_name, block_sizes = _STRIDE1_PATHS[path]
+    ok = getattr(conv_module, taken)
+    assert ok(np, np.empty((1, c, 1, 1)), np.empty((o, c) + kernel), (1, 1), 1) or \
+        ok(np, np.empty((1, o, 1, 1)), np.empty((c, o) + kernel), (1, 1), 1)
     x = rng.standard_normal((3, c, 9, 11))
     w = rng.standard_normal((o, c) + kernel) / np.sqrt(c * kernel[0] * kernel[1])
     b = rng.standard_normal(o)
@@ -106,12 +126,12 @@ def test_shifted_view_path_matches_im2col(xp, rng, monkeypatch, c, o, kernel, pa
         y.backward(xp.asarray(np.ones(y.shape, dtype) + np.arange(y.size, dtype=dtype).reshape(y.shape) % 3))
         return _host(y), _host(xt.grad), _host(wt.grad), _host(bt.grad)
 
-    monkeypatch.setattr(conv_module, "_FLAT_CHANNELS", 10**9)       # im2col only: the reference
+    monkeypatch.setattr(conv_module, "_NARROW_RATIO", 0)                 # im2col only: the reference
+    monkeypatch.setattr(conv_module, "_FLAT_CHANNELS", 10**9)
     want = run()
     monkeypatch.undo()
-    # whole samples; one row; a few rows, the threads' first blocks some of them a sample's short last one
-    for block_bytes, threads in [(10**9, 1), (1, 2), (c * 13 * 8 * 4, 3), (c * 13 * 8 * 6, 4)]:
-        monkeypatch.setattr(conv_module, "_FLAT_BYTES", block_bytes)
+    for block_bytes, threads in block_sizes(c, o):
+        monkeypatch.setattr(conv_module, block_name, block_bytes)
         monkeypatch.setattr(conv_module, "workers", lambda: threads)
         for got, ref in zip(run(), want):
             np.testing.assert_allclose(got, ref, atol=1e-12)
@@ -131,36 +151,6 @@ def _agrees_with_torch_fp32(run, x, w, b, padding, dilation):
         np.testing.assert_allclose(got, ref.detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("c,o,kernel,padding,dilation", [
-    (32, 1, (5, 5), 2, 1), (20, 2, (3, 3), 1, 1), (27, 3, (3, 3), (0, 1), (2, 1)), (12, 1, (2, 3), 0, (1, 2))])
-def test_output_side_path_matches_im2col(rng, monkeypatch, c, o, kernel, padding, dilation):
-    """The stride-1 output-side kernels for few outputs (forward, dL/dw) agree with im2col for any block size
-    and thread count, and with PyTorch in float32."""
-    assert conv_module._narrow_ok(np, np.empty((1, c, 1, 1)), np.empty((o, c) + kernel), (1, 1), 1)
-    x = rng.standard_normal((3, c, 9, 11))
-    w = rng.standard_normal((o, c) + kernel) / np.sqrt(c * kernel[0] * kernel[1])
-    b = rng.standard_normal(o)
-
-    def run(dtype=np.float64):
-        xt, wt, bt = Tensor(x.astype(dtype), True), Tensor(w.astype(dtype), True), Tensor(b.astype(dtype), True)
-        y = ops.conv2d(xt, wt, bt, 1, padding, dilation)
-        y.backward(np.ones(y.shape, dtype) + np.arange(y.size, dtype=dtype).reshape(y.shape) % 3)
-        return y.numpy(), xt.grad, wt.grad, bt.grad
-
-    monkeypatch.setattr(conv_module, "_NARROW_RATIO", 0)                 # im2col only: the reference
-    monkeypatch.setattr(conv_module, "_FLAT_CHANNELS", 10**9)
-    want = run()
-    monkeypatch.undo()
-    # whole samples; one row; a few rows, some threads' blocks a sample's short last one
-    for block_bytes, threads in [(10**9, 1), (1, 2), ((c + o * 6) * 13 * 8 * 5, 3), ((c + o * 6) * 13 * 8 * 9, 4)]:
-        monkeypatch.setattr(conv_module, "_NARROW_BYTES", block_bytes)
-        monkeypatch.setattr(conv_module, "workers", lambda: threads)
-        for got, ref in zip(run(), want):
-            np.testing.assert_allclose(got, ref, atol=1e-12)
-        monkeypatch.undo()
-    _agrees_with_torch_fp32(run, x, w, b, padding, dilation)
-
-
 def test_output_side_path_is_taken_only_for_few_outputs():
     """O·kh·kw at most C, stride 1, one group, a kernel larger than 1x1, a BLAS dtype."""
     ok, x = conv_module._narrow_ok, np.empty((1, 32, 8, 8), np.float32)
@@ -174,12 +164,17 @@ def test_output_side_path_is_taken_only_for_few_outputs():
 
 def test_shifted_view_path_is_taken_where_it_wins():
     """Stride 1, one group, many input channels and at most half as many outputs (more than 16 only with a
-    kernel of at most 3x3); not otherwise."""
+    kernel of at most 3x3), or as many as the inputs up to 32 of them with a kernel of at most 3x3; not
+    otherwise."""
     ok = conv_module._flat_ok
     x, w = np.empty((1, 32, 8, 8), np.float32), np.empty((16, 32, 3, 3), np.float32)
     assert ok(np, x, w, (1, 1), 1)
     assert not ok(np, x, w, (2, 1), 1) and not ok(np, x, w[:, :16], (1, 1), 2)
-    assert not ok(np, x, np.empty((32, 32, 3, 3), np.float32), (1, 1), 1)      # as many outputs as inputs
+    assert ok(np, x, np.empty((32, 32, 3, 3), np.float32), (1, 1), 1)          # as many outputs as inputs up
+    assert ok(np, x[:, :16], np.empty((16, 16, 3, 3), np.float32), (1, 1), 1)  # to 32 channels, 3x3 at most
+    assert not ok(np, x[:, :16], np.empty((16, 16, 5, 5), np.float32), (1, 1), 1)
+    assert not ok(np, x[:, :16], np.empty((32, 16, 3, 3), np.float32), (1, 1), 1)   # more outputs than inputs
+    assert not ok(np, np.empty((1, 64, 8, 8), np.float32), np.empty((64, 64, 3, 3), np.float32), (1, 1), 1)
     assert ok(np, np.empty((1, 64, 8, 8), np.float32), np.empty((32, 64, 3, 3), np.float32), (1, 1), 1)
     assert not ok(np, np.empty((1, 64, 8, 8), np.float32), np.empty((32, 64, 5, 5), np.float32), (1, 1), 1)
     assert not ok(np, x, np.empty((16, 32, 1, 1), np.float32), (1, 1), 1)      # 1x1: im2col is no copy
@@ -412,3 +407,37 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(xp, stride
         x.grad = None
         pooled.sum().backward()
         assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 3, 7, 9), (1, 1, 2, 2)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_max_pool2d_compiled_path_equals_numpy(monkeypatch, rng, shape, dtype, threads):
+    """2x2 max pooling by the numba kernels and by the numpy passes: the same output, indices and input
+    gradient, with ties, -inf windows, a NaN window (whose backward falls back to finding the maxima), an
+    infinite output gradient and odd sizes (the last row or column in no window)."""
+    if not pool_module._max_pool_2x2.available:
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(threads_module, "workers", lambda: threads)
+    monkeypatch.setattr(threads_module, "_LEAST", 1)
+    monkeypatch.setattr(threads_module, "_BLOCK", 8)
+    x = np.maximum(np.round(rng.standard_normal(shape) * 2) / 2, 0).astype(dtype)  # many ties
+    x[0, 0, 0, :2] = x[0, 0, 1, :2] = -np.inf
+    gy = rng.standard_normal(shape[:2] + (shape[2] // 2, shape[3] // 2)).astype(dtype)
+    gy[-1, -1, -1, -1] = np.inf
+
+    def run(x):
+        t = Tensor(x, requires_grad=True)
+        y = ops.max_pool2d(t, 2)
+        index = y._ctx.index.copy()
+        y.backward(gy)
+        return y.numpy(), index, t.grad
+
+    for data in (x, np.where(np.arange(x.size).reshape(x.shape) == x.size - 1, np.nan, x).astype(dtype)):
+        got = run(data)
+        with accel.disabled():
+            want = run(data)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[2], want[2])
+        kept = ~np.isnan(want[0])                      # a NaN window's index is never used
+        np.testing.assert_array_equal(got[1][kept], want[1][kept])

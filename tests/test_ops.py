@@ -146,3 +146,34 @@ def test_softplus_stays_finite_below_a_threshold_above_709():
 def test_bad_input_names_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("threads, block", [(1, 1 << 18), (3, 64)])
+def test_batch_norm_cpu_path_matches_torch(rng, monkeypatch, affine, threads, block):
+    """Batch norm's training path on the CPU (per-channel dot products over blocks shared among threads; x̂
+    rebuilt in backward) against PyTorch in float32, with a mean far from zero, for one thread with whole
+    samples and for several threads with blocks of one sample; running statistics too."""
+    torch = pytest.importorskip("torch")
+    from hpcai.ops import threads as threads_module
+    monkeypatch.setattr(threads_module, "workers", lambda: threads)
+    monkeypatch.setattr(threads_module, "_BLOCK", block)
+    monkeypatch.setattr(threads_module, "_LEAST", 1)
+    x = (rng.standard_normal((7, 5, 6, 9)) * 3 + 40).astype(np.float32)
+    w, b = rng.uniform(0.5, 1.5, 5).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    rm, rv = np.zeros(5, np.float32), np.ones(5, np.float32)
+    xt = Tensor(x, requires_grad=True)
+    wt, bt = (Tensor(w, requires_grad=True), Tensor(b, requires_grad=True)) if affine else (None, None)
+    y = ops.batch_norm(xt, wt, bt, rm, rv, training=True, momentum=0.3)
+    assert y._ctx.fast
+    y.backward(gy)
+    tx = torch.tensor(x, requires_grad=True)
+    tw, tb = (torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)) if affine else (None, None)
+    trm, trv = torch.zeros(5), torch.ones(5)
+    ty = torch.nn.functional.batch_norm(tx, trm, trv, tw, tb, True, 0.3, 1e-5)
+    ty.backward(torch.from_numpy(gy))
+    pairs = [(y.numpy(), ty), (xt.grad, tx.grad), (rm, trm), (rv, trv)]
+    pairs += [(wt.grad, tw.grad), (bt.grad, tb.grad)] if affine else []
+    for got, ref in pairs:
+        np.testing.assert_allclose(got, ref.detach().numpy(), rtol=2e-4, atol=2e-4)

@@ -28,6 +28,16 @@ def test_over_batch_visits_every_sample_once(monkeypatch, n, size, workers):
     assert len(parts) == (1 if size < 2 * threads._LEAST else min(workers, n))
 
 
+@pytest.mark.parametrize("n,size,workers", [(1, 10**9, 4), (7, 10**9, 2), (64, 10**9, 3), (64, 10, 2), (5, 10**9, 8)])
+def test_batch_blocks_sums_over_every_sample_once(monkeypatch, n, size, workers):
+    """The per-block results add up to the sum over the batch, each sample counted once (a per-channel
+    reduction's partial sums), in blocks and on threads as over_batch cuts them."""
+    monkeypatch.setattr(threads, "workers", lambda: workers)
+    values = np.arange(1, n + 1, dtype=np.float64) ** 2
+    total = threads.batch_blocks(lambda s: np.array([values[s].sum(), s.stop - s.start]), n, size)
+    np.testing.assert_array_equal(total, [values.sum(), n])
+
+
 def test_parallel_keeps_order_raises_and_restores_blas_threads():
     ctl = threads._controller()
     if ctl is None:

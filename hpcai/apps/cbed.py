@@ -113,9 +113,10 @@ class Config:
 
 
 def build_model(config: Config, seed: int | None = None) -> nn.Module:
-    """A residual CNN on (N, 3, s, s): the three zone axes as channels; logits of the target's classes."""
+    """A residual CNN on (N, 3, s, s): the three zone axes as channels; logits of the target's classes.
+    The stem pools before its ReLU (the two commute), so the ReLU runs on a quarter of the pixels."""
     w, rng = config.width, np.random.default_rng(config.seed if seed is None else seed)
-    return nn.Sequential(nn.Conv2d(3, w, 3, padding=1, rng=rng), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
+    return nn.Sequential(nn.Conv2d(3, w, 3, padding=1, rng=rng), nn.BatchNorm2d(w), nn.MaxPool2d(2), nn.ReLU(),
                          nn.ResidualBlock(w, rng=rng), nn.ResidualBlock(w, 2 * w, stride=2, rng=rng),
                          nn.ResidualBlock(2 * w, 4 * w, stride=2, rng=rng), nn.GlobalAvgPool2d(),
                          nn.Linear(4 * w, config.classes(), rng=rng))

@@ -4,8 +4,10 @@ Both rest on one core. A convolution is im2col + GEMM: the padded input is viewe
 no copy) as columns (N, C·kh·kw, Ho·Wo), copied once, and multiplied by the weight (O, C·kh·kw); with
 the batch leading the columns, the product lands in NCHW order with no transpose. On the CPU this runs
 in tiles of a few samples (or rows) whose columns stay in cache, so columns are never stored: the weight
-gradient rebuilds them. The tiles are shared among threads (``threads.parallel``), each copying its own
-columns, so no core idles while another copies. The adjoint (the input gradient, which *is* the
+gradient rebuilds them. A layer with few columns per pixel (a 3-channel input layer) tiles at most
+``_TILE_PIXELS`` pixels of a sample, where its GEMM, short in its inner dimension, runs faster. The tiles
+are shared among threads (``threads.parallel``), each copying its own columns, so no core idles while
+another copies. The adjoint (the input gradient, which *is* the
 transposed convolution) multiplies by the transposed weight and folds the columns back (col2im: one
 vectorised add per kernel offset). At stride 1 the adjoint is itself a convolution (of the output
 gradient with the flipped weight), which skips the big column gradient and the kh·kw folding passes;
@@ -17,8 +19,9 @@ i·Wp + j is the (C, Ho·Wp) operand of kernel offset (i, j), on a grid Wp wide 
 are dropped. The kw shifts of one kernel row are copied once as columns (C·kw, ·); kernel row i is
 those columns shifted by i·Wp, a strided view that BLAS reads in place. So the convolution is kh GEMMs
 (O, C·kw) @ (C·kw, rows·Wp) summed, and the weight gradient kh GEMMs (C·kw, rows·Wp) @ (rows·Wp, O), in
-blocks of a few rows that stay in cache. Weight gradients are computed transposed, (K, O) rather than (O, K):
-a GEMM whose long axis is its first runs 1.5x faster in OpenBLAS when O is a few dozen.
+blocks of a few rows that stay in cache, or of several small samples (one batched GEMM per kernel row).
+Weight gradients are computed transposed, (K, O) rather than (O, K): a GEMM whose long axis is its first
+runs 1.5x faster in OpenBLAS when O is a few dozen.
 
 With fewer outputs still (O·kh·kw <= C, e.g. 32 -> 1 5x5) every product above is a matrix-vector one; the
 output-side path (``_narrow_conv``, ``_narrow_weight_grad``) instead multiplies the flattened input in place,
@@ -44,6 +47,12 @@ from .threads import batch_parts, over_batch, parallel, workers
 # GEMM reads them (and that the buffer is recycled by malloc instead of page-faulted in afresh), large
 # enough that each GEMM is efficient. On a GPU one tile of up to 64× this is better.
 _TILE_BYTES = 4 << 20
+# Tiles of a layer with few columns per pixel (16 <= C·kh·kw < 64 per group: an input layer of 3 channels,
+# 3x3) hold at most this many pixels of a sample: the GEMM's inner dimension is short, and over a longer
+# run of pixels it ran 1.2-1.4x slower (3 -> 16 on 64x64, 3 -> 32 on 128x128; one thread, CPU time). With
+# fewer columns (1 channel, 3x3) so small a tile costs more in calls than it gains.
+_TILE_PIXELS = 1024
+_SHORT_COLUMNS = (16, 64)
 
 
 def _pad(xp, x, pads):
@@ -68,11 +77,13 @@ def _pad(xp, x, pads):
     return out
 
 
-def _tiles(xp, n, ho, row_bytes):
+def _tiles(xp, n, ho, row_bytes, most_rows=None):
     """(batch slice, output-row slice) pairs covering n × ho with at most about one tile budget of columns
-    each; batch tiles come in a multiple of the CPU threads, of equal sizes, so that each thread gets
-    the same work."""
+    each (and at most ``most_rows`` rows of a sample on the CPU); batch tiles come in a multiple of the CPU
+    threads, of equal sizes, so that each thread gets the same work."""
     rows = max(1, (_TILE_BYTES if xp is np else 64 * _TILE_BYTES) // row_bytes)
+    if xp is np and most_rows is not None:
+        rows = min(rows, most_rows)
     if rows < ho:  # one sample's columns exceed the budget: split its rows
         return [(slice(b, b + 1), slice(r, min(r + rows, ho))) for b in range(n) for r in range(0, ho, rows)]
     if n == 0:
@@ -121,7 +132,10 @@ def _conv_pass(xp, xpad, w, stride, dilation, groups, out_hw, y=None, gy=None, b
     w3 = w.reshape(g, o // g, -1)
     bias = bias.reshape(g, o // g, 1) if bias is not None else None
     gy = gy.reshape(gy.shape[0], g, o // g, out_hw[0] * out_hw[1]) if gy is not None else None
-    tiles = _tiles(xp, xpad.shape[0], out_hw[0], xpad.shape[1] * kh * kw * wo * xpad.itemsize)
+    k = xpad.shape[1] // g * kh * kw
+    short = _SHORT_COLUMNS[0] <= k < _SHORT_COLUMNS[1] and out_hw[0] * wo > _TILE_PIXELS
+    tiles = _tiles(xp, xpad.shape[0], out_hw[0], k * g * wo * xpad.itemsize,
+                   max(1, _TILE_PIXELS // wo) if short else None)
 
     def work(run):  # dL/dw as its transpose (G, K/G, O/G): the long column axis leads the GEMM, 1.5x faster
         gwt = xp.zeros(w3.swapaxes(1, 2).shape, w.dtype) if gy is not None else None
@@ -157,6 +171,11 @@ def _conv(xp, xpad, w, stride, dilation, groups, out_hw, bias=None):
 # CPU time 1.2-1.4x on 64 -> 32 and 1.2x on 128 -> 64 3x3, the adjoints of a CBED-like net's layers). With
 # more than this many outputs it is kept to kernels of at most 3x3: at 64 -> 32 5x5 the two are even.
 _FLAT_CHANNELS = 16
+# Up to this many input channels it also takes as many outputs as inputs (3x3 or smaller): there the im2col
+# GEMM (O, C·9) @ (C·9, ·) has too few rows to hide the copy of its columns, and the path is 1.5x faster on
+# 16 -> 16 3x3 on 32x32 (forward, dL/dx and dL/dw together, batch 32: the CBED application's first residual
+# block; one thread, CPU time), 1.15x on 32 -> 32 on 16x16; from 64 -> 64 on, im2col is as fast or faster.
+_FLAT_SQUARE = 32
 # Bytes of the input rows of one block of the shifted-view path: a block's operands stay in a core's L2.
 _FLAT_BYTES = 384 << 10
 
@@ -164,37 +183,45 @@ _FLAT_BYTES = 384 << 10
 def _flat_ok(xp, x, w, stride, groups):
     """Whether the shifted-view path applies (``x`` the input, ``w`` the weight)."""
     (o, c, kh, kw) = w.shape
-    return (xp is np and stride == (1, 1) and groups == 1 and c >= _FLAT_CHANNELS and 2 * o <= c and
-            1 < kh * kw and (o <= _FLAT_CHANNELS or kh * kw <= 9) and x.dtype in (np.float32, np.float64))
+    few = 2 * o <= c and (o <= _FLAT_CHANNELS or kh * kw <= 9)
+    square = o <= c <= _FLAT_SQUARE and kh * kw <= 9
+    return (xp is np and stride == (1, 1) and groups == 1 and c >= _FLAT_CHANNELS and 1 < kh * kw and
+            (few or square) and x.dtype in (np.float32, np.float64))
 
 
 def _flat_blocks(xpad, ksize, dilation, out_hw):
-    """Work of the shifted-view path: (sample, first row, rows) blocks of about ``_FLAT_BYTES`` of input,
-    split into one list per CPU thread."""
-    n, c, _, wp = xpad.shape
+    """Work of the shifted-view path: (first sample, samples, first row, rows) blocks of about ``_FLAT_BYTES``
+    of input, split into one list per CPU thread. Small samples go several to a block (one batched GEMM
+    per kernel row: fewer calls from Python), as long as every thread still gets a block."""
+    n, c, hp, wp = xpad.shape
     rows = max(1, min(out_hw[0], _FLAT_BYTES // (c * wp * xpad.itemsize) - (ksize[0] - 1) * dilation[0]))
-    blocks = [(b, r, min(rows, out_hw[0] - r)) for b in range(n) for r in range(0, out_hw[0], rows)]
+    if rows < out_hw[0]:
+        blocks = [(b, 1, r, min(rows, out_hw[0] - r)) for b in range(n) for r in range(0, out_hw[0], rows)]
+    else:
+        per = max(1, min(_FLAT_BYTES // (c * hp * wp * xpad.itemsize), math.ceil(n / workers())))
+        blocks = [(b, min(per, n - b), 0, out_hw[0]) for b in range(0, n, per)]
     parts = max(1, min(workers(), len(blocks)))
     return [blocks[len(blocks) * p // parts:len(blocks) * (p + 1) // parts] for p in range(parts)]
 
 
-def _row_columns(xp, flat, b, start, length, kw, dw, buf):
-    """The columns of one kernel row, shared by all kh rows of a block: (C·kw, length) of sample ``b``'s
-    flattened padded input, row (c, j) starting at ``start + j·dw`` (one copy of a strided view)."""
+def _row_columns(xp, flat, b, nb, start, length, kw, dw, buf):
+    """The columns of one kernel row, shared by all kh rows of a block: (nb, C·kw, length) of samples
+    b..b+nb of the flattened padded input, row (c, j) starting at ``start + j·dw`` (one copy of a strided
+    view)."""
     c = flat.shape[1]
-    s1, s2 = flat.strides[1:]
-    view = xp.lib.stride_tricks.as_strided(flat[b, :, start:], (c, kw, length), (s1, s2 * dw, s2))
-    cols = buf[:c * kw * length].reshape(c, kw, length)
+    s0, s1, s2 = flat.strides
+    view = xp.lib.stride_tricks.as_strided(flat[b:b + nb, :, start:], (nb, c, kw, length), (s0, s1, s2 * dw, s2))
+    cols = buf[:nb * c * kw * length].reshape(nb, c, kw, length)
     xp.copyto(cols, view)
-    return cols.reshape(c * kw, length)
+    return cols.reshape(nb, c * kw, length)
 
 
 def _flat_conv(xp, xpad, w, dilation, out_hw, bias=None):
     """The stride-1 convolution of ``xpad`` by ``w`` (+ ``bias``) by shifted views: (N, O, Ho, Wo).
 
-    Block (b, r, nr) covers output rows r..r+nr of sample b on the Wp-wide grid; its length stops at
-    the last row's Wo-th column, so that no tap reads past the sample. The kw taps of a kernel row are
-    copied once as (C·kw, ·) columns over the block's input rows; kernel row i is then the view of
+    Block (b, nb, r, nr) covers output rows r..r+nr of samples b..b+nb on the Wp-wide grid; its length
+    stops at the last row's Wo-th column, so that no tap reads past a sample. The kw taps of a kernel row
+    are copied once as (C·kw, ·) columns over the block's input rows; kernel row i is then the view of
     those columns shifted by i·dh·Wp, and the block is kh GEMMs (O, C·kw) @ (C·kw, block) summed."""
     n, c, hp, wp = xpad.shape
     (o, _, kh, kw), (dh, dw), (ho, wo) = w.shape, dilation, out_hw
@@ -204,25 +231,25 @@ def _flat_conv(xp, xpad, w, dilation, out_hw, bias=None):
     bias = bias.reshape(o, 1, 1) if bias is not None else None
 
     def work(blocks):
-        most = max(nr for _, _, nr in blocks) * wp
-        acc, tmp = (xp.empty((o, most), w.dtype) for _ in range(2))
-        buf = xp.empty(c * kw * (most + (kh - 1) * dh * wp), w.dtype)
-        for b, r, nr in blocks:
+        most, many = max(nr for *_, nr in blocks) * wp, max(nb for _, nb, *_ in blocks)
+        acc, tmp = (xp.empty((many, o, most), w.dtype) for _ in range(2))
+        buf = xp.empty(many * c * kw * (most + (kh - 1) * dh * wp), w.dtype)
+        for b, nb, r, nr in blocks:
             size = (nr - 1) * wp + wo
-            cols = _row_columns(xp, flat, b, r * wp, size + (kh - 1) * dh * wp, kw, dw, buf)
-            out, part = acc[:, :size], tmp[:, :size]
+            cols = _row_columns(xp, flat, b, nb, r * wp, size + (kh - 1) * dh * wp, kw, dw, buf)
+            out, part = acc[:nb, :, :size], tmp[:nb, :, :size]
             for i in range(kh):
-                view = cols[:, i * dh * wp:i * dh * wp + size]
+                view = cols[:, :, i * dh * wp:i * dh * wp + size]
                 if i == 0:
                     xp.matmul(rows[0], view, out=out)
                 else:
                     xp.matmul(rows[i], view, out=part)
                     out += part
-            grid = acc[:, :nr * wp].reshape(o, nr, wp)[:, :, :wo]
+            grid = acc[:nb, :, :nr * wp].reshape(nb, o, nr, wp)[..., :wo]
             if bias is not None:
-                xp.add(grid, bias, out=y[b, :, r:r + nr])
+                xp.add(grid, bias, out=y[b:b + nb, :, r:r + nr])
             else:
-                y[b, :, r:r + nr] = grid
+                y[b:b + nb, :, r:r + nr] = grid
 
     parallel(work, _flat_blocks(xpad, w.shape[2:], dilation, out_hw))
     return y
@@ -237,19 +264,19 @@ def _flat_weight_grad(xp, xpad, gy, wshape, dilation):
     flat = xp.ascontiguousarray(xpad).reshape(n, c, hp * wp)
 
     def work(blocks):  # dL/dw as (kh, C·kw, O): the long column axis leads each GEMM
-        most = max(nr for _, _, nr in blocks)
-        gwt, tmp = xp.zeros((kh, c * kw, o), gy.dtype), xp.empty((c * kw, o), gy.dtype)
-        grid = xp.zeros((o, most, wp), gy.dtype)                              # columns >= Wo stay zero
+        most, many = max(nr for *_, nr in blocks), max(nb for _, nb, *_ in blocks)
+        gwt, tmp = xp.zeros((kh, c * kw, o), gy.dtype), xp.empty((many, c * kw, o), gy.dtype)
+        grid = xp.zeros((many, o, most, wp), gy.dtype)                        # columns >= Wo stay zero
         most *= wp
-        buf = xp.empty(c * kw * (most + (kh - 1) * dh * wp), gy.dtype)
-        for b, r, nr in blocks:
+        buf = xp.empty(many * c * kw * (most + (kh - 1) * dh * wp), gy.dtype)
+        for b, nb, r, nr in blocks:
             size = (nr - 1) * wp + wo
-            grid[:, :nr, :wo] = gy[b, :, r:r + nr]
-            g = grid.reshape(o, -1)[:, :size]
-            cols = _row_columns(xp, flat, b, r * wp, size + (kh - 1) * dh * wp, kw, dw, buf)
+            grid[:nb, :, :nr, :wo] = gy[b:b + nb, :, r:r + nr]
+            g = grid[:nb].reshape(nb, o, -1)[:, :, :size].swapaxes(1, 2)
+            cols = _row_columns(xp, flat, b, nb, r * wp, size + (kh - 1) * dh * wp, kw, dw, buf)
             for i in range(kh):
-                xp.matmul(cols[:, i * dh * wp:i * dh * wp + size], g.T, out=tmp)
-                gwt[i] += tmp
+                xp.matmul(cols[:, :, i * dh * wp:i * dh * wp + size], g, out=tmp[:nb])
+                gwt[i] += tmp[0] if nb == 1 else tmp[:nb].sum(axis=0)
         return gwt
 
     gwt = sum(parallel(work, _flat_blocks(xpad, wshape[2:], dilation, (ho, wo))))   # (kh, C·kw, O)

@@ -128,3 +128,15 @@ def over_batch(xp, fn, n, size):
             fn(slice(start, min(start + step, part.stop)))
 
     parallel(blocks, batch_parts(n, size))
+
+
+def batch_blocks(fn, n, size):
+    """The sum of fn(batch slice) over a numpy batch of ``n`` samples (``size`` elements of work), cut
+    as ``over_batch`` cuts it: per-thread shares in blocks that stay in cache; for per-channel
+    reductions whose partial results are small arrays."""
+    step = max(1, n * _BLOCK // max(size, 1))
+
+    def blocks(part):
+        return sum(fn(slice(start, min(start + step, part.stop))) for start in range(part.start, part.stop, step))
+
+    return sum(parallel(blocks, batch_parts(n, size)))
