@@ -23,7 +23,7 @@ they interleave: after each output step the learner trains ``iters_per_output`` 
 run is a workflow (:func:`workflow`): the module :func:`simulate` produces and sends on one rank, the module
 :func:`learn` trains data-parallel on the others, and the simulation never waits for training. The
 compressed data, the trained weights and the corrections go into one HDF5 file that ``xarray.open_dataset``
-reads (:mod:`.climate_store`: block steps as integer DCT coefficients in deflate chunks, SZ3/ZFP steps as
+reads (:mod:`.climate_store`: block steps as integer DCT coefficients in bzip2 chunks, SZ3/ZFP steps as
 HDF5-filter chunks read after ``import hdf5plugin``); the codec's part decodes without hpcai's network.
 
 What to expect from the defaults (T85, 6 days, output every 3 h, block codec, ratio 50, bound 0.5 % of each
@@ -362,7 +362,8 @@ class _Producer:
 
     Constructing it runs the solver's own checks (initial condition, a stable ``dt``, an output interval
     that is a whole number of steps) and the codec's (a ratio that keeps something), so a bad parameter
-    fails before anything runs.
+    fails before anything runs. ``config`` is validated (:meth:`Config.validate` refuses a run too short for
+    a held-out step: with a whole number of solver steps per output, its count of outputs is this one's).
     """
 
     def __init__(self, config: Config):
@@ -373,9 +374,6 @@ class _Producer:
         every = round(config.output_hours * 3600 / self.sim.dt_used)
         steps = math.ceil(config.days * 86400 / self.sim.dt_used - 1e-9)
         self.outputs = 1 + steps // every + (steps % every > 0)  # output steps, the initial state included
-        if self.outputs < config.holdout_every:
-            raise ValueError(f"days: a run of {config.days} days with output every {config.output_hours} h has no "
-                             f"held-out step (every {config.holdout_every}th); run longer or output more often")
         self.lat, self.lon = self.sim.lat, self.sim.lon
         self.weights = np.cos(np.radians(self.lat))[:, None]
         self.ratio = config.ratio  # the codec's target: bounded, the bytes left after the weights
@@ -614,45 +612,104 @@ def _error_metrics(evaluation) -> dict:
     return out
 
 def _finish(config, producer, evaluation, start, ranks, verbose) -> Result:
-    """Metrics and arrays from the producer's storage and the learner's evaluation; writes the files."""
-    if config.pipeline == "bounded":
-        return _finish_bounded(config, producer, evaluation, start, ranks, verbose)
-    before, after = evaluation["before"], evaluation["after"]
-    raw_bytes = len(producer.stored) * config.nlat * config.nlon * 8
-    kept = sum(c.nbytes for c in producer.stored)
+    """Metrics and arrays from the producer's storage and the learner's evaluation, for both pipelines: the
+    bytes of data, weights and (bounded) corrections; the errors of the codec alone and of the restored steps
+    on the held-out steps and on the other flow, next to SZ3 and ZFP at the same total bytes there; (bounded)
+    the rate-distortion curve's points. Writes the files."""
+    bounded = config.pipeline == "bounded"
+    keeps_bound = bounded and config.error_bound is not None
+    steps, cell = len(producer.stored), config.nlat * config.nlon * 8
+    held = [producer.held_out(k) for k in range(steps)]
+    if bounded:
+        corrections, bounds = _in_step_order(evaluation, held)
+    else:
+        corrections, bounds = [np.zeros(0, np.uint8)] * steps, np.full(steps, math.nan)
+    raw, kept = steps * cell, sum(c.nbytes for c in producer.stored)
     weight_bytes = sum(a.nbytes for a in evaluation["state"].values())
-    metrics = {"compression_ratio": raw_bytes / kept,
-               "compression_ratio_with_weights": raw_bytes / (kept + weight_bytes),
-               "compression_ratio_total": raw_bytes / (kept + weight_bytes), "bytes_raw": raw_bytes,
-               "bytes_stored": kept, "bytes_weights": weight_bytes, "bytes_saved": raw_bytes - kept - weight_bytes,
-               "output_steps": len(producer.stored), "held_out_steps": len(before),
-               "training_steps": len(producer.stored) - len(before),
+    corr_bytes = sum(c.nbytes for c in corrections) + 8 * steps * keeps_bound  # + each step's bound
+    total = kept + weight_bytes + corr_bytes
+    # the held-out steps' bytes: their data and corrections, and their share of the weights
+    n_held = sum(held)
+    held_bytes = sum(producer.stored[k].nbytes + corrections[k].nbytes + 8 * keeps_bound
+                     for k in range(steps) if held[k]) + weight_bytes * n_held / steps
+    before, after = evaluation["before"], evaluation["after"]
+    metrics = {"compression_ratio": raw / kept, "compression_ratio_with_weights": raw / (kept + weight_bytes),
+               "compression_ratio_total": raw / total, "bytes_raw": raw, "bytes_stored": kept,
+               "bytes_weights": weight_bytes, "bytes_saved": raw - total, "output_steps": steps,
+               "held_out_steps": len(before), "training_steps": steps - len(before),
                "final_training_loss": float(np.mean(evaluation["loss"][-20:])) if len(evaluation["loss"]) else math.nan,
                "training_iterations": evaluation["iterations"], "ranks": ranks,
                **{f"seconds_{k}": v for k, v in producer.timers.items()}}
+    if bounded:
+        metrics.update(compression_ratio_held_out=n_held * cell / held_bytes, bytes_corrections=corr_bytes,
+                       worst_error_over_bound=float(evaluation["worst_error_over_bound"]))
     metrics.update(_error_metrics(evaluation))
-    metrics.update(_peers(evaluation["held_originals"], metrics["compression_ratio_with_weights"], producer.weights))
+    # the peers at the restored steps' own total ratio (the U-Net's codec has one ratio for every step)
+    ratio = metrics["compression_ratio_held_out" if bounded else "compression_ratio_with_weights"]
+    metrics.update(_peers(evaluation["held_originals"], ratio, producer.weights))
+    other_before = evaluation["other_before"]
+    if bounded and len(other_before):
+        other_bytes = (sum(producer.other_nbytes) + evaluation["other_corrections_bytes"].sum()
+                       + 8 * len(other_before) * keeps_bound + weight_bytes * n_held / steps)
+        metrics["compression_ratio_other"] = len(other_before) * cell / other_bytes
+        metrics.update(_peers(evaluation["other_originals"], metrics["compression_ratio_other"], producer.weights,
+                              "_other"))
     arrays = {k: evaluation[k] for k in ("day", "original", "compressed", "restored", "held_out_days", "loss")}
     arrays.update({k: evaluation[k] for k in ("other_original", "other_compressed", "other_restored")
                    if k in evaluation})
     arrays.update(lat=producer.lat, lon=producer.lon, l2_compressed=before[:, 0], l2_restored=after[:, 0],
                   step_days=np.array(producer.times) / 86400, step_l2_compressed=np.array(producer.step_errors))
+    if bounded:  # the rate-distortion figure: the codecs alone around the run's ratio, and the run's own points
+        originals = evaluation["held_originals"]
+        for name in RD_CODECS:
+            arrays[f"rd_{name}"] = np.array([_codec_point(name, originals, ratio * f, producer.weights, 12)
+                                             for f in RD_FACTORS])
+        held_data = sum(producer.stored[k].nbytes for k in range(steps) if held[k])
+        arrays["rd_codec_alone"] = np.array([[n_held * cell / held_data, metrics["l2_compressed"],
+                                              metrics["max_compressed"]]])
+        arrays["rd_hpcai"] = np.array([[ratio, metrics["l2_restored"], metrics["max_restored"]]])
     result = Result(metrics, arrays)
     metrics["seconds_total"] = time.perf_counter() - start  # without writing the files
     if config.output_dir:
-        _write(config, result, producer, evaluation)
+        _write(config, result, producer, evaluation, *((corrections, bounds) if keeps_bound else (None, None)))
     if verbose:
-        print(f"held-out L2 error: compressed {metrics['l2_compressed']:.3e} -> restored {metrics['l2_restored']:.3e}"
-              f" ({metrics['l2_improvement']:.1f}x better; max error {metrics['max_improvement']:.1f}x) at compression "
-              f"x{metrics['compression_ratio']:.0f} (x{metrics['compression_ratio_with_weights']:.1f} counting the "
-              f"weights); {metrics['seconds_total']:.1f} s", flush=True)
-        print("at the same total bytes on the held-out steps: " + ", ".join(
-            f"{name} L2 {metrics[f'l2_{name}']:.3e} (max {metrics[f'max_{name}']:.3e})" for name in PEERS)
-            + f"; restored max {metrics['max_restored']:.3e}", flush=True)
-        if not math.isnan(metrics["l2_other_restored"]):
-            print(f"other flow ({OTHER_FLOW[config.initial_condition]}), same network: L2 error "
-                  f"{metrics['l2_other_compressed']:.3e} -> {metrics['l2_other_restored']:.3e}", flush=True)
+        _print_summary(config, metrics, ratio)
     return result
+
+
+def _print_summary(config, metrics, ratio) -> None:
+    """The run's bytes and errors, next to the peers' at the same total bytes (``ratio``)."""
+    m = metrics
+    if config.pipeline == "bounded":
+        bound = "" if config.error_bound is None else (
+            f"; |error| <= {config.error_bound:g} x max |field| at every point of every step (worst "
+            f"{m['worst_error_over_bound']:.2f} of the bound)")
+        print(f"stored x{m['compression_ratio_total']:.1f} in all (data x{m['compression_ratio']:.0f}, weights "
+              f"{m['bytes_weights']} B, corrections {m['bytes_corrections']} B){bound}; {m['seconds_total']:.1f} s",
+              flush=True)
+        if m["compression_ratio_total"] < 0.98 * config.ratio:
+            print(f"the bound costs more corrections than ratio {config.ratio:g} leaves room for: x"
+                  f"{m['compression_ratio_total']:.1f} reached (a looser error_bound or a lower ratio meets it)",
+                  flush=True)
+        print(f"held-out L2 error: {config.codec} codec {m['l2_compressed']:.3e} -> restored {m['l2_restored']:.3e} "
+              f"({m['l2_improvement']:.2f}x; max error {m['max_compressed']:.3e} -> {m['max_restored']:.3e}) at "
+              f"x{ratio:.1f} counting weights and corrections", flush=True)
+    else:
+        print(f"held-out L2 error: compressed {m['l2_compressed']:.3e} -> restored {m['l2_restored']:.3e}"
+              f" ({m['l2_improvement']:.1f}x better; max error {m['max_improvement']:.1f}x) at compression "
+              f"x{m['compression_ratio']:.0f} (x{m['compression_ratio_with_weights']:.1f} counting the "
+              f"weights); {m['seconds_total']:.1f} s", flush=True)
+    print("at the same total bytes on the held-out steps: " + ", ".join(
+        f"{name} L2 {m[f'l2_{name}']:.3e} (max {m[f'max_{name}']:.3e})" for name in PEERS)
+        + f"; restored max {m['max_restored']:.3e}", flush=True)
+    if not math.isnan(m["l2_other_restored"]):
+        other = f"other flow ({OTHER_FLOW[config.initial_condition]}), same network: L2 error " \
+                f"{m['l2_other_compressed']:.3e} -> {m['l2_other_restored']:.3e}"
+        if "compression_ratio_other" in m:
+            other += (f" (max {m['max_other_restored']:.3e}) at x{m['compression_ratio_other']:.1f}; at those bytes "
+                      + ", ".join(f"{name} L2 {m[f'l2_{name}_other']:.3e} (max {m[f'max_{name}_other']:.3e})"
+                                  for name in PEERS))
+        print(other, flush=True)
 
 
 def _codec_point(name, originals, ratio, weights, iterations=20):
@@ -679,85 +736,6 @@ def _peers(originals, ratio, weights, suffix="") -> dict:
 
 RD_FACTORS = (0.5, 1.0, 2.0, 4.0)  # the rate-distortion figure's ratios, times the run's total ratio
 RD_CODECS = ("block", "sz3", "zfp")  # the codecs alone on its curve
-
-
-def _finish_bounded(config, producer, evaluation, start, ranks, verbose) -> Result:
-    """The bounded pipeline's metrics: bytes of data, weights and corrections; the errors of the codec alone
-    and of the restored steps within the bound on the held-out later window and on the other flow, next to
-    SZ3 and ZFP at the same total bytes there; the rate-distortion curve's points."""
-    steps, cell = len(producer.stored), config.nlat * config.nlon * 8
-    held = [producer.held_out(k) for k in range(steps)]
-    corrections, bounds = _in_step_order(evaluation, held)
-    raw, kept = steps * cell, sum(c.nbytes for c in producer.stored)
-    weight_bytes = sum(a.nbytes for a in evaluation["state"].values())
-    corr_bytes = sum(c.nbytes for c in corrections) + 8 * len(bounds) * (config.error_bound is not None)
-    total = kept + weight_bytes + corr_bytes
-    # the held-out window's bytes: its data and corrections, and its share of the weights
-    n_held = sum(held)
-    held_bytes = sum(producer.stored[k].nbytes + corrections[k].nbytes + 8 * (config.error_bound is not None)
-                     for k in range(steps) if held[k]) + weight_bytes * n_held / steps
-    before, after = evaluation["before"], evaluation["after"]
-    metrics = {"compression_ratio": raw / kept, "compression_ratio_with_weights": raw / (kept + weight_bytes),
-               "compression_ratio_total": raw / total, "compression_ratio_held_out": n_held * cell / held_bytes,
-               "bytes_raw": raw, "bytes_stored": kept, "bytes_weights": weight_bytes, "bytes_corrections": corr_bytes,
-               "bytes_saved": raw - total, "output_steps": steps, "held_out_steps": len(before),
-               "training_steps": steps - len(before),
-               "worst_error_over_bound": float(evaluation["worst_error_over_bound"]),
-               "final_training_loss": float(np.mean(evaluation["loss"][-20:])) if len(evaluation["loss"]) else math.nan,
-               "training_iterations": evaluation["iterations"], "ranks": ranks,
-               **{f"seconds_{k}": v for k, v in producer.timers.items()}}
-    metrics.update(_error_metrics(evaluation))
-    metrics.update(_peers(evaluation["held_originals"], metrics["compression_ratio_held_out"], producer.weights))
-    other_before = evaluation["other_before"]
-    if len(other_before):
-        other_bytes = (sum(producer.other_nbytes) + evaluation["other_corrections_bytes"].sum()
-                       + 8 * len(other_before) * (config.error_bound is not None) + weight_bytes * n_held / steps)
-        metrics["compression_ratio_other"] = len(other_before) * cell / other_bytes
-        metrics.update(_peers(evaluation["other_originals"], metrics["compression_ratio_other"], producer.weights,
-                              "_other"))
-    arrays = {k: evaluation[k] for k in ("day", "original", "compressed", "restored", "held_out_days", "loss")}
-    arrays.update({k: evaluation[k] for k in ("other_original", "other_compressed", "other_restored")
-                   if k in evaluation})
-    arrays.update(lat=producer.lat, lon=producer.lon, l2_compressed=before[:, 0], l2_restored=after[:, 0],
-                  step_days=np.array(producer.times) / 86400, step_l2_compressed=np.array(producer.step_errors))
-    # the rate-distortion figure: the codecs alone around the run's ratio, and the run's own points
-    originals, ratio = evaluation["held_originals"], metrics["compression_ratio_held_out"]
-    for name in RD_CODECS:
-        arrays[f"rd_{name}"] = np.array([_codec_point(name, originals, ratio * f, producer.weights, 12)
-                                         for f in RD_FACTORS])
-    held_data = sum(producer.stored[k].nbytes for k in range(steps) if held[k])
-    arrays["rd_codec_alone"] = np.array([[n_held * cell / held_data, metrics["l2_compressed"],
-                                          metrics["max_compressed"]]])
-    arrays["rd_hpcai"] = np.array([[ratio, metrics["l2_restored"], metrics["max_restored"]]])
-    result = Result(metrics, arrays)
-    metrics["seconds_total"] = time.perf_counter() - start  # without writing the files
-    if config.output_dir:
-        _write(config, result, producer, evaluation,
-               *((corrections, bounds) if config.error_bound is not None else (None, None)))
-    if verbose:
-        bound = "" if config.error_bound is None else (
-            f"; |error| <= {config.error_bound:g} x max |field| at every point of every step (worst "
-            f"{metrics['worst_error_over_bound']:.2f} of the bound)")
-        print(f"stored x{metrics['compression_ratio_total']:.1f} in all (data x{metrics['compression_ratio']:.0f}, "
-              f"weights {weight_bytes} B, corrections {corr_bytes} B){bound}; {metrics['seconds_total']:.1f} s",
-              flush=True)
-        if metrics["compression_ratio_total"] < 0.98 * config.ratio:
-            print(f"the bound costs more corrections than ratio {config.ratio:g} leaves room for: x"
-                  f"{metrics['compression_ratio_total']:.1f} reached (a looser error_bound or a lower ratio meets it)",
-                  flush=True)
-        print(f"held-out L2 error: {config.codec} codec {metrics['l2_compressed']:.3e} -> restored "
-              f"{metrics['l2_restored']:.3e} ({metrics['l2_improvement']:.2f}x; max error "
-              f"{metrics['max_compressed']:.3e}"
-              f" -> {metrics['max_restored']:.3e}) at x{ratio:.1f} counting weights and corrections", flush=True)
-        print("at the same total bytes on the held-out steps: " + ", ".join(
-            f"{name} L2 {metrics[f'l2_{name}']:.3e} (max {metrics[f'max_{name}']:.3e})" for name in PEERS), flush=True)
-        if not math.isnan(metrics["l2_other_restored"]):
-            print(f"other flow ({OTHER_FLOW[config.initial_condition]}), same network: L2 error "
-                  f"{metrics['l2_other_compressed']:.3e} -> {metrics['l2_other_restored']:.3e} (max "
-                  f"{metrics['max_other_restored']:.3e}) at x{metrics['compression_ratio_other']:.1f}; at those bytes "
-                  + ", ".join(f"{name} L2 {metrics[f'l2_{name}_other']:.3e} (max {metrics[f'max_{name}_other']:.3e})"
-                              for name in PEERS), flush=True)
-    return result
 
 
 def _in_step_order(evaluation, held) -> tuple[list, np.ndarray]:

@@ -1,17 +1,19 @@
 """The climate SR output file: compressed steps, the network's weights and the corrections that keep the
 point-wise bound, in one HDF5 file that xarray reads.
 
-The codec's part opens without hpcai: block DCT steps are the integer coefficients as a deflate-filtered
-dataset (the codec's zlib stream is the chunk), so ``xarray.open_dataset(path, engine="h5netcdf")`` gives
-``<field>_dct`` (time, block_lat, block_lon, ky, kx) and ``quantiser_step`` (time), and a field is the
-inverse DCT-II of each block of ``q * step * (1 + slope (ky + kx))`` (:func:`block_fields`, a few lines of
-scipy); SZ3 and ZFP steps are filter chunks of the field itself (after ``import hdf5plugin``). Restoring
+The codec's part opens without hpcai: block DCT steps are the integer coefficients as a bzip2-filtered
+dataset (the codec's bzip2 stream is the chunk), so after ``import hdf5plugin``
+``xarray.open_dataset(path, engine="h5netcdf")`` gives ``<field>_dct`` (time, ky, kx, block_lat, block_lon)
+and ``quantiser_step`` (time), and a field is the inverse DCT-II of each block of
+``q * step * (1 + slope (ky + kx))`` (:func:`block_fields`, a few lines of scipy); SZ3 and ZFP steps are
+filter chunks of the field itself. Restoring
 needs hpcai: the network (group ``residual``, or ``restorer`` for the U-Net) and the corrections
 (``corrections``, ``bound``), both checksummed.
 """
 from __future__ import annotations
 
 import dataclasses
+import bz2
 import json
 import os
 import zlib
@@ -27,15 +29,16 @@ FIELDS = {"vorticity": "1/s", "h": "m"}
 
 
 def _block_chunks(stored):
-    """(integer dtype, zlib streams) of block-codec steps, all re-encoded in the widest integer type any of
-    them needed (nearly always int16: then the streams are the counted bytes themselves)."""
+    """(integer dtype, bzip2 streams of the frequency-major coefficients) of block-codec steps, all in the
+    widest integer type any of them needed (nearly always int16: then the streams are the counted bytes)."""
     wide = max((np.dtype(c.params["int"]) for c in stored), key=lambda t: t.itemsize)
     streams = []
     for c in stored:
-        if np.dtype(c.params["int"]) == wide:
-            streams.append(c.arrays["zlib"].tobytes())
+        if np.dtype(c.params["int"]) == wide and "bz2" in c.arrays:
+            streams.append(c.arrays["bz2"].tobytes())
         else:
-            streams.append(zlib.compress(_codec.Block.quantised(c).astype(wide).tobytes(), 9))
+            q = np.ascontiguousarray(_codec.Block.quantised(c).transpose(2, 3, 0, 1), wide)
+            streams.append(bz2.compress(q.tobytes(), 9))
     return wide, streams
 
 
@@ -61,15 +64,16 @@ def _verify(path, f, name: str, value=None) -> None:
 
 
 def block_fields(q, steps, slope: float, shape) -> np.ndarray:
-    """Fields (time, nlat, nlon) from a file's block coefficients ``q`` (time, block_lat, block_lon, b, b) and
-    quantiser ``steps`` (time): what xarray reads, decoded with scipy.fft alone."""
-    return np.stack([_codec.Block.reconstruct(np.asarray(qk), float(s), slope, shape) for qk, s in zip(q, steps)])
+    """Fields (time, nlat, nlon) from a file's block coefficients ``q`` (time, ky, kx, block_lat, block_lon)
+    and quantiser ``steps`` (time): what xarray reads, decoded with scipy.fft alone."""
+    return np.stack([_codec.Block.reconstruct(np.asarray(qk).transpose(2, 3, 0, 1), float(s), slope, shape)
+                     for qk, s in zip(q, steps)])
 
 
 def write_compressed(path, config, stored, hours, lat, lon, state=None, norm=None, corrections=None,
                      bounds=None) -> str:
     """Write the compressed steps (truncate: DCT coefficients (time, ky, kx); block: integer block
-    coefficients, deflate chunks; sz3, zfp: the field (time, lat, lon) as HDF5-filter chunks, which xarray
+    coefficients, bzip2 chunks; sz3, zfp: the field (time, lat, lon) as HDF5-filter chunks, which xarray
     reads after ``import hdf5plugin``) with dimension names, coordinates and units; the network's weights
     (group ``residual`` for the bounded pipeline, ``restorer`` for the U-Net, SHA-256 checksummed) and the
     corrections with each step's absolute bound; atomically."""
@@ -110,12 +114,14 @@ def write_compressed(path, config, stored, hours, lat, lon, state=None, norm=Non
                                params=json.dumps([c.params for c in stored]), sha256=_streams_checksum(streams))
                 for axis, name in enumerate(("time", "lat", "lon")):
                     d.dims[axis].attach_scale(f[name])
-            else:  # block: the integer coefficients, each step's zlib stream a deflate chunk
+            else:  # block: the integer coefficients, each step's bzip2 stream a chunk of hdf5plugin's filter
                 p = stored[0].params
                 grid, b = tuple(p["grid"]), int(p["block"])
                 wide, streams = _block_chunks(stored)
-                shape = (len(stored),) + grid + (b, b)
-                d = f.create_dataset(f"{config.field}_dct", shape, wide, chunks=(1,) + shape[1:], compression="gzip")
+                shape = (len(stored), b, b) + grid
+                _, plugin = _codec.hdf5_filters()
+                d = f.create_dataset(f"{config.field}_dct", shape, wide, chunks=(1,) + shape[1:],
+                                     **plugin.BZip2(blocksize=9))
                 for i, stream in enumerate(streams):
                     d.id.write_direct_chunk((i, 0, 0, 0, 0), stream, 0)
                 d.attrs["sha256"] = _streams_checksum(streams)
@@ -123,7 +129,7 @@ def write_compressed(path, config, stored, hours, lat, lon, state=None, norm=Non
                     f"quantised 8x8 block DCT-II (ortho) coefficients of {config.field}: a block is "
                     "idctn(q * quantiser_step * (1 + slope * (ky + kx)), norm='ortho'); blocks side by side, "
                     f"cropped to {config.nlat} x {config.nlon}"))
-                for name, n in (("block_lat", grid[0]), ("block_lon", grid[1]), ("ky", b), ("kx", b)):
+                for name, n in (("ky", b), ("kx", b), ("block_lat", grid[0]), ("block_lon", grid[1])):
                     s = f.create_dataset(name, data=np.arange(n))
                     s.attrs.update(units="1", long_name=f"{name.replace('_', ' ')} index")
                     s.make_scale(name)
@@ -132,7 +138,7 @@ def write_compressed(path, config, stored, hours, lat, lon, state=None, norm=Non
                 steps.attrs.update(units=FIELDS[config.field], long_name="quantiser step of the block codec",
                                    sha256=io.checksum({"quantiser_step": q_steps}))
                 steps.dims[0].attach_scale(f["time"])
-                for axis, name in enumerate(("time", "block_lat", "block_lon", "ky", "kx")):
+                for axis, name in enumerate(("time", "ky", "kx", "block_lat", "block_lon")):
                     d.dims[axis].attach_scale(f[name])
             if state is not None and pipeline == "bounded":
                 g = f.create_group("residual")
@@ -150,8 +156,8 @@ def write_compressed(path, config, stored, hours, lat, lon, state=None, norm=Non
                 d = f.create_dataset("corrections", (len(corrections),), dtype=h5py.vlen_dtype(np.uint8))
                 for i, c in enumerate(corrections):
                     d[i] = np.asarray(c, np.uint8)
-                d.attrs.update(long_name="zlib-coded (gap, multiple of the bound) int32 pairs where the restored "
-                               "field errs beyond the bound (hpcai.sim.compression.guard)",
+                d.attrs.update(long_name="LZMA-coded field of multiples of twice the bound, non-zero where the "
+                               "restored field errs beyond the bound (hpcai.sim.compression.guard)",
                                sha256=io.checksum({str(i): np.asarray(c, np.uint8) for i, c in enumerate(corrections)}))
                 d.dims[0].attach_scale(f["time"])
                 b = f.create_dataset("bound", data=np.asarray(bounds, float))
@@ -197,7 +203,11 @@ def _read_steps(path, f):
         _verify(path, f, dct)
         steps = f["quantiser_step"][()]
         _verify(path, f, "quantiser_step", steps)
-        fields = block_fields(f[dct][()], steps, float(f[dct].attrs["slope"]), shape)
+        _codec.hdf5_filters()  # registers the bzip2 filter with HDF5
+        q = f[dct][()]
+        if f[dct].compression == "gzip":  # files of earlier versions: deflate, (time, block_lat, block_lon, ky, kx)
+            q = q.transpose(0, 3, 4, 1, 2)
+        fields = block_fields(q, steps, float(f[dct].attrs["slope"]), shape)
     elif "payload" in f:  # files of earlier versions: the block codec's zlib streams
         params = json.loads(f["payload"].attrs["params"])
         parts = [_codec.Compressed("block", shape, "<f8", {"zlib": p}, q) for p, q in zip(f["payload"][()], params)]
