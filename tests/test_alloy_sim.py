@@ -242,6 +242,19 @@ def stepping(compiled: bool):
     return contextlib.nullcontext() if compiled else accel.disabled()
 
 
+def _side_by_side(fast, numpy, slow, chains):
+    """Six rounds of 500 trials (then replica exchange) on the compiled path, the numpy path and the general
+    route; the first two must end in the general route's configurations."""
+    for _ in range(6):
+        for mc in (fast, numpy, slow):
+            with stepping(mc is not numpy):
+                mc.step(500)
+            if chains > 1:
+                mc.exchange()
+    np.testing.assert_array_equal(fast.occupation, slow.occupation)
+    np.testing.assert_array_equal(numpy.occupation, slow.occupation)
+
+
 @pytest.mark.parametrize("triplets", [0, 1])
 def test_one_chain_detailed_balance_through_the_swap_state(triplets):
     """A single chain priced by the swap state (table or, with triplets, memo; compiled where numba is, whose
@@ -298,15 +311,8 @@ def test_swap_state_stays_exact_after_many_accepted_swaps(kind, size, shells, n_
     kT = np.linspace(0.6, 1.2, chains)
     fast, numpy, slow = (A.MonteCarlo(m, start, kT, seed=2) for m in (model, model, GeneralRoute(plain)))
     assert isinstance(fast._state, A.SwapState) and fast._state.table and slow._state is None
-    for _ in range(6):
-        for mc in (fast, numpy, slow):
-            with stepping(mc is not numpy):
-                mc.step(500)
-            if chains > 1:
-                mc.exchange()
+    _side_by_side(fast, numpy, slow, chains)
     assert (fast.acceptance > 0.1).all()  # thousands of accepted swaps
-    np.testing.assert_array_equal(fast.occupation, slow.occupation)
-    np.testing.assert_array_equal(numpy.occupation, slow.occupation)
     np.testing.assert_array_equal(fast.acceptance, numpy.acceptance)
     np.testing.assert_allclose(fast.energies, numpy.energies, atol=1e-10)
     state = fast._state
@@ -395,15 +401,8 @@ def test_triplet_swap_state_stays_exact_after_many_accepted_swaps(kind, size, sh
     twin = A.SiteEnergyModel(lattice, n_species, model.function, triplets=triplets)     # a memo of its own
     fast, numpy, slow = (A.MonteCarlo(m, start, kT, seed=2) for m in (model, twin, GeneralRoute(plain)))
     assert isinstance(fast._state, A.SwapState) and not fast._state.table and slow._state is None
-    for _ in range(6):
-        for mc in (fast, numpy, slow):
-            with stepping(mc is not numpy):
-                mc.step(500)
-            if chains > 1:
-                mc.exchange()
+    _side_by_side(fast, numpy, slow, chains)
     assert (fast.acceptance > 0.3).all()  # about a thousand accepted swaps per chain at least
-    np.testing.assert_array_equal(fast.occupation, slow.occupation)
-    np.testing.assert_array_equal(numpy.occupation, slow.occupation)
     np.testing.assert_allclose(fast.energies, numpy.energies, atol=1e-10)
     np.testing.assert_array_equal(numpy._state.keys, model.site_keys(numpy._occ))
     state, occ = fast._state, fast._occ

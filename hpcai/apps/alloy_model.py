@@ -26,6 +26,7 @@ networks only on environments not met before -- a few at a time, so they run as 
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
 
 from .. import checks, nn, ops, optim
 from ..autograd import Tensor, no_grad
@@ -110,8 +111,7 @@ class Surrogate:
             history = fit(net, (x, y), "mse", opt, epochs=epochs, batch_size=batch_size, verbose=0,
                           seed=self.seed + 104729 * k + len(y), precision=self.precision)
             losses.append(float(history["loss"][-1]))
-        self.features.invalidate()                               # the Monte Carlo's environment table/memo
-        self._stack = None
+        self._weights_changed()
         self.history.append(losses)
         return losses
 
@@ -135,29 +135,41 @@ class Surrogate:
     def _site_energies(self, features: np.ndarray) -> np.ndarray:
         x = self.expand(features)
         out = x
-        for k, (w, b) in enumerate(self._stacked()):
-            out = out @ w + b
-            if k < 2:
-                out = np.tanh(out)
+        for step in self._stacked():
+            out = np.tanh(out) if step is None else out @ step[0] + step[1]
         return x.astype(np.float64) @ self.w + out.reshape(-1).astype(np.float64) * self.std + self.mean
 
     def _stacked(self) -> list:
-        """The ensemble's mean site network as three plain (weight, bias) pairs, the networks side by side
-        (hidden layers block-diagonal), made once per training: the Monte Carlo evaluates a few new
-        environments at a time, where one product per layer beats four autograd networks by far."""
+        """The ensemble's mean site network as plain steps, layer by layer of :class:`SiteNet`, the networks
+        side by side: (weight, bias) for a Linear (the first one's outputs concatenated, hidden ones
+        block-diagonal, the last one averaging the networks), None for a Tanh. Made once per training: the
+        Monte Carlo evaluates a few new environments at a time, where one product per layer beats four
+        autograd networks by far."""
         if self._stack is None:
-            linear = [[layer for layer in net.net if isinstance(layer, nn.Linear)] for net in self.nets]
-            h = self.hidden
-            first = (np.concatenate([ls[0].weight.data.T for ls in linear], axis=1),
-                     np.concatenate([ls[0].bias.data for ls in linear]))
-            middle = np.zeros((h * self.size, h * self.size), np.float32)
-            for k, ls in enumerate(linear):
-                middle[k * h:(k + 1) * h, k * h:(k + 1) * h] = ls[1].weight.data.T
-            second = middle, np.concatenate([ls[1].bias.data for ls in linear])
-            last = (np.concatenate([ls[2].weight.data.T for ls in linear]) / np.float32(self.size),
-                    np.float32(sum(float(ls[2].bias.data[0]) for ls in linear) / self.size))
-            self._stack = [first, second, last]
+            layers = list(zip(*(net.net for net in self.nets)))          # the k-th layer of every network
+            linear = [k for k, group in enumerate(layers) if isinstance(group[0], nn.Linear)]
+            steps = []
+            for k, group in enumerate(layers):
+                if isinstance(group[0], nn.Tanh):
+                    steps.append(None)
+                    continue
+                if not isinstance(group[0], nn.Linear):
+                    raise TypeError(f"SiteNet: no plain form of a {type(group[0]).__name__} layer")
+                w, b = [layer.weight.data.T for layer in group], [layer.bias.data for layer in group]
+                if k == linear[-1]:
+                    steps.append((np.concatenate(w) / np.float32(self.size), np.float32(sum(b)[0] / self.size)))
+                elif k == linear[0]:
+                    steps.append((np.concatenate(w, axis=1), np.concatenate(b)))
+                else:
+                    steps.append((scipy.linalg.block_diag(*w).astype(np.float32), np.concatenate(b)))
+            self._stack = steps
         return self._stack
+
+    def _weights_changed(self) -> None:
+        """Forget what was derived from the weights: the Monte Carlo's environment table or memo, the plain
+        steps of :meth:`_stacked`."""
+        self.features.invalidate()
+        self._stack = None
 
     # -- weights -----------------------------------------------------------------------------------------
     def vector(self) -> np.ndarray:
@@ -179,6 +191,5 @@ class Surrogate:
         for p in params:
             p.data[...] = vector[at:at + p.size].reshape(p.shape)
             at += p.size
-        self.features.invalidate()
-        self._stack = None
+        self._weights_changed()
         return self
