@@ -174,6 +174,19 @@ def test_active_learning_runs_as_a_workflow_and_writes_what_users_open(tmp_path)
     assert len(frames) == m["reference_calls"] and set(frames[0].get_chemical_symbols()) == {"Cu", "Zn"}
     assert all(os.path.exists(p) for p in result.figures.values()) and len(result.figures) == 3
     assert json.loads(open(result.files["metrics"]).read())["metrics"]["reference_calls"] == m["reference_calls"]
+    # every round's surrogate is kept: on the random picks each next round measured it on (the first rows that
+    # round added, read back from the trajectory), it gives the learning curve's errors again
+    calls, weights = result.arrays["round_training_calls"], result.arrays["round_surrogate_weights"]
+    assert calls.tolist() == [TINY["initial"] + TINY["per_round"] * k for k in range(m["rounds"])]
+    np.testing.assert_array_equal(weights[-1], result.arrays["surrogate_weights"])
+    picks = max(1, round(TINY["per_round"] * app.Config.random_fraction))
+    for k, error in enumerate(result.arrays["learning_mae_mev"]):
+        rows = frames[int(calls[k]):int(calls[k]) + picks]
+        occupation = np.stack([alloy.from_atoms(f, elements=("Cu", "Zn"))[1] for f in rows])
+        energies = np.array([f.info["energy_ev"] for f in rows])
+        surrogate = app.Config(**TINY).surrogate().load_vector(weights[k])
+        mae = np.abs(surrogate.energies(occupation) - energies).mean() / surrogate.lattice.n_sites * 1000
+        assert mae == pytest.approx(error, rel=1e-6, abs=1e-9)
 
 
 def test_random_selection_is_the_baseline_it_claims():

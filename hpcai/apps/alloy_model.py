@@ -34,6 +34,7 @@ from ..sim.alloy import Lattice, SiteEnergyModel
 from ..train import fit
 
 STD_FLOOR = 1e-6  # eV per site: a residual below this is nothing to learn (a pair model's, fitted exactly)
+RCOND = 1e-6  # singular values of the cell features below this (relative) are float32 rounding, not data
 
 
 class SiteNet(nn.Module):
@@ -100,7 +101,9 @@ class Surrogate:
         per_site = energies / self.lattice.n_sites
         x = self.inputs(occupation)
         cells = x.mean(axis=1, dtype=np.float64)                 # a cell's energy per site is linear in these
-        self.w = np.linalg.lstsq(cells, per_site, rcond=None)[0]
+        # the counts obey sum rules, so some directions of `cells` are float32 rounding alone: fitting them
+        # would put huge weights on noise (errors of eV per atom from a few configurations); cut them
+        self.w = np.linalg.lstsq(cells, per_site, rcond=RCOND)[0]
         self.features.invalidate()
         residual = per_site - cells @ self.w
         self.mean, self.std = float(residual.mean()), max(float(residual.std()), STD_FLOOR)
