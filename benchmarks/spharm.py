@@ -1,20 +1,22 @@
 """hpcai's spherical-harmonic transform next to ducc0's (prints ratios and agreement; asserts nothing).
 
 On the shallow-water model's Gaussian grids (T85: 256 x 128, T170: 512 x 256), with 1 and 2 threads
-(BLAS and scipy.fft workers for hpcai, ``nthreads`` for ducc0), hpcai and ducc0 are timed in alternating
-rounds; each row gives the median time of hpcai over the median time of ducc0 (goal: <= 1.5) and the
-largest difference of the results relative to the largest value.
+(``scipy.fft.set_workers``, which hpcai's compiled Legendre sums and FFTs follow, and BLAS threads for its numpy
+paths; ``nthreads`` for ducc0), hpcai and ducc0 are timed in alternating rounds; each row gives the median time
+of hpcai over the median time of ducc0 (goal: <= 1.5) and the largest difference of the results relative to
+the largest value.
 
-  python benchmarks/spharm.py            # about 15 s on 2 cores; needs `pip install ducc0`
+  python benchmarks/spharm.py            # about 10 s on 2 cores; needs `pip install ducc0`
   python benchmarks/spharm.py --quick    # fewer rounds
-  python benchmarks/spharm.py --path table   # hpcai's table path for every row (as before the factored path)
+  python benchmarks/spharm.py --path numpy   # hpcai without numba: the numpy table and factored paths
 
 Each row: the ratio of median wall times; the note gives both medians, the ratio of median CPU times of this
 process (with one thread the cleaner figure on a busy machine), the ratio of the fastest rounds (nearest to
-an idle machine: hpcai reads precomputed Legendre data, from cache or, when other processes evict it, from
-memory, while ducc0 recomputes the functions) and the agreement. A single scalar or wind field takes hpcai's
-factored Legendre path (bases and coefficients, 1.3 MB at T85 and 8.6 MB at T170), the model step's batched
-fields the table path (2.1 and 15 MB); ``--path table`` or ``--path factored`` forces one for every row.
+an idle machine) and the agreement. With numba installed hpcai takes its compiled path (the functions by
+their recurrence, in cache, like ducc0); ``--path numpy`` switches it off (``hpcai.accel.disabled``): a single
+scalar or wind field then takes the factored Legendre path (1.3 MB of bases and coefficients at T85, 8.6 MB
+at T170), the model step's batched fields the table path (2.1 and 15 MB); ``--path table`` or ``--path
+factored`` forces one numpy path for every row.
 
 Transforms (those the model uses every step):
   scalar analysis     grid -> spectrum (one field)
@@ -38,6 +40,7 @@ south and the first longitude at 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -49,6 +52,7 @@ import numpy as np  # noqa: E402
 import scipy.fft  # noqa: E402
 from _common import report  # noqa: E402
 
+from hpcai import accel  # noqa: E402
 from hpcai.sim.spharm import SphericalHarmonics  # noqa: E402
 
 GRIDS = {"T85": (256, 128), "T170": (512, 256)}
@@ -106,7 +110,7 @@ def rel(a, b):
 def run_grid(name, nlon, nlat, threads, rounds, rng, path="auto"):
     from threadpoolctl import threadpool_limits
     sh = SphericalHarmonics(nlon, nlat)
-    if path != "auto":
+    if path in ("table", "factored"):
         sh.factored_columns = 0 if path == "table" else 10 ** 6
     dt = DuccTransforms(sh)
     dt.nthreads = threads
@@ -175,8 +179,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds")
     ap.add_argument("--grids", default="T85,T170", help="comma-separated, from " + ",".join(GRIDS))
-    ap.add_argument("--path", default="auto", choices=("auto", "table", "factored"),
-                    help="hpcai's Legendre path (auto: factored for one field, table for several)")
+    ap.add_argument("--path", default="auto", choices=("auto", "table", "factored", "numpy"),
+                    help="hpcai's Legendre path (auto: the compiled recurrence where numba is installed, else "
+                         "numpy's; numpy: factored for one field, table for several; table, factored: forced)")
     args = ap.parse_args(argv)
     try:
         import ducc0
@@ -186,11 +191,12 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     print(f"hpcai SphericalHarmonics vs ducc0 {ducc0.__version__}: time ratio hpcai/ducc0 (goal <= 1.5), "
           f"max relative difference; hpcai's Legendre path: {args.path}")
-    for name in args.grids.split(","):
-        nlon, nlat = GRIDS[name]
-        for threads in (1, 2):
-            rounds = (7 if name == "T85" else 5) if args.quick else (31 if name == "T85" else 15)
-            run_grid(name, nlon, nlat, threads, rounds, rng, args.path)
+    with accel.disabled() if args.path != "auto" else contextlib.nullcontext():
+        for name in args.grids.split(","):
+            nlon, nlat = GRIDS[name]
+            for threads in (1, 2):
+                rounds = (7 if name == "T85" else 5) if args.quick else (31 if name == "T85" else 15)
+                run_grid(name, nlon, nlat, threads, rounds, rng, args.path)
 
 
 if __name__ == "__main__":

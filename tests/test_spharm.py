@@ -3,17 +3,34 @@
 Mapping (see benchmarks/spharm.py): ducc0's orthonormal :math:`Y_l^m` with the Condon--Shortley phase, healpy
 packing, give ``a_lm = sqrt(2 pi) (-1)^m f_l^m`` for scalars and, for the spin-1 pair (E, B) on the maps
 ``(-v, u)``, ``E_lm = -sqrt(2 pi) (-1)^m a delta_l^m / sqrt(l (l+1))`` (B likewise from vorticity).
-Measured differences: 2e-15 to 8e-14 relative (T21 to T85), on both Legendre paths (the table, and the
-factored path that single fields take on the host).
+Measured differences: 2e-15 to 8e-14 relative (T21 to T85), on all three Legendre paths (the compiled
+recurrence that the host takes with numba, and the numpy table and factored paths, the reference).
 """
+import contextlib
+
 import numpy as np
 import pytest
 
+from hpcai import accel
 from hpcai.backend import to_host
 from hpcai.sim import SphericalHarmonics
+from hpcai.sim import spharm, spharm_compiled
 from hpcai.sim.spharm import legendre_functions
 
-PATHS = {"table": 0, "factored": 10 ** 6}  # SphericalHarmonics.factored_columns forcing each path
+PATHS = {"compiled": None, "table": 0, "factored": 10 ** 6}  # numpy paths: factored_columns forcing each
+
+
+def _path(sh, path, xp=np):
+    """A context in which ``sh`` takes ``path``: the compiled recurrence (skipped without numba, or on cupy),
+    or a numpy path with the compiled kernels switched off."""
+    if path == "compiled":
+        if xp is not np or not spharm_compiled.available():
+            pytest.skip("the compiled path needs numba and host arrays")
+        return contextlib.nullcontext()
+    if path == "factored" and xp is not np:
+        pytest.skip("the factored path is for the host (factored_columns is 0 with cupy)")
+    sh.factored_columns = PATHS[path]
+    return accel.disabled()
 
 
 def _random_spectrum(sh, rng):
@@ -59,12 +76,15 @@ def _rel(a, b):
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("nlon,nlat", [(64, 32), (128, 64), (256, 128)])  # T21 (odd), T42 (even), T85 (odd)
 def test_scalar_transforms_match_ducc0(xp, rng, nlon, nlat, path):
-    """Synthesis and analysis agree with ducc0 on either Legendre path (measured 2e-15 at T21, 1.5e-14 at T42,
+    """Synthesis and analysis agree with ducc0 on every Legendre path (measured 2e-15 at T21, 1.5e-14 at T42,
     7e-14 at T85, relative)."""
-    if path == "factored" and xp is not np:
-        pytest.skip("the factored path is for the host (factored_columns is 0 with cupy)")
     sh = SphericalHarmonics(nlon, nlat, xp=xp)
-    sh.factored_columns = PATHS[path]
+    with _path(sh, path, xp):
+        _check_scalar_against_ducc0(sh, xp, rng)
+
+
+def _check_scalar_against_ducc0(sh, xp, rng):
+    nlat, nlon = sh.nlat, sh.nlon
     pack, unpack, scale, _, synthesis, analysis = _ducc(sh)
     spec = _random_spectrum(sh, rng)
     grid = synthesis(pack(spec, scale)[None], 0)[0]
@@ -77,12 +97,14 @@ def test_scalar_transforms_match_ducc0(xp, rng, nlon, nlat, path):
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("nlon,nlat", [(64, 32), (128, 64), (256, 128)])
 def test_vector_transforms_match_ducc0(xp, rng, nlon, nlat, path):
-    """Winds from vorticity/divergence and back agree with ducc0's spin-1 transforms on either Legendre path
+    """Winds from vorticity/divergence and back agree with ducc0's spin-1 transforms on every Legendre path
     (measured 3e-15 at T21, 3e-14 at T42, 8e-14 at T85, relative)."""
-    if path == "factored" and xp is not np:
-        pytest.skip("the factored path is for the host (factored_columns is 0 with cupy)")
     sh = SphericalHarmonics(nlon, nlat, xp=xp)
-    sh.factored_columns = PATHS[path]
+    with _path(sh, path, xp):
+        _check_vector_against_ducc0(sh, xp, rng)
+
+
+def _check_vector_against_ducc0(sh, xp, rng):
     pack, unpack, _, vscale, synthesis, analysis = _ducc(sh)
     vrt, div = _random_spectrum(sh, rng) * 1e-5, _random_spectrum(sh, rng) * 1e-5
     theta, phi = synthesis(np.stack([pack(div, vscale), pack(vrt, vscale)]), 1)
@@ -97,10 +119,14 @@ def test_vector_transforms_match_ducc0(xp, rng, nlon, nlat, path):
 @pytest.mark.parametrize("path", PATHS)
 def test_batched_fields_match_one_at_a_time(rng, path):
     """Several fields per call (scalars, and wind pairs for the vector transforms) give the single-field
-    results to round-off on one Legendre path (the GEMMs differ only in their number of columns; measured
-    4e-16 relative)."""
+    results to round-off on one Legendre path (the GEMMs differ only in their number of columns, the
+    compiled sums not at all; measured 4e-16 relative)."""
     sh = SphericalHarmonics(128, 64)
-    sh.factored_columns = PATHS[path]
+    with _path(sh, path):
+        _check_batched(sh, rng)
+
+
+def _check_batched(sh, rng):
     grids = rng.standard_normal((3, 64, 128))
     batch = sh.grid_to_spec(grids)
     for i in range(3):
@@ -121,10 +147,17 @@ def test_batched_fields_match_one_at_a_time(rng, path):
 
 
 def test_path_choice_by_number_of_fields(rng):
-    """By default one scalar or one wind field takes the factored path and more fields the table path; the
-    two agree to round-off (measured 3e-14 relative at T42)."""
+    """Without the compiled path, one scalar or one wind field takes the factored path and more fields the
+    table path; the two agree to round-off (measured 3e-14 relative at T42)."""
     sh = SphericalHarmonics(128, 64)
     grids = rng.standard_normal((3, 64, 128))
+    if spharm_compiled.available():
+        assert not hasattr(sh._fourier(grids), "ndim")  # the compiled path's own layout
+    with accel.disabled():
+        _check_numpy_path_choice(sh, grids)
+
+
+def _check_numpy_path_choice(sh, grids):
     assert sh._fourier(grids[:1]).ndim == 5 and sh._fourier(grids[:2]).ndim == 5  # 2 and 4 real columns
     assert sh._fourier(grids).ndim == 4
     batch = sh.grid_to_spec(grids)  # table path
@@ -158,3 +191,72 @@ def test_factored_legendre_functions(nlon, nlat):
                     worst = max(worst, float(np.abs(rebuilt[:len(rows)] - rows).max()))
                     assert not np.triu(b.C[p, c, i - 1], i + 1).any()
     assert worst < 1e-12 * np.abs(P).max()
+
+
+@pytest.mark.parametrize("nlon,nlat", [(64, 32), (128, 64), (512, 256)])  # T21, T42 (even), T170 (even)
+def test_compiled_path_matches_table_path(rng, nlon, nlat):
+    """The compiled recurrence gives the numpy table path's results: scalar and vector transforms, batched,
+    the model's P-sums to degree T+1, H-sums and wind coefficients (measured 3e-15 to 4e-14 relative, T170
+    included: the upward recurrence is as stable as the table's)."""
+    sh = SphericalHarmonics(nlon, nlat)
+    if not spharm_compiled.available():
+        pytest.skip("numba is not installed")
+    sh.factored_columns = 0
+    spec = np.stack([_random_spectrum(sh, rng) for _ in range(3)])
+    grids = rng.standard_normal((3, nlat, nlon))  # not band-limited: the same quadrature on both paths
+    psi, chi = np.moveaxis(spec[:2], 0, -1), np.moveaxis(spec[1:], 0, -1)
+
+    def run():
+        S = sh._fourier(grids, rows=sh._rcos_half)
+        Q = sh._analyse(S, sh.T + 1)
+        return [sh.spec_to_grid(spec), sh.spec_to_grid(spec[0]), sh.grid_to_spec(grids), sh.grid_to_spec(grids[1]),
+                *sh.uv(spec[0], spec[1]), *sh.uv(spec[:2], spec[1:]), *sh.vrtdiv(grids[0], grids[1]),
+                *sh.vrtdiv(grids[:2], grids[1:]), Q, sh._h_sums(Q), sh._h_sums(Q[..., 1:3]),
+                sh._wind_coefficients(psi, chi), sh._grids(sh._synthesise(sh._wind_coefficients(psi, chi)))]
+
+    compiled = run()
+    with accel.disabled():
+        table = run()
+    for a, b in zip(compiled, table):
+        assert a.shape == b.shape and _rel(a, b) < 1e-12
+
+
+def test_compiled_threads_give_identical_results(rng, monkeypatch):
+    """Spread over 2 threads (order pairs claimed in chunks), the compiled sums are bit for bit those of one
+    thread: every order is summed by one thread in the same order."""
+    sh = SphericalHarmonics(128, 64)
+    if not spharm_compiled.available():
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(spharm, "_PARALLEL", 0)  # threads even for this small grid
+    spec, grids = _random_spectrum(sh, rng), rng.standard_normal((2, 64, 128))
+    out = {}
+    for threads in (1, 2):
+        sh.threads = threads
+        out[threads] = [sh.spec_to_grid(spec), sh.grid_to_spec(grids), *sh.vrtdiv(grids[0], grids[1]),
+                        *sh.uv(spec, spec)]
+    for a, b in zip(out[1], out[2]):
+        assert np.array_equal(a, b)
+
+
+def test_compiled_matches_ducc0_at_T170(rng):
+    """At T170 the compiled recurrence agrees with ducc0 (scalar and spin-1, both directions; measured
+    2e-13 relative at most)."""
+    sh = SphericalHarmonics(512, 256)
+    with _path(sh, "compiled"):
+        _check_scalar_against_ducc0(sh, np, rng)
+        _check_vector_against_ducc0(sh, np, rng)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_run_covers_every_order_pair_once(threads):
+    """The thread runner hands out every order pair exactly once (chunks claimed by whichever thread is free)
+    and re-raises a kernel's error in the caller."""
+    seen = []
+    spharm_compiled.run(lambda i0, i1: seen.extend(range(i0, i1)), (), 171, threads)  # T170: 86 pairs
+    assert sorted(seen) == list(range(86))
+
+    def fails(i0, i1):
+        raise ValueError("kernel failed")
+
+    with pytest.raises(ValueError, match="kernel failed"):
+        spharm_compiled.run(fails, (), 171, threads)

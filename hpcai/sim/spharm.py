@@ -13,14 +13,19 @@ by Gauss–Legendre quadrature in latitude; synthesis the reverse. With ``nlon >
 
 Latitudes run **north to south** (``lat[0] > 0``), longitudes east from 0 degrees.
 
-Storage and speed. The Legendre sums dominate the cost. They are done as batched matrix products, with the
-real and imaginary parts of every field as columns, using the equatorial symmetry
+Storage and speed. The Legendre sums dominate the cost. They use the equatorial symmetry
 :math:`\bar P_n^m(-\mu) = (-1)^{n+m}\bar P_n^m(\mu)` to halve the work [Hack & Jakob 1992, sec. 5d]: a
 spectral array has shape ``(2, T+1, L)`` (parity ``p = (n-m) mod 2``, order ``m``, index ``l`` with
 ``n = m + 2l + p``), padded with zeros where ``n > T``. :meth:`SphericalHarmonics.index` and
 :meth:`SphericalHarmonics.to_triangle` translate to ``(n, m)``. The derivative functions :math:`H_n^m` are
-combinations of :math:`\bar P_{n\pm1}^m`, so the vector transforms are P-sums one degree higher. Two paths,
-chosen per call by the number of fields:
+combinations of :math:`\bar P_{n\pm1}^m`, so the vector transforms are P-sums one degree higher.
+
+On the host with numba installed (:mod:`hpcai.accel`) the sums are compiled loops that compute the functions
+by their recurrence as they go, orders spread over threads (:mod:`hpcai.sim.spharm_compiled`): no table is
+read, so they run from cache, and with ``threads`` (default: ``scipy.fft``'s ``workers``) they and the FFTs
+use several cores. Otherwise (cupy, ``HPCAI_NUMBA=0``, :func:`hpcai.accel.disabled`) two numpy paths, which
+are the reference, do them as batched matrix products with the real and imaginary parts of every field as
+columns, chosen per call by the number of fields:
 
 - the *table* path (several fields, e.g. the 4 and 5 fields of a shallow-water step in one pass): one small
   GEMM per (parity, m) over a precomputed table of :math:`\bar P_n^m` (degree up to T+1; 2 MB at T85, 15 MB
@@ -44,10 +49,16 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import get_array_module
+from . import spharm_compiled
+from .spharm_compiled import recurrence
 
 __all__ = ["SphericalHarmonics", "gaussian_latitudes", "legendre_functions"]
 
 _BLOCK = 16  # orders per block of the factored Legendre path (even)
+# grid points (fields x nlat x nlon) from which the compiled path's Legendre sums and FFTs use several threads:
+# one T170 field or four T85 fields. Below, on 2 cores, a second thread saved at most 0.05 ms and, with other
+# processes on the cores, often cost more (waiting for a descheduled helper).
+_PARALLEL = 1 << 17
 
 
 class _Block(NamedTuple):
@@ -60,6 +71,20 @@ class _Block(NamedTuple):
     B: object  # (2, 2, Lb1, J - j0) bases [p, c, l, j]
     Bw: object  # the same times the quadrature weights (and the FFT's 1/nlon)
     C: object  # (2, 2, ni - 1, Lb1 - 1, Lb1) coefficients [p, c, i - 1, l, l'] of the orders in the bases
+
+
+class _Rfft(NamedTuple):
+    """Fourier data of the compiled path: the rfft ``(k, nlat, nlon // 2 + 1)`` and the factor of each northern
+    row and its mirror (quadrature weight, 1/nlon, and the caller's row factor)."""
+    coefficients: np.ndarray
+    weights: np.ndarray
+
+
+class _Coefficients(NamedTuple):
+    """What the compiled path's synthesis hands to ``_grids``: real P-coefficients ``(2, M, L or L1, 2k)``
+    and the highest degree to sum."""
+    coefficients: np.ndarray
+    degree: int
 
 
 EARTH_RADIUS = 6.37122e6  # m [Williamson et al. 1992, Table I]
@@ -169,9 +194,13 @@ class SphericalHarmonics:
         Gaussian nodes ``sin(lat)`` and weights (host arrays).
     n, m : xp.ndarray, shape (2, T+1, L)
         Degree and order of each spectral slot; ``valid`` marks ``n <= T``.
+    threads : int or None
+        Threads of the compiled Legendre sums and their FFTs; None (the default) follows ``scipy.fft``'s
+        ``workers`` setting (1 unless changed with ``scipy.fft.set_workers``).
     factored_columns : int
-        Calls with up to this many real columns (2 per scalar field, 4 per wind field) take the factored
-        Legendre path, others the table path (see the module notes): 4 with numpy, 0 with cupy.
+        Without the compiled path, calls with up to this many real columns (2 per scalar field, 4 per wind
+        field) take the factored Legendre path, others the table path (see the module notes): 4 with numpy,
+        0 with cupy.
     """
 
     def __init__(self, nlon: int, nlat: int, truncation: int | None = None, radius: float = EARTH_RADIUS,
@@ -196,11 +225,15 @@ class SphericalHarmonics:
         self.lon = 360.0 * np.arange(nlon) / nlon
         J, M, self.L = nlat // 2, T + 1, T // 2 + 1
         self.L1 = (T + 1) // 2 + 1  # slots up to degree T+1, which the vector transforms need
-        self._build_tables(legendre_functions(T + 1, self.mu[:J])[0][:M])
+        P = legendre_functions(T + 1, self.mu[:J])[0]
+        self._build_tables(P[:M])
+        self._recurrence = recurrence(T, self.mu[:J], P) if xp is np else None
+        self._ones = np.ones(J)
         self._w = xp.asarray(self.weights[:J] / nlon)[:, None]  # the 1/nlon of the forward FFT folded in
         # real columns (2 per field) up to which the factored path is taken: one scalar or one wind field, on
         # the host (a GPU's bandwidth makes the table path the faster one there)
         self.factored_columns = 4 if xp is np else 0
+        self.threads = None
         mm = np.broadcast_to(np.arange(M)[None, :, None], (2, M, self.L))
         nn = mm + 2 * np.arange(self.L)[None, None, :] + np.arange(2)[:, None, None]
         self._n_host, self._m_host, self._valid_host = nn, mm, nn <= T
@@ -215,6 +248,7 @@ class SphericalHarmonics:
         self.laplacian_eigenvalues = xp.asarray(lap)
         self.inverse_laplacian = xp.asarray(np.where(lap != 0, 1.0 / np.where(lap != 0, lap, 1.0), 0.0))
         self._im = xp.asarray(1j * mm * (nn <= T))  # d/dlambda (zero where n > T)
+        self._m_valid = np.ascontiguousarray(mm * (nn <= T), dtype=np.float64)
         self._rcos = xp.asarray(1.0 / (self.radius * np.sqrt(1.0 - self.mu ** 2)))[:, None]  # 1/(a cos)
         self._rcos_half = self._rcos[:J, 0]
         if xp is np:
@@ -245,10 +279,22 @@ class SphericalHarmonics:
         return out
 
     # ----------------------------------------------------------------- Legendre + FFT kernels
-    # Two paths, chosen per call by the number of real columns (2 per field): the table path (one GEMM per
-    # order and parity over the full table) for many fields, the factored path (bases and coefficients: ~55 %
-    # of the bytes, 1.5x the arithmetic) for a few. Their Fourier layouts differ; the first axes tell them
-    # apart: table ``(2, M, J, 2k)``, factored ``(2, J, 2, Me, 2k)``.
+    # Three paths: the compiled recurrence on the host where numba may run; otherwise, chosen per call by the
+    # number of real columns (2 per field), the table path (one GEMM per order and parity over the full table)
+    # for many fields and the factored path (bases and coefficients: ~55 % of the bytes, 1.5x the arithmetic)
+    # for a few. Their Fourier layouts differ and tell them apart: recurrence :class:`_Rfft` (the FFT's own
+    # array) and :class:`_Coefficients` (synthesis deferred to _grids), table ``(2, M, J, 2k)``, factored
+    # ``(2, J, 2, Me, 2k)``.
+    def _compiled(self) -> bool:
+        """Whether the Legendre sums take the compiled recurrence (host arrays, numba available)."""
+        return self._recurrence is not None and spharm_compiled.available()
+
+    def _threads(self, fields: int) -> int:
+        """Threads for the compiled Legendre sums and FFTs of ``fields`` grids (see ``threads``); one for small
+        work (``_PARALLEL``)."""
+        threads = self.threads if self.threads is not None else self._fft.get_workers()
+        return threads if fields * self.nlat * self.nlon >= _PARALLEL else 1
+
     def _factored(self, columns: int) -> bool:
         """Whether Legendre sums over ``columns`` real columns take the factored path."""
         return columns <= self.factored_columns
@@ -257,6 +303,10 @@ class SphericalHarmonics:
         """Grids ``(k, nlat, nlon)`` (or a sequence of k grids) -> Fourier halves for :meth:`_analyse`, times
         ``rows`` (J,), a factor symmetric about the equator, if given, and the quadrature weights (which the
         factored path's bases carry instead)."""
+        if self._compiled():
+            w = self._w[:, 0] if rows is None else self._w[:, 0] * rows
+            grids = np.asarray(grids)
+            return _Rfft(self._fft.rfft(grids, axis=-1, workers=self._threads(len(grids))), w)
         if self._factored(2 * len(grids)):
             return self._fourier_factored(grids, rows)
         return self._fourier_table(grids, rows)
@@ -265,6 +315,12 @@ class SphericalHarmonics:
         """Fourier halves -> P-sums ``(2, M, L, k)`` complex for ``n <= T``, or ``(2, M, L1, k)`` for
         ``n <= T+1`` with ``degree=T+1`` (what :meth:`_h_sums` needs)."""
         extra = degree is not None and degree > self.T
+        if isinstance(S, _Rfft):
+            r, k = self._recurrence, S.coefficients.shape[0]
+            out = np.zeros((2, self.T + 1, self.L1 if extra else self.L, 2 * k))
+            args = (S.coefficients, S.weights, r.mu, r.start, r.first, r.R, r.Q, self.T + extra, out)
+            spharm_compiled.run(spharm_compiled.legendre_analysis, args, self.T + 1, self._threads(k))
+            return out.view(np.complex128)
         out = self._analyse_factored(S, extra) if S.ndim == 5 else self._analyse_table(S, extra)
         if not extra:
             out *= self._wide(out.shape[-1])[2]  # the tables hold degree T+1 too: those are not coefficients
@@ -273,11 +329,22 @@ class SphericalHarmonics:
     def _synthesise(self, spec):
         """Spectral ``(2, M, L or L1, k)`` (P-coefficients) -> Fourier halves for :meth:`_grids`."""
         X = self.xp.ascontiguousarray(spec).view(self.xp.float64)
+        if self._compiled():  # the sums are run by _grids, which knows the row factor
+            return _Coefficients(X, self.T + 1 if X.shape[2] == self.L1 else self.T)  # as far as the table reads
         return self._synthesise_factored(X) if self._factored(X.shape[-1]) else self._synthesise_table(X)
 
     def _grids(self, halves, rows=None):
         """Fourier halves -> grids ``(k, nlat, nlon)``; ``rows`` (J,), symmetric about the equator, multiplies
         the rows (the halves are overwritten)."""
+        if isinstance(halves, _Coefficients):
+            r, M, X = self._recurrence, self.T + 1, halves.coefficients
+            F = np.empty((X.shape[-1] // 2, self.nlat, self.nlon // 2 + 1), dtype=np.complex128)
+            F[:, :, M:] = 0.0
+            w = self._ones if rows is None else rows
+            args = (X, w, r.mu, r.start, r.first, r.R, r.Q, halves.degree, F)
+            kernel = spharm_compiled.legendre_synthesis if len(F) > 1 else spharm_compiled.legendre_synthesis_each
+            spharm_compiled.run(kernel, args, M, self._threads(len(F)))
+            return self._fft.irfft(F, n=self.nlon, axis=-1, norm="forward", workers=self._threads(len(F)))
         if halves.ndim == 5:
             return self._grids_factored(halves, rows)
         return self._grids_table(halves, rows)
@@ -471,8 +538,11 @@ class SphericalHarmonics:
         ``n - m`` even takes ``Q`` at ``n +- 1`` from the odd slots and vice versa."""
         xp, L = self.xp, self.L
         Qr = _real_view(Q)
-        A, B, _ = self._wide(Qr.shape[-1])
         out = xp.empty(Q.shape[:2] + (L, Qr.shape[-1]))
+        if self._compiled():
+            spharm_compiled.h_sums(Qr, self._A[..., 0], self._B[..., 0], out)
+            return out.view(xp.complex128)
+        A, B, _ = self._wide(Qr.shape[-1])
         tmp = xp.empty(out.shape[1:])
         xp.multiply(A[0], Qr[1, :, :L], out=out[0])
         xp.multiply(B[0, :, 1:], Qr[1, :, :L - 1], out=tmp[:, 1:])
@@ -588,6 +658,11 @@ class SphericalHarmonics:
         """P-coefficients ``(2, M, L1, 2k)`` of ``a u cos`` then ``a v cos`` from potentials ``(2, M, L, k)``
         (see :meth:`uv`)."""
         xp, L, k = self.xp, self.L, psi.shape[-1]
+        if self._compiled():
+            out = np.zeros((2, self.T + 1, self.L1, 4 * k))
+            spharm_compiled.wind_coefficients(_real_view(psi), _real_view(chi), self._A[..., 0], self._B[..., 0],
+                                              self._m_valid, out)
+            return out.view(np.complex128)
         c = self._h_coefficients(xp.concatenate([-psi, chi], axis=-1))
         c[:, :, :L, :k] += self._im[..., None] * chi
         c[:, :, :L, k:] += self._im[..., None] * psi
