@@ -151,6 +151,100 @@ def _agrees_with_torch_fp32(run, x, w, b, padding, dilation):
         np.testing.assert_allclose(got, ref.detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("c,o,kernel,stride,padding,dilation", [
+    (32, 64, (3, 3), 1, 1, 1), (32, 64, (3, 3), 2, 1, 1), (40, 64, (2, 3), (2, 1), (0, 1), (2, 1)),
+    (64, 64, (3, 3), 1, 1, 1)])
+def test_channels_last_path_matches_im2col(rng, monkeypatch, c, o, kernel, stride, padding, dilation):
+    """The channels-last path (forward, dL/dx through the convolution form of the adjoint at stride 1, dL/dw)
+    agrees with im2col for blocks of one sample or all of them and any number of threads, and with PyTorch
+    in float32."""
+    assert conv_module._last_ok(np, np.empty((1, c, 1, 1)), np.empty((o, c) + kernel), (1, 1), 1)
+    x = rng.standard_normal((5, c, 9, 8))
+    w = rng.standard_normal((o, c) + kernel) / np.sqrt(c * kernel[0] * kernel[1])
+    b = rng.standard_normal(o)
+    gy = None
+
+    def run(dtype=np.float64):
+        nonlocal gy
+        xt, wt, bt = _t(np, x, dtype, True), _t(np, w, dtype, True), _t(np, b, dtype, True)
+        y = ops.conv2d(xt, wt, bt, stride, padding, dilation)
+        taken = y._ctx.last
+        gy = (np.ones(y.shape) + np.arange(y.size).reshape(y.shape) % 3) if gy is None else gy
+        y.backward(gy.astype(dtype))
+        return taken, _host(y), _host(xt.grad), _host(wt.grad), _host(bt.grad)
+
+    monkeypatch.setattr(conv_module, "_LAST_CHANNELS", (10**9, 10**9))     # im2col / shifted views: the reference
+    taken, *want = run()
+    assert not taken
+    monkeypatch.undo()
+    for tile_bytes, threads in [(10**9, 1), (1, 2), (10**9, 3)]:
+        monkeypatch.setattr(conv_module, "_TILE_BYTES", tile_bytes)
+        monkeypatch.setattr(conv_module, "workers", lambda: threads)
+        taken, *got = run()
+        assert taken
+        for a, ref in zip(got, want):
+            np.testing.assert_allclose(a, ref, atol=1e-12)
+        monkeypatch.undo()
+    torch = pytest.importorskip("torch")
+    tx, tw, tb = (torch.tensor(a.astype(np.float32), requires_grad=True) for a in (x, w, b))
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride, padding, dilation)
+    ty.backward(torch.from_numpy(gy.astype(np.float32)))
+    for a, ref in zip(run(np.float32)[1:], (ty, tx.grad, tw.grad, tb.grad)):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, ref.detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_channels_last_path_is_taken_for_many_channels_only():
+    """At least 32 inputs and 64 outputs, one group, a kernel larger than 1x1, a BLAS dtype, and neither the
+    shifted-view nor the output-side path taking the layer."""
+    ok, x = conv_module._last_ok, np.empty((1, 64, 8, 8), np.float32)
+    assert ok(np, x, np.empty((64, 64, 3, 3), np.float32), (1, 1), 1)
+    assert ok(np, x[:, :32], np.empty((64, 32, 3, 3), np.float32), (2, 2), 1)
+    assert not ok(np, x[:, :32], np.empty((32, 32, 3, 3), np.float32), (1, 1), 1)     # 32 outputs: shifted views
+    assert not ok(np, x[:, :16], np.empty((64, 16, 3, 3), np.float32), (1, 1), 1)     # 16 inputs
+    assert not ok(np, x, np.empty((64, 64, 1, 1), np.float32), (1, 1), 1)             # 1x1: im2col is no copy
+    assert not ok(np, x, np.empty((64, 32, 3, 3), np.float32), (1, 1), 2)
+    assert not ok(np, np.zeros(x.shape, np.float16), np.zeros((64, 64, 3, 3), np.float16), (1, 1), 1)
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_few_column_layers_match_im2col(rng, monkeypatch, groups):
+    """A layer with few columns per pixel (3 -> 16 3x3, and 3 groups of 6 -> 6) by whole-sample columns with
+    the bias carried by a row of ones, GEMMs over runs of pixels that split output rows, and row blocks of
+    a sample, for one and three threads, against the plain tiles of im2col; and against PyTorch in float32."""
+    c, o = (3, 16) if groups == 1 else (6, 18)                  # 3x3 columns per group: 27, or 18
+    x = rng.standard_normal((4, c, 11, 13))
+    w = rng.standard_normal((o, c // groups, 3, 3)) / 5
+    b = rng.standard_normal(o)
+    gy = rng.standard_normal((4, o, 11, 13))
+
+    def run(dtype=np.float64):
+        xt, wt, bt = _t(np, x, dtype, True), _t(np, w, dtype, True), _t(np, b, dtype, True)
+        y = ops.conv2d(xt, wt, bt, 1, 1, 1, groups)
+        y.backward(gy.astype(dtype))
+        return _host(y), _host(xt.grad), _host(wt.grad), _host(bt.grad)
+
+    monkeypatch.setattr(conv_module, "_SHORT_COLUMNS", (0, 0))                  # plain tiles: the reference
+    want = run()
+    monkeypatch.undo()
+    for pixels, tile_bytes, threads in [(100, 10**9, 1), (20, 10**9, 3), (40, 27 * 13 * 8 * 3, 2), (7, 1, 1)]:
+        monkeypatch.setattr(conv_module, "_TILE_PIXELS", pixels)
+        monkeypatch.setattr(conv_module, "_TILE_BYTES", tile_bytes)
+        monkeypatch.setattr(conv_module, "workers", lambda: threads)
+        monkeypatch.setattr(threads_module, "workers", lambda: threads)
+        monkeypatch.setattr(threads_module, "_LEAST", 1)
+        for a, ref in zip(run(), want):
+            np.testing.assert_allclose(a, ref, atol=1e-12)
+        monkeypatch.undo()
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(conv_module, "_TILE_PIXELS", 20)
+    tx, tw, tb = (torch.tensor(a.astype(np.float32), requires_grad=True) for a in (x, w, b))
+    ty = torch.nn.functional.conv2d(tx, tw, tb, 1, 1, 1, groups)
+    ty.backward(torch.from_numpy(gy.astype(np.float32)))
+    for a, ref in zip(run(np.float32), (ty, tx.grad, tw.grad, tb.grad)):
+        np.testing.assert_allclose(a, ref.detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_output_side_path_is_taken_only_for_few_outputs():
     """O·kh·kw at most C, stride 1, one group, a kernel larger than 1x1, a BLAS dtype."""
     ok, x = conv_module._narrow_ok, np.empty((1, 32, 8, 8), np.float32)
@@ -441,3 +535,33 @@ def test_max_pool2d_compiled_path_equals_numpy(monkeypatch, rng, shape, dtype, t
         np.testing.assert_array_equal(got[2], want[2])
         kept = ~np.isnan(want[0])                      # a NaN window's index is never used
         np.testing.assert_array_equal(got[1][kept], want[1][kept])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_relu_compiled_path_equals_numpy(monkeypatch, rng, dtype):
+    """ReLU by the numba loops and by numpy, batch shared among three threads: the same output (NaN kept,
+    -inf to 0) and input gradient (an infinite output gradient at a zero output gives NaN in both)."""
+    from hpcai.ops import elementwise
+    if not elementwise._relu_rows.available:
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(threads_module, "workers", lambda: 3)
+    monkeypatch.setattr(threads_module, "_LEAST", 1)
+    monkeypatch.setattr(threads_module, "_BLOCK", 16)
+    x = rng.standard_normal((5, 3, 4, 6)).astype(dtype)
+    x[0, 0, 0, :5] = [np.nan, -np.inf, np.inf, 0.0, -0.0]
+    gy = rng.standard_normal(x.shape).astype(dtype)
+    gy[0, 0, 0, 1], gy[0, 0, 1, :2] = np.inf, [np.inf, np.nan]
+
+    def run():
+        t = Tensor(x, requires_grad=True)
+        y = ops.relu(t)
+        y.backward(gy)
+        return y.numpy(), t.grad
+
+    got = run()
+    with accel.disabled(), np.errstate(invalid="ignore"):
+        want = run()
+    for a, b in zip(got, want):
+        assert a.dtype == dtype
+        np.testing.assert_array_equal(a, b)
+    assert np.isnan(got[1][0, 0, 0, 1]) and got[0][0, 0, 0, 1] == 0

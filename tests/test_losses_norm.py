@@ -72,6 +72,52 @@ def test_layer_norm_int_shape_and_no_affine(rng):
     np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads, block", [(1, 1 << 18), (3, 64)])
+def test_batch_norm_compiled_path_equals_numpy_and_torch(rng, monkeypatch, affine, dtype, threads, block):
+    """Batch norm's CPU training path by the numba sweeps and by the numpy passes (blocks shared among
+    threads): the same output, gradients and running statistics, with a mean far from zero and an output
+    gradient that is not C-ordered; both against PyTorch."""
+    from hpcai import accel
+    from hpcai.ops import normalization
+    from hpcai.ops import threads as threads_module
+    if not normalization._sums.available:
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(threads_module, "workers", lambda: threads)
+    monkeypatch.setattr(threads_module, "_BLOCK", block)
+    monkeypatch.setattr(threads_module, "_LEAST", 1)
+    x = (rng.standard_normal((6, 4, 5, 7)) * 3 + 40).astype(dtype)
+    w, b = rng.uniform(0.5, 1.5, 4).astype(dtype), rng.standard_normal(4).astype(dtype)
+    gy = rng.standard_normal((7, 5, 4, 6)).astype(dtype).transpose(3, 2, 1, 0)  # not C-ordered
+
+    def run():
+        rm, rv = np.zeros(4, dtype), np.ones(4, dtype)
+        xt = t(x, grad=True)
+        wt, bt = (t(w, grad=True), t(b, grad=True)) if affine else (None, None)
+        y = ops.batch_norm(xt, wt, bt, rm, rv, training=True, momentum=0.3)
+        assert y._ctx.fast and y._ctx.compiled == normalization._sums.available
+        y.backward(gy)
+        return [y.numpy(), xt.grad, rm, rv] + ([wt.grad, bt.grad] if affine else [])
+
+    got = run()
+    with accel.disabled():
+        want = run()
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for a, ref in zip(got, want):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, ref, rtol=tol, atol=tol)
+    torch = pytest.importorskip("torch")
+    tx = torch.tensor(x, requires_grad=True)
+    tw, tb = (torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)) if affine else (None, None)
+    trm, trv = torch.zeros(4, dtype=tx.dtype), torch.ones(4, dtype=tx.dtype)
+    ty = torch.nn.functional.batch_norm(tx, trm, trv, tw, tb, True, 0.3, 1e-5)
+    ty.backward(torch.from_numpy(np.ascontiguousarray(gy)))
+    refs = [ty, tx.grad, trm, trv] + ([tw.grad, tb.grad] if affine else [])
+    for a, ref in zip(got, refs):
+        np.testing.assert_allclose(a, ref.detach().numpy(), rtol=tol * 2, atol=tol * 2)
+
+
 @pytest.mark.parametrize("op", ["batch_norm", "layer_norm"])
 def test_norm_float32_stays_float32(op, xp, rng):
     x = t(rng.standard_normal((4, 3, 2)).astype(np.float32), grad=True, xp=xp)
