@@ -364,7 +364,7 @@ class _Producer:
         self.lat, self.lon = self.sim.lat, self.sim.lon
         self.weights = np.cos(np.radians(self.lat))[:, None]
         self.ratio = config.ratio  # the codec's target: bounded, the bytes left after the weights
-        self.step_budget = None  # bounded with a bound: bytes of codec + corrections per step
+        self.budget = None  # bounded: the bytes of codec + corrections the whole run may store
         if config.pipeline == "bounded":
             budget = self.outputs * config.nlat * config.nlon * 8 / config.ratio
             weights = 2 * parameter_count(config.channels, config.layers)  # float16
@@ -377,10 +377,11 @@ class _Producer:
                                  f"store at ratio {config.ratio:g} ({self.outputs} steps); use fewer channels or "
                                  "layers, a lower ratio or a longer run")
             self.ratio = config.ratio * budget / (budget - weights)
-            self.step_budget = (budget - weights) / self.outputs
+            self.budget = budget - weights
         first = _field(self.sim, config.field)
-        if self.step_budget is not None and config.error_bound is not None and config.codec == "zfp":
-            self.codec = _bounded_codec("zfp", first, self.step_budget, step_bound(config.error_bound, first))[0]
+        if self.budget is not None and config.error_bound is not None and config.codec == "zfp":
+            self.codec = _bounded_codec("zfp", first, self.budget / self.outputs,
+                                        step_bound(config.error_bound, first))[0]
         else:
             self.codec = _compressor(config, first, self.ratio)
         self.stored, self.times, self.step_errors, self.other_nbytes, self.knobs = [], [], [], [], []
@@ -392,8 +393,8 @@ class _Producer:
         """(k, time, original, compressed, held_out) for the output step the model has just reached."""
         t0 = time.perf_counter()
         k, original = len(self.stored), _field(model, self.config.field)
-        if self.step_budget is not None:  # what earlier steps left unspent rolls over to the steps to come
-            self.budgets.append((self.step_budget * self.outputs - self.spent) / max(1, self.outputs - k))
+        if self.budget is not None:  # a step may take what is left over the steps to come: unspent bytes roll over
+            self.budgets.append((self.budget - self.spent) / max(1, self.outputs - k))
         codec, size = self.codec_for(original, self.budgets[k] if self.budgets else None)
         c = codec.compress(original)  # block, sz3: a step or bound for each field
         self.spent += c.nbytes if size is None else size
