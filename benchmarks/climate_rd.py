@@ -1,10 +1,10 @@
 """Climate rate-distortion (prints numbers; asserts nothing): every codec and hpcai's learned pipeline at equal
 total stored bytes on Galewsky vorticity.
 
-  python benchmarks/climate_rd.py --grids T85 --margins 0.9 0.45     # ~30 min on 2 busy cores
-  python benchmarks/climate_rd.py --grids T170 --t170-days 5 --t170-start 4 --iters 500 --margins 0.95 0.9 0.6
-                                                                       # days 4-5 stored, ~15 min
-  python benchmarks/climate_rd.py --quick    # T42, 2 days, fewer training iterations (~2 minutes)
+  python benchmarks/climate_rd.py            # T85 6 days + generalisation, then T170 days 4-5: ~30 min
+  python benchmarks/climate_rd.py --grids T85 --no-generalisation    # T85 only, ~20 min on 2 busy cores
+  python benchmarks/climate_rd.py --grids T170 --t170-days 2 --t170-start 0   # T170's first 2 days instead
+  python benchmarks/climate_rd.py --quick    # T42, 2 days, fewer training iterations (~3 minutes)
   python benchmarks/climate_rd.py --grids T85 --ratios 20 --base block sz3 --no-generalisation  # one ratio
 
 For each total compression ratio (raw float64 bytes / every byte stored: payload, headers, network weights,
@@ -20,12 +20,18 @@ error (max |error| / max |field|), averaged over the steps, of
   on the (decompressed, original) pairs (:mod:`hpcai.apps.climate_residual`; SZ3's output is also clamped to
   its band), plus the stored corrections that keep |error| <= a bound at every point: a fraction (MARGINS) of
   SZ3's bound at the same ratio, chosen with the codec's step from the byte budget -- a tighter point-wise
-  guarantee than SZ3's. Weights (float16) and corrections are counted in the bytes.
+  guarantee than SZ3's. Weights (float16) and corrections are counted in the bytes. The same MARGINS
+  (0.95, 0.9, 0.6, 0.45) on every grid: which one pays off depends on how much the network removes (at T85
+  a tight 0.45 is affordable, at T170 0.9-0.95 is), so the budget chooses, not a per-grid flag.
 
-Every method is tuned so its total ratio is at least the target (on every 8th or 6th step; the row shows
-what it reached over all steps). The last columns: hpcai's bound over SZ3's, its error over SZ3's and over the
-best other codec's in the same run. ``--t170-start`` stores only the later part of the T170 run (the run
-itself starts at day 0), where the jet has rolled up.
+Every method is tuned so its total ratio is at least the target: the codecs on all steps (so "equal bytes"
+holds to the bisection, not to a subsample), hpcai's knob on every 6th step, then coarsened by 2^(1/8) until
+all steps reach it; the row shows what each reached over all steps. The last columns: hpcai's bound over
+SZ3's, its error over SZ3's and over the best other codec's in the same run. For the stretch goal (SZ3's
+error at half its bytes) SZ3 is also run at half the ratio, and a ``stretch`` line gives hpcai's errors over
+SZ3's with twice hpcai's bytes.
+``--t170-start`` stores only the later part of the T170 run (the run itself starts at day 0), where the jet
+has rolled up.
 A second table: generalisation -- a network trained on days 0-4 restoring the later days 4-6 of the same
 flow and a different flow (perturbation amplitude h_hat = 60 m instead of 120 m), same block codec.
 """
@@ -70,16 +76,18 @@ def errors(approx, fields, weights):
 
 
 def codec_row(name, fields, ratio, weights, **params):
-    codec = C.for_ratio(name, list(fields[::8]), ratio, iterations=20, **params)
+    """(total ratio, L2, max, codec) of the codec ``name`` tuned on every step to reach ``ratio``: so the peers
+    store the bytes of the target (to the bisection's 2^-20 in log of the knob), not of a subsample's tuning."""
+    codec = C.for_ratio(name, list(fields), ratio, iterations=20, **params)
     stored = [codec.compress(f) for f in fields]
     total = sum(c.nbytes for c in stored)
-    return fields.nbytes / total, *errors([C.decompress(c) for c in stored], fields, weights)
+    return fields.nbytes / total, *errors([C.decompress(c) for c in stored], fields, weights), codec
 
 
 NETWORKS = ((16, 5), (12, 4), (8, 4), (6, 3), (4, 3))  # (channels, layers), largest first
 
 
-MARGINS = (0.9, 0.65, 0.45, 0.3)  # hpcai's point-wise bound, as fractions of SZ3's at the same ratio
+MARGINS = (0.95, 0.9, 0.6, 0.45)  # hpcai's point-wise bounds tried, as fractions of SZ3's at the same ratio
 SLOPES = (1.0, 0.0)  # the block codec's quantiser slope: JPEG-like (fewer L2 bytes) or flat (lower max errors)
 
 
@@ -115,13 +123,20 @@ def learned(fields, lat, ratio, weights, iters, sz3, base="block", margins=MARGI
         learner.train(iters // 2, final=True)
         state = learner.round_weights()
 
-        def measure(x, bound, fields=fields, learner=learner, state=state, params=params):
-            # on a subsample of the steps, the weights count in proportion
-            codec = C.get_codec(base, **{knob: x}, **params)
-            stored = [codec.compress(f) for f in fields]
-            if base == "sz3":
-                learner.bound = x
-            restored = [learner.restore(C.decompress(c), x) for c in stored]
+        def measure(x, bound, fields=fields, learner=learner, state=state, params=params, cache={}):
+            # on a subsample of the steps, the weights count in proportion; a subsample's stored and restored
+            # steps at knob x are kept, as they do not depend on the bound (only the corrections do)
+            key = (float(x), len(fields))
+            if key in cache:
+                stored, restored = cache[key]
+            else:
+                codec = C.get_codec(base, **{knob: x}, **params)
+                stored = [codec.compress(f) for f in fields]
+                if base == "sz3":
+                    learner.bound = x
+                restored = [learner.restore(C.decompress(c), x) for c in stored]
+                if len(fields) < steps:
+                    cache[key] = stored, restored
             corrections = [C.guard(r, f, bound) for r, f in zip(restored, fields)]
             data, corr = sum(c.nbytes for c in stored), sum(c.nbytes for c in corrections)
             total = data + R.state_nbytes(state) * len(fields) / steps + corr
@@ -180,7 +195,10 @@ def table(label, fields, lat, iters, bases=("block",), ratios=RATIOS, slopes=SLO
                 continue
             print(f"  {ratio:>6} {name:<9} {rows[name][0]:>7.1f} {rows[name][1]:>10.3e} {rows[name][2]:>10.3e}"
                   f"   {time.perf_counter() - t:.0f} s", flush=True)
-        sz3 = (C.for_ratio("sz3", list(fields[::8]), ratio, iterations=20).bound, *rows["sz3"][1:])
+        sz3 = (rows["sz3"][3].bound, *rows["sz3"][1:3])
+        half = codec_row("sz3", fields, ratio / 2, weights)  # the stretch goal: SZ3 with twice the bytes
+        print(f"  {ratio / 2:>6g} {'sz3':<9} {half[0]:>7.1f} {half[1]:>10.3e} {half[2]:>10.3e}   twice the bytes",
+              flush=True)
         best = min((r for n, r in rows.items() if n != "truncate"), key=lambda r: r[1])
         for base in bases:
             t = time.perf_counter()
@@ -192,6 +210,8 @@ def table(label, fields, lat, iters, bases=("block",), ratios=RATIOS, slopes=SLO
                   f"{margin:g}x SZ3's{'' if slope is None else f', slope {slope:g}'}; "
                   f"L2/sz3 {l2 / rows['sz3'][1]:.2f}, max/sz3 {mx / rows['sz3'][2]:.2f}, L2/best other "
                   f"{l2 / best[1]:.2f}; {time.perf_counter() - t:.0f} s", flush=True)
+            print(f"  {'':>6} stretch: hpcai x{total:.1f} against SZ3 x{half[0]:.1f} (twice the bytes): L2 "
+                  f"{l2 / half[1]:.2f}x, max {mx / half[2]:.2f}x", flush=True)
     return learners
 
 
@@ -221,8 +241,8 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=None, help="training iterations per network (default 1000)")
     p.add_argument("--base", nargs="+", default=["block"], choices=["block", "sz3"], help="codecs under the network")
     p.add_argument("--grids", nargs="+", default=["T85", "T170"], choices=["T85", "T170"], help="which runs")
-    p.add_argument("--t170-days", type=float, default=2.0, help="length of the T170 run (model days)")
-    p.add_argument("--t170-start", type=float, default=0.0,
+    p.add_argument("--t170-days", type=float, default=5.0, help="length of the T170 run (model days)")
+    p.add_argument("--t170-start", type=float, default=4.0,
                    help="model day from which the T170 run's hourly steps are stored (the flow develops by day 4)")
     p.add_argument("--t85-days", type=float, default=6.0, help="length of the T85 run (model days)")
     p.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS), help="total compression ratios")
