@@ -238,6 +238,15 @@ def test_compiled_threads_give_identical_results(rng, monkeypatch):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "2", True])
+def test_threads_must_be_a_positive_integer_or_none(bad):
+    sh = SphericalHarmonics(16, 8)
+    with pytest.raises(ValueError, match="threads: expected an integer >= 1"):
+        sh.threads = bad
+    sh.threads = None  # scipy.fft's workers again
+    assert sh.threads is None
+
+
 def test_compiled_matches_ducc0_at_T170(rng):
     """At T170 the compiled recurrence agrees with ducc0 (scalar and spin-1, both directions; measured
     2e-13 relative at most)."""

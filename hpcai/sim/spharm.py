@@ -48,6 +48,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import checks
 from ..backend import get_array_module
 from . import spharm_compiled
 from .spharm_compiled import recurrence
@@ -285,6 +286,15 @@ class SphericalHarmonics:
     # for a few. Their Fourier layouts differ and tell them apart: recurrence :class:`_Rfft` (the FFT's own
     # array) and :class:`_Coefficients` (synthesis deferred to _grids), table ``(2, M, J, 2k)``, factored
     # ``(2, J, 2, Me, 2k)``.
+    @property
+    def threads(self) -> int | None:
+        """Threads of the compiled Legendre sums and their FFTs; None follows ``scipy.fft``'s workers."""
+        return self._thread_count
+
+    @threads.setter
+    def threads(self, value) -> None:
+        self._thread_count = None if value is None else checks.integer("threads", value, low=1)
+
     def _compiled(self) -> bool:
         """Whether the Legendre sums take the compiled recurrence (host arrays, numba available)."""
         return self._recurrence is not None and spharm_compiled.available()
