@@ -122,10 +122,10 @@ def learned(fields, lat, ratio, weights, iters, sz3, base="block", margins=MARGI
         learner.train(iters)
         learner.train(iters // 2, final=True)
         state = learner.round_weights()
+        cache = {}  # a subsample's stored and restored steps at knob x: they do not depend on the bound
 
-        def measure(x, bound, fields=fields, learner=learner, state=state, params=params, cache={}):
-            # on a subsample of the steps, the weights count in proportion; a subsample's stored and restored
-            # steps at knob x are kept, as they do not depend on the bound (only the corrections do)
+        def measure(x, bound, fields=fields, learner=learner, state=state, params=params, cache=cache):
+            # on a subsample of the steps, the weights count in proportion; only the corrections depend on bound
             key = (float(x), len(fields))
             if key in cache:
                 stored, restored = cache[key]

@@ -281,7 +281,8 @@ def choose(page, choices: dict, timeout: float = 60.0) -> None:
     deadline, held = time.monotonic() + timeout, 0
     while held < 4:
         page.wait_for_timeout(500)
-        wrong = {name: chosen(name) for name, value in choices.items() if chosen(name) != value}
+        now = {name: chosen(name) for name in choices}
+        wrong = {name: shown for name, shown in now.items() if shown != choices[name]}
         held = 0 if wrong else held + 1
         if wrong and time.monotonic() > deadline:
             raise AssertionError(f"panel choices did not hold for {timeout} s: {wrong}, wanted {choices}")

@@ -244,7 +244,7 @@ def seed(ctx) -> dict:
     occupation = alloy.random_occupation(lattice, config.fractions(), (config.initial,), seed=config.seed)
     ctx.space.put("pending/random", occupation.astype(np.float64))
     ctx.space.put("pending/uncertain", np.zeros((0, lattice.n_sites)))
-    ctx.space.put("curve", {"calls": [], "mae": [], "rmse": [], "trained_on": [], "weights": []})
+    ctx.space.put("curve", {"calls": [], "mae": [], "rmse": [], "weights": []})
     return {"initial": config.initial}
 
 
@@ -292,7 +292,6 @@ def learn(ctx) -> dict:
         curve["rmse"].append(float(np.sqrt((diff ** 2).mean())))
     ctx.progress.phase(f"round {ctx.iteration}: training {config.ensemble} networks on {len(data)} energies", 1)
     surrogate.fit(*_split(data), epochs=config.epochs, lr=config.lr, optimizer=config.optimizer)
-    curve["trained_on"].append(len(data))
     curve["weights"].append(surrogate.vector().tolist())  # the tuple space carries JSON or one array
     ctx.progress.update()
     done = error is not None and error < config.tolerance
@@ -416,7 +415,8 @@ def _result(config, kT, sizes, jobs, table, data, state, curve) -> Result:
               "surrogate_weights": np.asarray(state, np.float64),  # Surrogate(...).load_vector() takes it
               # every round's surrogate and the reference energies it was trained on: its learning curve on
               # any test set of the user's (the benchmark's held-out Monte Carlo samples)
-              "round_training_calls": np.array(curve["trained_on"], float),
+              # (round k's surrogate, trained on calls[k] energies, is the one round k + 1 measured)
+              "round_training_calls": np.array(curve["calls"] + [len(data)], float),
               "round_surrogate_weights": np.array(curve["weights"], np.float64)}
     names = ("energy", "energy_error", "heat_capacity", "heat_capacity_error", "order", "order_error", "binder",
              "binder_error", "sro1")

@@ -228,7 +228,7 @@ class SphericalHarmonics:
         self.L1 = (T + 1) // 2 + 1  # slots up to degree T+1, which the vector transforms need
         P = legendre_functions(T + 1, self.mu[:J])[0]
         self._build_tables(P[:M])
-        self._recurrence = recurrence(T, self.mu[:J], P) if xp is np else None
+        self._recurrence = recurrence(T, self.mu[:J], P, _eps) if xp is np else None
         self._ones = np.ones(J)
         self._w = xp.asarray(self.weights[:J] / nlon)[:, None]  # the 1/nlon of the forward FFT folded in
         # real columns (2 per field) up to which the factored path is taken: one scalar or one wind field, on

@@ -102,12 +102,10 @@ class Recurrence(NamedTuple):
     Q: np.ndarray       # (M, T + 3)
 
 
-def recurrence(T: int, mu, P) -> Recurrence:
+def recurrence(T: int, mu, P, eps) -> Recurrence:
     """The kernels' data from the northern nodes ``mu`` (J,) and ``P[m, n - m, j]`` up to degree T+1 (as
-    :func:`~hpcai.sim.spharm.legendre_functions` gives it), whose sectoral row and 1e-30 cut they share."""
-    def eps(n, m):  # epsilon_n^m, as spharm._eps
-        return np.sqrt(np.maximum(n * n - m * m, 0.0) / (4.0 * n * n - 1.0))
-
+    :func:`~hpcai.sim.spharm.legendre_functions` gives it), whose sectoral row and 1e-30 cut they share;
+    ``eps(n, m)`` the recurrence's :math:`\\epsilon_n^m` (``spharm._eps``, which the table was made with)."""
     M, J = T + 1, mu.size
     big = np.abs(P[:M]).max(axis=1) > 1e-30  # (M, J)
     first = np.where(big.any(axis=1), np.argmax(big, axis=1), J).astype(np.int64)
