@@ -189,6 +189,17 @@ def test_active_learning_runs_as_a_workflow_and_writes_what_users_open(tmp_path)
         assert mae == pytest.approx(error, rel=1e-6, abs=1e-9)
 
 
+def test_every_rounds_surrogate_is_kept_even_when_their_weights_outgrow_a_json_value():
+    # 4 networks of width 128 over 3 rounds: ~200,000 weights, more than the tuple space carries as JSON text
+    config = app.Config(**{**TINY, "hidden": 128, "ensemble": 4, "epochs": 2, "scan_sweeps": 8, "tc_sizes": "2,3"},
+                        tolerance=1e-9)
+    result = run_app("alloy_surrogate", config, verbose=0)
+    weights = result.arrays["round_surrogate_weights"]
+    assert weights.shape == (3, len(result.arrays["surrogate_weights"])) and weights.size > 100_000
+    np.testing.assert_array_equal(weights[-1], result.arrays["surrogate_weights"])
+    assert not np.array_equal(weights[0], weights[1])  # each row is its own round's training
+
+
 def test_random_selection_is_the_baseline_it_claims():
     config = app.Config(**{**TINY, "rounds": 2, "tc_sizes": "3,4"}, selection="random", shells=2, tolerance=1e-9)
     result = run_app("alloy_surrogate", config, verbose=0)

@@ -244,7 +244,7 @@ def seed(ctx) -> dict:
     occupation = alloy.random_occupation(lattice, config.fractions(), (config.initial,), seed=config.seed)
     ctx.space.put("pending/random", occupation.astype(np.float64))
     ctx.space.put("pending/uncertain", np.zeros((0, lattice.n_sites)))
-    ctx.space.put("curve", {"calls": [], "mae": [], "rmse": [], "weights": []})
+    ctx.space.put("curve", {"calls": [], "mae": [], "rmse": []})
     return {"initial": config.initial}
 
 
@@ -292,11 +292,13 @@ def learn(ctx) -> dict:
         curve["rmse"].append(float(np.sqrt((diff ** 2).mean())))
     ctx.progress.phase(f"round {ctx.iteration}: training {config.ensemble} networks on {len(data)} energies", 1)
     surrogate.fit(*_split(data), epochs=config.epochs, lr=config.lr, optimizer=config.optimizer)
-    curve["weights"].append(surrogate.vector().tolist())  # the tuple space carries JSON or one array
     ctx.progress.update()
     done = error is not None and error < config.tolerance
     ctx.space.try_get("status")
-    for key, value in (("data", data), ("curve", curve), ("surrogate", surrogate.vector()),
+    kept = ctx.space.try_get("rounds")     # every round's weights, one row each (an array: JSON would outgrow
+    rounds = surrogate.vector()[None]      # the space's limit on a value for large surrogates)
+    rounds = np.concatenate([kept[1], rounds]) if kept is not None else rounds
+    for key, value in (("data", data), ("curve", curve), ("surrogate", surrogate.vector()), ("rounds", rounds),
                        ("status", {"done": done, "round": ctx.iteration})):
         ctx.space.put(key, value)
     if ctx.params["verbose"]:
@@ -354,7 +356,7 @@ def scan(ctx) -> Result:
     their Binder-cumulant crossing; with the pair reference, the same scans on it and the exact Ising T_c."""
     config, start = _config(ctx), time.perf_counter()
     state, data = ctx.space.read("surrogate")[1], ctx.space.read("data")[1]
-    curve = ctx.space.read("curve")[1]
+    curve, rounds = ctx.space.read("curve")[1], ctx.space.read("rounds")[1]
     sizes, kT = config.sizes(), config.kT()
     jobs = [(L, model) for L in sizes for model in (("surrogate", "reference") if config.reference == "pair"
                                                      else ("surrogate",))]
@@ -376,7 +378,7 @@ def scan(ctx) -> Result:
     for k, rows in mine.items():
         table[k] = rows
     ctx.comm.allreduce_(table, "sum")        # each job was run by exactly one rank
-    result = _result(config, kT, sizes, jobs, table, data, state, curve)
+    result = _result(config, kT, sizes, jobs, table, data, state, curve, rounds)
     result.metrics["seconds_scan"] = time.perf_counter() - start
     if ctx.rank == 0 and config.output_dir:
         _write(config, result, data)
@@ -398,7 +400,7 @@ def _crossing(sizes, kT, table) -> tuple:
     return found.tc / alloy.KB_EV, found.error / alloy.KB_EV
 
 
-def _result(config, kT, sizes, jobs, table, data, state, curve) -> Result:
+def _result(config, kT, sizes, jobs, table, data, state, curve, rounds) -> Result:
     surrogate_rows = np.stack([table[k] for k, (_, which) in enumerate(jobs) if which == "surrogate"])
     tc, tc_error = _crossing(sizes, kT, surrogate_rows)
     occupation, energies = _split(data)
@@ -417,7 +419,7 @@ def _result(config, kT, sizes, jobs, table, data, state, curve) -> Result:
               # any test set of the user's (the benchmark's held-out Monte Carlo samples)
               # (round k's surrogate, trained on calls[k] energies, is the one round k + 1 measured)
               "round_training_calls": np.array(curve["calls"] + [len(data)], float),
-              "round_surrogate_weights": np.array(curve["weights"], np.float64)}
+              "round_surrogate_weights": np.asarray(rounds, np.float64)}
     names = ("energy", "energy_error", "heat_capacity", "heat_capacity_error", "order", "order_error", "binder",
              "binder_error", "sro1")
     for k, (L, which) in enumerate(jobs):
