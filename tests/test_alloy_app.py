@@ -207,6 +207,23 @@ def test_random_selection_is_the_baseline_it_claims():
     assert result.metrics["final_mae_mev"] < 0.01  # two shells see the first-shell pair model too
 
 
+def test_random_structures_are_labelled_without_monte_carlo():
+    # below T_c the Monte Carlo visits ordered, low-energy configurations; random structures stay disordered
+    settings = {**TINY, "rounds": 2, "t_min": 200.0, "t_max": 300.0, "tc_sizes": "2,4"}
+    added = {}
+    for selection in ("random", "structures"):
+        result = run_app("alloy_surrogate", app.Config(**settings, selection=selection, tolerance=1e-9), verbose=0)
+        assert result.metrics["reference_calls"] == TINY["initial"] + TINY["per_round"]
+        added[selection] = result.arrays["parity_reference_ev_per_atom"][TINY["initial"]:]
+    lattice = app.Config(**settings).cell()
+    disordered = app.Config(**settings).reference_model().energies(
+        alloy.random_occupation(lattice, (0.5, 0.5), (400,), seed=7)) / lattice.n_sites
+    assert abs(added["structures"].mean() - disordered.mean()) < 3 * disordered.std() / np.sqrt(TINY["per_round"])
+    assert added["random"].max() < disordered.mean() - 3 * disordered.std()
+    initial = result.arrays["parity_reference_ev_per_atom"][:TINY["initial"]]
+    assert not np.array_equal(added["structures"], initial[:TINY["per_round"]])  # new ones, not the initial again
+
+
 @pytest.mark.skipif(not os.access(MPIEXEC, os.X_OK) or os.environ.get("PMI_SIZE", "1") != "1",
                     reason=f"needs an mpiexec next to {sys.executable}")
 def test_the_same_application_under_mpiexec_on_three_ranks(tmp_path):

@@ -12,8 +12,10 @@ Binder cumulants of the order parameter cross.
 It runs as a workflow (:func:`workflow`), on one rank in this process or on many: ``seed`` (random
 starting configurations), then a loop of ``label`` (the reference, rows spread over the module's ranks)
 -> ``learn`` (one rank) -> ``explore`` (Monte Carlo chains spread over ranks), then ``scan``. Data move
-through the tuple space. ``selection="random"`` replaces the uncertain picks by random ones: the
-baseline active learning must beat (fewer reference calls for the same error).
+through the tuple space. ``selection="random"`` replaces the uncertain picks by random ones of the visited
+configurations: the baseline active learning must beat (fewer reference calls for the same error);
+``selection="structures"`` labels random configurations at the composition instead, as is done without
+active learning (the error the loop measures is then on those).
 
 References: Liu et al. (2019), Comput. Mater. Sci. 166, 245 (pair models with active learning from Monte
 Carlo samples); Lakshminarayanan et al. (2017) (deep ensembles); Landau & Binder, "A Guide to Monte Carlo
@@ -34,7 +36,7 @@ from .fields import check_fields
 from .result import Result
 
 REFERENCES = ("pair", "emt")
-SELECTIONS = ("active", "random")
+SELECTIONS = ("active", "random", "structures")
 STRUCTURE = {"sc": "B2", "bcc": "B2"}  # fcc: L1_2 off 50/50, L1_0 at it
 
 
@@ -94,7 +96,9 @@ class Config:
         "help": "stop once the surrogate's error on fresh Monte Carlo samples is below this"})
     selection: str = dataclasses.field(default="active", metadata={
         "choices": SELECTIONS, "help": "how configurations are chosen for labelling: active (where the "
-        "ensemble disagrees most) or random (the baseline active learning must beat)"})
+        "ensemble disagrees most), random (random ones of those the Monte Carlo visited: the baseline active "
+        "learning must beat) or structures (random configurations at the composition, as the initial ones, "
+        "with no Monte Carlo: what is done without active learning)"})
     shells: int = dataclasses.field(default=1, metadata={
         "low": 1, "high": 8, "help": "neighbour shells the surrogate sees (a cluster expansion's pair range)"})
     triplets: int = dataclasses.field(default=0, metadata={
@@ -312,9 +316,17 @@ def explore(ctx) -> dict:
     config = _config(ctx)
     if ctx.space.read("status")[1]["done"]:
         return {"picked": 0}
+    # a stream of its own per round and rank (a spawn key: numpy's default_rng([seed, 0, 0]) is default_rng(seed),
+    # the initial configurations' stream)
+    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(ctx.iteration, ctx.rank)))
+    if config.selection == "structures":   # no Monte Carlo: random configurations, as the initial ones
+        if ctx.rank == 0:
+            chosen = alloy.random_occupation(config.cell(), config.fractions(), (config.per_round,), seed=rng)
+            ctx.space.put("pending/uncertain", np.zeros((0, chosen.shape[1])))
+            ctx.space.put("pending/random", chosen.astype(np.float64))
+        return {"picked": config.per_round, "visited": 0}
     surrogate = config.surrogate()
     surrogate.load_vector(ctx.space.read("surrogate")[1])
-    rng = np.random.default_rng([config.seed, ctx.iteration, ctx.rank])
     kT = config.kT()
     start = alloy.random_occupation(surrogate.lattice, config.fractions(), (config.replicas, len(kT)), seed=rng)
     mc = alloy.MonteCarlo(surrogate.features, start, np.broadcast_to(kT, (config.replicas, len(kT))), seed=rng)
