@@ -200,6 +200,31 @@ def test_every_rounds_surrogate_is_kept_even_when_their_weights_outgrow_a_json_v
     assert not np.array_equal(weights[0], weights[1])  # each row is its own round's training
 
 
+def test_tc_is_refined_by_reweighting_a_second_scan_to_within_a_few_percent_of_exact_ising():
+    # the first scan's grid steps 86 K; the reweighted second scan finds T_c within a few percent of exact
+    config = app.Config(**{**TINY, "scan_sweeps": 120, "tc_sizes": "4,6", "temperatures": 8}, seed=1)
+    m = run_app("alloy_surrogate", config, verbose=0).metrics
+    exact = m["tc_exact"]
+    for name in ("tc", "tc_reference"):
+        assert m[f"{name}_method"] == "reweighted", m
+        assert abs(m[name] / exact - 1) < 0.04 and m[f"{name}_error"] < 0.03 * exact, m
+        assert abs(m[f"{name}_first"] - exact) < 86, m
+    assert app.Config(refine=0).validate().refine == 0
+
+
+def test_the_first_tc_estimate_takes_the_crossing_at_the_heat_capacity_peak_not_noise_far_above():
+    kT = np.linspace(0.04, 0.09, 11)
+    small, big = 0.33 * (1 - np.tanh((kT - 0.06) / 0.006)), 0.33 * (1 - np.tanh((kT - 0.06) / 0.004))
+    big[-3:] += [0.02, -0.02, 0.02]                    # far above T_c the cumulants cross again by noise
+    rows = np.zeros((2, 9, len(kT)))
+    rows[0, 6], rows[1, 6] = small, big
+    rows[1, 2] = np.exp(-((kT - 0.061) / 0.005) ** 2)  # the heat-capacity peak of the largest size
+    tc, resolution = app._grid_estimate(kT, rows)
+    assert tc * alloy.KB_EV == pytest.approx(0.06, abs=0.003) and resolution * alloy.KB_EV == pytest.approx(0.0025)
+    rows[1, 6] = small - 0.01                          # no crossing on the grid: the peak itself
+    assert app._grid_estimate(kT, rows)[0] * alloy.KB_EV == pytest.approx(0.06)
+
+
 def test_random_selection_is_the_baseline_it_claims():
     config = app.Config(**{**TINY, "rounds": 2, "tc_sizes": "3,4"}, selection="random", shells=2, tolerance=1e-9)
     result = run_app("alloy_surrogate", config, verbose=0)
@@ -246,6 +271,7 @@ def test_the_same_application_under_mpiexec_on_three_ranks(tmp_path):
     ({"reference": "emt", "elements": "Cu,Zn"}, r"elements: EMT has no parameters for \['Zn'\]"),
     ({"rounds": 0}, "rounds: expected an integer in \\[1, 1000\\]"),
     ({"triplets": 2, "shells": 1}, "triplets: expected at most shells = 1"),
+    ({"refine": 2}, "refine: expected 0 \\(no second scan\\) or at least 3 temperatures"),
 ])
 def test_bad_input_names_the_field(bad, match):
     if bad.get("reference") == "emt":

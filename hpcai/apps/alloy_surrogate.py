@@ -7,7 +7,9 @@ Carlo, and active learning chooses those few hundred: the Monte Carlo explores w
 configurations its ensemble is least sure about (plus random ones, which measure its error honestly) go
 to the reference, and the surrogate retrains -- until its error on freshly sampled configurations is
 below ``tolerance``. The final surrogate runs temperature scans at several sizes; T_c is where the
-Binder cumulants of the order parameter cross.
+Binder cumulants of the order parameter cross: read off the scan's grid first, then located by a second,
+narrow scan around it whose cumulants are reweighted between its temperatures (multiple histograms), as
+:func:`hpcai.sim.alloy.critical_temperature` does.
 
 It runs as a workflow (:func:`workflow`), on one rank in this process or on many: ``seed`` (random
 starting configurations), then a loop of ``label`` (the reference, rows spread over the module's ranks)
@@ -36,6 +38,8 @@ from .fields import check_fields
 from .result import Result
 
 REFERENCES = ("pair", "emt")
+REFINE_WIDTH = 0.1  # the second scan spans T_c +- 10 % of the first estimate ...
+REFINE_MOVES = 2    # ... and moves by 10 % (twice at most) towards the crossing if it is not inside
 SELECTIONS = ("active", "random", "structures")
 STRUCTURE = {"sc": "B2", "bcc": "B2"}  # fcc: L1_2 off 50/50, L1_0 at it
 
@@ -43,6 +47,8 @@ STRUCTURE = {"sc": "B2", "bcc": "B2"}  # fcc: L1_2 off 50/50, L1_0 at it
 # what each metric of the Result is: {name: (group, unit)}
 METRICS = {"tc": ("critical temperature", "K"), "tc_error": ("critical temperature", "K"),
            "tc_reference": ("critical temperature", "K"), "tc_reference_error": ("critical temperature", "K"),
+           "tc_first": ("critical temperature", "K"), "tc_reference_first": ("critical temperature", "K"),
+           "tc_method": ("critical temperature", ""), "tc_reference_method": ("critical temperature", ""),
            "tc_exact": ("critical temperature", "K"), "final_mae_mev": ("error", "meV/atom"),
            "train_mae_mev": ("error", "meV/atom"), "reference_calls": ("cost", "calls"), "rounds": ("cost", "rounds"),
            "seconds_scan": ("timing", "s"), "structure": ("run", ""), "sizes": ("run", "L")}
@@ -130,6 +136,10 @@ class Config:
     scan_sweeps: int = dataclasses.field(default=300, metadata={
         "low": 8, "high": 1_000_000, "unit": "sweeps",
         "help": "Monte Carlo sweeps per temperature of the T_c scan; more: smoother curves"})
+    refine: int = dataclasses.field(default=9, metadata={
+        "low": 0, "high": 256, "help": "temperatures of a second scan, +-10 % around the first scan's estimate of "
+        "T_c, whose Binder cumulants are reweighted between temperatures (multiple histograms) to locate T_c; 0: "
+        "the first scan's estimate only (read off its grid: good to about half a grid step)"})
     replicas: int = dataclasses.field(default=2, metadata={
         "low": 1, "high": 64, "help": "chains per temperature (replica exchange along temperature)"})
     seed: int = dataclasses.field(default=0, metadata={
@@ -145,6 +155,8 @@ class Config:
                              f"shells the surrogate sees), got {self.triplets}")
         if self.t_max <= self.t_min:
             raise ValueError(f"t_max: expected a temperature above t_min = {self.t_min:g} K, got {self.t_max!r}")
+        if 0 < self.refine < 3:
+            raise ValueError(f"refine: expected 0 (no second scan) or at least 3 temperatures, got {self.refine}")
         self.element_list()
         sizes = self.sizes()
         for L in (self.size, *sizes):
@@ -365,7 +377,8 @@ def explore(ctx) -> dict:
 
 def scan(ctx) -> Result:
     """The final surrogate's temperature scans at every size of ``tc_sizes`` (spread over the ranks), T_c from
-    their Binder-cumulant crossing; with the pair reference, the same scans on it and the exact Ising T_c."""
+    their Binder-cumulant crossing, refined by a second scan (:func:`_refine`); with the pair reference, the
+    same scans on it and the exact Ising T_c."""
     config, start = _config(ctx), time.perf_counter()
     state, data = ctx.space.read("surrogate")[1], ctx.space.read("data")[1]
     curve, rounds = ctx.space.read("curve")[1], ctx.space.read("rounds")[1]
@@ -390,7 +403,11 @@ def scan(ctx) -> Result:
     for k, rows in mine.items():
         table[k] = rows
     ctx.comm.allreduce_(table, "sum")        # each job was run by exactly one rank
-    result = _result(config, kT, sizes, jobs, table, data, state, curve, rounds)
+    models = [which for which in ("surrogate", "reference") if any(w == which for _, w in jobs)]
+    first = {which: _grid_estimate(kT, np.stack([table[k] for k, (_, w) in enumerate(jobs) if w == which]))
+             for which in models}
+    found = _refine(ctx, config, state, first) if config.refine else {}
+    result = _result(config, kT, sizes, jobs, table, data, state, curve, rounds, first, found)
     result.metrics["seconds_scan"] = time.perf_counter() - start
     if ctx.rank == 0 and config.output_dir:
         _write(config, result, data)
@@ -403,23 +420,70 @@ def scan(ctx) -> Result:
     return result
 
 
-def _crossing(sizes, kT, table) -> tuple:
-    """T_c (K) and its error from the Binder cumulants of ``table`` (one row block per size)."""
-    try:
-        found = alloy.binder_crossing(sizes, [kT] * len(sizes), table[:, 6], table[:, 7])
-    except ValueError:                      # the curves do not cross on this grid
-        return float("nan"), float("nan")
-    return found.tc / alloy.KB_EV, found.error / alloy.KB_EV
+def _grid_estimate(kT, rows) -> tuple:
+    """T_c (K) and its resolution from one model's first scan (``rows``: one row block per size, ascending):
+    where the Binder cumulant of the largest size falls below the next one's on the grid, linearly
+    interpolated, at the fall nearest the largest size's heat-capacity peak (far above T_c both cumulants are
+    near 0 and cross by noise; a fit through the whole grid is pulled away by its flat ends); the peak itself
+    where they do not cross on the grid."""
+    d, peak = rows[-1, 6] - rows[-2, 6], kT[np.argmax(rows[-1, 2])]
+    falls = np.flatnonzero((d[:-1] > 0) & (d[1:] <= 0))
+    if not falls.size:
+        step = np.diff(kT).max() if len(kT) > 1 else peak
+        return float(peak / alloy.KB_EV), float(step / alloy.KB_EV)
+    i = falls[np.argmin(abs(kT[falls] + kT[falls + 1] - 2 * peak))]
+    tc = kT[i] + (kT[i + 1] - kT[i]) * d[i] / (d[i] - d[i + 1])
+    return float(tc / alloy.KB_EV), float((kT[i + 1] - kT[i]) / 2 / alloy.KB_EV)
 
 
-def _result(config, kT, sizes, jobs, table, data, state, curve, rounds) -> Result:
-    surrogate_rows = np.stack([table[k] for k, (_, which) in enumerate(jobs) if which == "surrogate"])
-    tc, tc_error = _crossing(sizes, kT, surrogate_rows)
+def _refine(ctx, config, state, first: dict) -> dict:
+    """Per model, T_c (K) and its jackknife error from a second scan of ``refine`` temperatures around the
+    first estimate, the Binder cumulants of all sizes reweighted between them
+    (:func:`hpcai.sim.alloy.critical_temperature`); nan where the crossing is not resolved. A window the
+    crossing lies outside of moves towards it. One model's sizes run on one rank (the reweighting's jackknife
+    needs them together)."""
+    found = np.zeros((len(first), 2))
+    for k, (which, (tc, _)) in enumerate(first.items()):
+        if k % ctx.size != ctx.rank:
+            continue
+        found[k] = np.nan
+        for attempt in range(REFINE_MOVES + 1):
+            grid = tc * alloy.KB_EV * np.linspace(1 - REFINE_WIDTH, 1 + REFINE_WIDTH, config.refine)
+            scans = [alloy.temperature_scan(config.surrogate(L).load_vector(state).features if which == "surrogate"
+                                            else config.reference_model(L), grid, composition=config.fractions(),
+                                            structure=config.structure(), replicas=config.replicas,
+                                            sweeps=config.scan_sweeps, seed=[config.seed, L, k, attempt + 1])
+                     for L in config.sizes()]
+            try:
+                crossing = alloy.critical_temperature(scans)
+                found[k] = crossing.tc / alloy.KB_EV, crossing.error / alloy.KB_EV
+                break
+            except ValueError:              # no falling crossing in the window, or one the samples lose
+                d = scans[-1].binder.value - scans[-2].binder.value
+                if d[-1] > 0:               # the largest size is still the more ordered at the top: T_c above
+                    tc *= 1 + REFINE_WIDTH
+                elif d[0] < 0:              # and already the less ordered at the bottom: T_c below
+                    tc *= 1 - REFINE_WIDTH
+                else:                       # inside, but not resolved by the samples
+                    break
+    ctx.comm.allreduce_(found, "sum")       # each model was refined by exactly one rank
+    return {which: (float(tc), float(error)) for which, (tc, error) in zip(first, found)}
+
+
+def _tc_metrics(name: str, first: tuple, found: tuple | None) -> dict:
+    """T_c from the reweighted second scan where it was resolved, else the first scan's grid estimate."""
+    refined = found is not None and np.isfinite(found[0])
+    tc, error = found if refined else first
+    return {name: tc, f"{name}_error": error, f"{name}_first": first[0],
+            f"{name}_method": "reweighted" if refined else "grid"}
+
+
+def _result(config, kT, sizes, jobs, table, data, state, curve, rounds, first, found) -> Result:
     occupation, energies = _split(data)
     fitted = config.surrogate().load_vector(state)
     predicted = fitted.energies(occupation)
     n = fitted.lattice.n_sites
-    metrics = {"tc": tc, "tc_error": tc_error, "reference_calls": int(len(data)),
+    metrics = {**_tc_metrics("tc", first["surrogate"], found.get("surrogate")), "reference_calls": int(len(data)),
                "rounds": len(curve["mae"]) + 1, "final_mae_mev": curve["mae"][-1] if curve["mae"] else float("nan"),
                "train_mae_mev": float(np.abs(predicted - energies).mean() / n * 1000),
                "structure": config.structure(), "sizes": list(sizes)}
@@ -438,8 +502,7 @@ def _result(config, kT, sizes, jobs, table, data, state, curve, rounds) -> Resul
         for name, row in zip(names, table[k]):
             arrays[f"{which}_L{L}_{name}"] = row
     if config.reference == "pair":
-        reference_rows = np.stack([table[k] for k, (_, which) in enumerate(jobs) if which == "reference"])
-        metrics["tc_reference"], metrics["tc_reference_error"] = _crossing(sizes, kT, reference_rows)
+        metrics.update(_tc_metrics("tc_reference", first["reference"], found.get("reference")))
         exact = alloy.ising_critical_temperature(config.reference_model(sizes[0]))
         metrics["tc_exact"] = exact / alloy.KB_EV
     return Result(metrics, arrays)
