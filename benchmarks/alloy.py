@@ -261,23 +261,12 @@ def active_against_random(report=report, quick=False, seeds=(0, 1, 2, 3, 4), tar
                    f"mean curve {told(active_mean[k], active_last)} and {told(other_mean[k], last)}")
 
 
-def transition_temperatures(scan, points: int = 641, groups: int = 8) -> np.ndarray:
-    """Two finite-cell transition temperatures (k_B T) of a scan, with jackknife errors over ``groups`` blocks
-    of samples: ``[C_v peak, its error, energy midpoint, its error]``. Curves by multiple-histogram
-    reweighting between the scan's temperatures; the midpoint is where <E> is halfway between its values at
-    the two ends of the grid (the middle of the rounded energy jump), a first moment: less noisy than C_v."""
-    energies, kT = scan.samples["energy"], scan.temperatures
-    fine = np.linspace(kT[0], kT[-1], points)
-    n, replicas = energies.shape[:2]
-    label = (np.arange(replicas)[None, :] * n + np.arange(n)[:, None]) * groups // (n * replicas)
-
-    def estimate(mask=None):
-        mean, var = alloy.Reweighting(energies, kT, mask=mask).energy_moments(fine)
-        return fine[np.argmax(var / fine ** 2)], np.interp((mean[0] + mean[-1]) / 2, mean, fine)  # <E> rises with T
-    full = np.array(estimate())
-    rest = np.array([estimate(np.broadcast_to((label != g)[..., None], energies.shape)) for g in range(groups)])
-    error = np.sqrt((groups - 1) / groups * ((rest - rest.mean(0)) ** 2).sum(0))
-    return np.array([full[0], error[0], full[1], error[1]])
+def transition_temperatures(scan) -> np.ndarray:
+    """``[C_v peak, its error, energy midpoint, its error]`` (k_B T) of a scan
+    (:func:`hpcai.sim.alloy.transition_temperatures`)."""
+    found = alloy.transition_temperatures(scan)
+    return np.array([found["heat_capacity_peak"].value, found["heat_capacity_peak"].error,
+                     found["energy_midpoint"].value, found["energy_midpoint"].error], dtype=float)
 
 
 def emt_critical_temperature(report=report, quick=False) -> dict:

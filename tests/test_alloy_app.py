@@ -206,10 +206,21 @@ def test_tc_is_refined_by_reweighting_a_second_scan_to_within_a_few_percent_of_e
     m = run_app("alloy_surrogate", config, verbose=0).metrics
     exact = m["tc_exact"]
     for name in ("tc", "tc_reference"):
-        assert m[f"{name}_method"] == "reweighted", m
+        assert m[f"{name}_method"] == "Binder crossing", m
         assert abs(m[name] / exact - 1) < 0.04 and m[f"{name}_error"] < 0.03 * exact, m
         assert abs(m[f"{name}_first"] - exact) < 86, m
     assert app.Config(refine=0).validate().refine == 0
+
+
+def test_a_first_order_transition_is_located_by_the_heat_capacity_peak_of_the_largest_cell():
+    # fcc 3:1 (L1_2) orders first-order and has no exact Ising value: the surrogate and the pair model itself,
+    # through the same second scan, must agree; the first scan's C_v peaks at its lowest point, 200 K
+    settings = {**TINY, "scan_sweeps": 120, "tc_sizes": "2,3", "temperatures": 8, "lattice": "fcc",
+                "composition": 0.75, "t_min": 200.0, "t_max": 1000.0}
+    m = run_app("alloy_surrogate", app.Config(**settings, seed=1), verbose=0).metrics
+    assert m["tc_method"] == m["tc_reference_method"] == "heat-capacity peak, L=3" and "tc_exact" not in m, m
+    assert 200 < m["tc"] < 314 and 200 < m["tc_reference"] < 314, m
+    assert abs(m["tc"] - m["tc_reference"]) < 3 * np.hypot(m["tc_error"], m["tc_reference_error"]) + 5, m
 
 
 def test_the_first_tc_estimate_takes_the_crossing_at_the_heat_capacity_peak_not_noise_far_above():

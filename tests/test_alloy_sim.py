@@ -2,9 +2,11 @@
 enumeration, the Ising limit, statistics, ASE references, and clear errors for bad input."""
 import contextlib
 import itertools
+import types
 
 import numpy as np
 import pytest
+import scipy.optimize
 import scipy.signal
 import scipy.stats
 from hypothesis import given, settings
@@ -509,6 +511,26 @@ def test_reweighting_recovers_exact_averages_between_temperatures():
     np.testing.assert_allclose(var, n_sites * q * (1 - q), rtol=0.1)
     np.testing.assert_allclose(rw.mean(energies, kT), energies.mean(0), rtol=0.01)
     np.testing.assert_allclose(rw.mean(energies ** 2, target) - mean ** 2, var, rtol=1e-6)
+
+
+def test_transition_temperatures_of_a_two_state_system_with_a_sharp_first_order_jump():
+    """A cell that is either ordered (E = 0) or disordered (E = D, e^40 times as many states): the disordered
+    probability is 1 / (1 + e^(D/kT - 40)), so the C_v peak and the energy midpoint have exact values near
+    kT = D / 40, found here by dense evaluation and root finding."""
+    D, log_g, kT = 20.0, 40.0, np.linspace(0.44, 0.56, 9)
+
+    def disordered(t):
+        return 1 / (1 + np.exp(D / t - log_g))
+    fine = np.linspace(kT[0], kT[-1], 200001)
+    peak = fine[np.argmax(disordered(fine) * (1 - disordered(fine)) / fine ** 2)]
+    half = (disordered(kT[0]) + disordered(kT[-1])) / 2
+    middle = scipy.optimize.brentq(lambda t: disordered(t) - half, kT[0], kT[-1])
+    energies = D * (np.random.default_rng(19).random((300, 2, len(kT))) < disordered(kT))
+    found = A.transition_temperatures(types.SimpleNamespace(samples={"energy": energies}, temperatures=kT))
+    for name, exact in (("heat_capacity_peak", peak), ("energy_midpoint", middle)):
+        value, error = found[name]
+        assert value == pytest.approx(exact, abs=0.002) and 0 < error < 0.002, (name, value, error, exact)
+        assert abs(value - exact) < 4 * error, (name, value, error, exact)
 
 
 def test_error_estimates_of_a_correlated_series():

@@ -39,7 +39,8 @@ from .result import Result
 
 REFERENCES = ("pair", "emt")
 REFINE_WIDTH = 0.1  # the second scan spans T_c +- 10 % of the first estimate ...
-REFINE_MOVES = 2    # ... and moves by 10 % (twice at most) towards the crossing if it is not inside
+REFINE_MOVES = 2    # ... and moves by 10 % (twice at most) towards the transition if it is not inside
+FIRST_ORDER = ("L1_0", "L1_2")  # fcc orderings: first-order, located by the heat-capacity peak of the largest L
 SELECTIONS = ("active", "random", "structures")
 STRUCTURE = {"sc": "B2", "bcc": "B2"}  # fcc: L1_2 off 50/50, L1_0 at it
 
@@ -404,8 +405,9 @@ def scan(ctx) -> Result:
         table[k] = rows
     ctx.comm.allreduce_(table, "sum")        # each job was run by exactly one rank
     models = [which for which in ("surrogate", "reference") if any(w == which for _, w in jobs)]
-    first = {which: _grid_estimate(kT, np.stack([table[k] for k, (_, w) in enumerate(jobs) if w == which]))
-             for which in models}
+    first_order = config.structure() in FIRST_ORDER
+    first = {which: _grid_estimate(kT, np.stack([table[k] for k, (_, w) in enumerate(jobs) if w == which]),
+                                   first_order) for which in models}
     found = _refine(ctx, config, state, first) if config.refine else {}
     result = _result(config, kT, sizes, jobs, table, data, state, curve, rounds, first, found)
     result.metrics["seconds_scan"] = time.perf_counter() - start
@@ -420,17 +422,17 @@ def scan(ctx) -> Result:
     return result
 
 
-def _grid_estimate(kT, rows) -> tuple:
-    """T_c (K) and its resolution from one model's first scan (``rows``: one row block per size, ascending):
-    where the Binder cumulant of the largest size falls below the next one's on the grid, linearly
-    interpolated, at the fall nearest the largest size's heat-capacity peak (far above T_c both cumulants are
-    near 0 and cross by noise; a fit through the whole grid is pulled away by its flat ends); the peak itself
-    where they do not cross on the grid."""
+def _grid_estimate(kT, rows, first_order: bool = False) -> tuple:
+    """T_c (K) and its resolution from one model's first scan (``rows``: one row block per size, ascending).
+    A continuous transition: where the Binder cumulant of the largest size falls below the next one's on the
+    grid, linearly interpolated, at the fall nearest the largest size's heat-capacity peak (far above T_c
+    both cumulants are near 0 and cross by noise; a fit through the whole grid is pulled away by its flat
+    ends). A first-order one (or no fall on the grid): that heat-capacity peak."""
     d, peak = rows[-1, 6] - rows[-2, 6], kT[np.argmax(rows[-1, 2])]
     falls = np.flatnonzero((d[:-1] > 0) & (d[1:] <= 0))
-    if not falls.size:
+    if first_order or not falls.size:
         step = np.diff(kT).max() if len(kT) > 1 else peak
-        return float(peak / alloy.KB_EV), float(step / alloy.KB_EV)
+        return float(peak / alloy.KB_EV), float(step / 2 / alloy.KB_EV)
     i = falls[np.argmin(abs(kT[falls] + kT[falls + 1] - 2 * peak))]
     tc = kT[i] + (kT[i + 1] - kT[i]) * d[i] / (d[i] - d[i + 1])
     return float(tc / alloy.KB_EV), float((kT[i + 1] - kT[i]) / 2 / alloy.KB_EV)
@@ -438,10 +440,13 @@ def _grid_estimate(kT, rows) -> tuple:
 
 def _refine(ctx, config, state, first: dict) -> dict:
     """Per model, T_c (K) and its jackknife error from a second scan of ``refine`` temperatures around the
-    first estimate, the Binder cumulants of all sizes reweighted between them
-    (:func:`hpcai.sim.alloy.critical_temperature`); nan where the crossing is not resolved. A window the
-    crossing lies outside of moves towards it. One model's sizes run on one rank (the reweighting's jackknife
-    needs them together)."""
+    first estimate, reweighted between them (multiple histograms): where the Binder cumulants of the sizes
+    cross (:func:`hpcai.sim.alloy.critical_temperature`), or for a first-order transition the largest size's
+    heat-capacity peak (:func:`hpcai.sim.alloy.transition_temperatures`); nan where it is not resolved. A
+    window the transition lies outside of moves towards it. One model's sizes run on one rank (the
+    reweighting's jackknife needs them together)."""
+    first_order = config.structure() in FIRST_ORDER
+    sizes = config.sizes()[-1:] if first_order else config.sizes()
     found = np.zeros((len(first), 2))
     for k, (which, (tc, _)) in enumerate(first.items()):
         if k % ctx.size != ctx.rank:
@@ -453,29 +458,42 @@ def _refine(ctx, config, state, first: dict) -> dict:
                                             else config.reference_model(L), grid, composition=config.fractions(),
                                             structure=config.structure(), replicas=config.replicas,
                                             sweeps=config.scan_sweeps, seed=[config.seed, L, k, attempt + 1])
-                     for L in config.sizes()]
-            try:
-                crossing = alloy.critical_temperature(scans)
-                found[k] = crossing.tc / alloy.KB_EV, crossing.error / alloy.KB_EV
+                     for L in sizes]
+            move = _located(scans, grid, first_order, found[k])
+            if not move:
                 break
-            except ValueError:              # no falling crossing in the window, or one the samples lose
-                d = scans[-1].binder.value - scans[-2].binder.value
-                if d[-1] > 0:               # the largest size is still the more ordered at the top: T_c above
-                    tc *= 1 + REFINE_WIDTH
-                elif d[0] < 0:              # and already the less ordered at the bottom: T_c below
-                    tc *= 1 - REFINE_WIDTH
-                else:                       # inside, but not resolved by the samples
-                    break
+            tc *= 1 + move * REFINE_WIDTH
     ctx.comm.allreduce_(found, "sum")       # each model was refined by exactly one rank
     return {which: (float(tc), float(error)) for which, (tc, error) in zip(first, found)}
 
 
-def _tc_metrics(name: str, first: tuple, found: tuple | None) -> dict:
-    """T_c from the reweighted second scan where it was resolved, else the first scan's grid estimate."""
+def _located(scans, grid, first_order: bool, out) -> int:
+    """Write T_c and its error (K) into ``out`` if the second scan locates it; else the way to move the
+    window: +1 (the transition lies above), -1 (below) or 0 (inside but not resolved: give up)."""
+    if first_order:
+        peak = alloy.transition_temperatures(scans[-1])["heat_capacity_peak"]
+        edge = (grid[-1] - grid[0]) / (len(grid) - 1) / 2      # half a step of the scan
+        if peak.value > grid[-1] - edge or peak.value < grid[0] + edge:
+            return 1 if peak.value > grid[-1] - edge else -1
+        out[:] = peak.value / alloy.KB_EV, peak.error / alloy.KB_EV
+        return 0
+    try:
+        crossing = alloy.critical_temperature(scans)
+    except ValueError:                      # no falling crossing in the window, or one the samples lose
+        d = scans[-1].binder.value - scans[-2].binder.value     # > 0: the largest size is the more ordered
+        return 1 if d[-1] > 0 else -1 if d[0] < 0 else 0
+    out[:] = crossing.tc / alloy.KB_EV, crossing.error / alloy.KB_EV
+    return 0
+
+
+def _tc_metrics(name: str, first: tuple, found: tuple | None, config) -> dict:
+    """T_c from the reweighted second scan where it was resolved, else the first scan's grid estimate; the
+    method says which."""
     refined = found is not None and np.isfinite(found[0])
     tc, error = found if refined else first
-    return {name: tc, f"{name}_error": error, f"{name}_first": first[0],
-            f"{name}_method": "reweighted" if refined else "grid"}
+    method = "grid" if not refined else f"heat-capacity peak, L={config.sizes()[-1]}" \
+        if config.structure() in FIRST_ORDER else "Binder crossing"
+    return {name: tc, f"{name}_error": error, f"{name}_first": first[0], f"{name}_method": method}
 
 
 def _result(config, kT, sizes, jobs, table, data, state, curve, rounds, first, found) -> Result:
@@ -483,7 +501,8 @@ def _result(config, kT, sizes, jobs, table, data, state, curve, rounds, first, f
     fitted = config.surrogate().load_vector(state)
     predicted = fitted.energies(occupation)
     n = fitted.lattice.n_sites
-    metrics = {**_tc_metrics("tc", first["surrogate"], found.get("surrogate")), "reference_calls": int(len(data)),
+    metrics = {**_tc_metrics("tc", first["surrogate"], found.get("surrogate"), config),
+               "reference_calls": int(len(data)),
                "rounds": len(curve["mae"]) + 1, "final_mae_mev": curve["mae"][-1] if curve["mae"] else float("nan"),
                "train_mae_mev": float(np.abs(predicted - energies).mean() / n * 1000),
                "structure": config.structure(), "sizes": list(sizes)}
@@ -502,9 +521,10 @@ def _result(config, kT, sizes, jobs, table, data, state, curve, rounds, first, f
         for name, row in zip(names, table[k]):
             arrays[f"{which}_L{L}_{name}"] = row
     if config.reference == "pair":
-        metrics.update(_tc_metrics("tc_reference", first["reference"], found.get("reference")))
-        exact = alloy.ising_critical_temperature(config.reference_model(sizes[0]))
-        metrics["tc_exact"] = exact / alloy.KB_EV
+        metrics.update(_tc_metrics("tc_reference", first["reference"], found.get("reference"), config))
+        if config.lattice in ("sc", "bcc") and config.composition == 0.5:  # the Ising model's T_c holds (zero
+            exact = alloy.ising_critical_temperature(config.reference_model(sizes[0]))  # field at 50/50 only)
+            metrics["tc_exact"] = exact / alloy.KB_EV
     return Result(metrics, arrays)
 
 

@@ -37,7 +37,7 @@ from .reference import AseReference, CalculatorError, emt_elements
 from .reweighting import Reweighting
 from .state import SwapState
 from .transition import (ISING_KC, Crossing, Scan, binder_crossing, critical_temperature,
-                         ising_critical_temperature, reweight_scan, temperature_scan)
+                         ising_critical_temperature, reweight_scan, temperature_scan, transition_temperatures)
 
 __all__ = ["ISING_KC", "KB_EV", "LATTICES", "STRUCTURES", "AseReference", "CalculatorError", "Crossing",
            "EnergyMemo", "EnergyModel", "EnvironmentKeys", "Estimate", "IsingCoupling", "Lattice", "MonteCarlo", "PairModel", "Reweighting",
@@ -46,4 +46,5 @@ __all__ = ["ISING_KC", "KB_EV", "LATTICES", "STRUCTURES", "AseReference", "Calcu
            "block_means", "blocking_error", "critical_temperature", "emt_elements", "exchange_permutation",
            "from_atoms", "heat_capacity", "ising_critical_temperature", "jackknife", "order_parameter",
            "ordered_occupation", "random_occupation", "reweight_scan", "species_counts", "sublattices",
-           "swap_delta_mismatch", "temperature_scan", "to_atoms", "vegard_lattice_constant", "warren_cowley"]
+           "swap_delta_mismatch", "temperature_scan", "to_atoms", "transition_temperatures",
+           "vegard_lattice_constant", "warren_cowley"]

@@ -10,7 +10,9 @@ reweighting of each scan's samples (:mod:`~hpcai.sim.alloy.reweighting`), so the
 :math:`T` and the crossing is a root, not a fit; its error is a jackknife over groups of samples. The
 crossing of the two largest sizes is the estimate. :func:`binder_crossing` does the same from bare
 :math:`U_L(T)` arrays (weighted polynomial fits, parametric bootstrap), and :func:`reweight_scan` gives
-smooth E, C, order and :math:`U_L` curves with errors for plots.
+smooth E, C, order and :math:`U_L` curves with errors for plots. First-order transitions (L1_0, L1_2 on fcc)
+are located in one cell by :func:`transition_temperatures`: the reweighted heat-capacity peak and the
+midpoint of the energy jump.
 
 :func:`ising_critical_temperature` is the oracle: a binary nearest-neighbour pair model is the Ising
 model with :math:`J = -V/4` (:meth:`~hpcai.sim.alloy.energy.PairModel.ising`), so at 50/50 on sc or bcc
@@ -44,7 +46,7 @@ from .observables import Estimate, block_means, jackknife, order_parameter, warr
 from .reweighting import Reweighting
 
 __all__ = ["ISING_KC", "Crossing", "Scan", "binder_crossing", "critical_temperature",
-           "ising_critical_temperature", "reweight_scan", "temperature_scan"]
+           "ising_critical_temperature", "reweight_scan", "temperature_scan", "transition_temperatures"]
 
 #: Critical coupling K_c = J / k_B T_c of the nearest-neighbour Ising model per lattice.
 ISING_KC = {"sc": 0.221654626, "bcc": 0.1573725, "fcc": 0.102069}
@@ -257,6 +259,26 @@ def reweight_scan(scan: Scan, temperatures, groups: int = 8) -> dict:
         full, rest = values[0][name], np.array([v[name] for v in values[1:]])
         out[name] = Estimate(full, np.sqrt((groups - 1) / groups * ((rest - rest.mean(0)) ** 2).sum(0)))
     return out
+
+
+def transition_temperatures(scan: Scan, points: int = 641, groups: int = 8) -> dict:
+    """Where one cell's transition lies, from its energy alone: for first-order transitions (L1_0, L1_2),
+    whose order-parameter cumulant dips near T_c instead of crossing cleanly between sizes.
+
+    Returns :class:`~hpcai.sim.alloy.observables.Estimate` s of :math:`k_BT` with jackknife errors over
+    ``groups`` groups of samples: ``heat_capacity_peak``, the maximum of the reweighted C_v on ``points``
+    temperatures spanning the scan, and ``energy_midpoint``, where <E> is halfway between its values at the
+    two ends of the scan (the middle of the rounded energy jump; a first moment, so less noisy than C_v).
+    """
+    points, groups = checks.integer("points", points, 3), checks.integer("groups", groups, 2)
+    fine = np.linspace(scan.temperatures[0], scan.temperatures[-1], points)
+    found = []
+    for rw in _reweightings(scan, groups):
+        mean, var = rw.energy_moments(fine)     # <E> rises with T, so np.interp can invert it
+        found.append((fine[np.argmax(var / fine ** 2)], np.interp((mean[0] + mean[-1]) / 2, mean, fine)))
+    full, rest = np.array(found[0]), np.array(found[1:])
+    error = np.sqrt((groups - 1) / groups * ((rest - rest.mean(0)) ** 2).sum(0))
+    return {"heat_capacity_peak": Estimate(full[0], error[0]), "energy_midpoint": Estimate(full[1], error[1])}
 
 
 def _reweightings(scan: Scan, groups: int):
