@@ -9,7 +9,8 @@ to the reference, and the surrogate retrains -- until its error on freshly sampl
 below ``tolerance``. The final surrogate runs temperature scans at several sizes; T_c is where the
 Binder cumulants of the order parameter cross: read off the scan's grid first, then located by a second,
 narrow scan around it whose cumulants are reweighted between its temperatures (multiple histograms), as
-:func:`hpcai.sim.alloy.critical_temperature` does.
+:func:`hpcai.sim.alloy.critical_temperature` does. The first-order fcc orderings (L1_0, L1_2) are located
+by the largest cell's reweighted heat-capacity peak instead.
 
 It runs as a workflow (:func:`workflow`), on one rank in this process or on many: ``seed`` (random
 starting configurations), then a loop of ``label`` (the reference, rows spread over the module's ranks)
@@ -139,8 +140,9 @@ class Config:
         "help": "Monte Carlo sweeps per temperature of the T_c scan; more: smoother curves"})
     refine: int = dataclasses.field(default=9, metadata={
         "low": 0, "high": 256, "help": "temperatures of a second scan, +-10 % around the first scan's estimate of "
-        "T_c, whose Binder cumulants are reweighted between temperatures (multiple histograms) to locate T_c; 0: "
-        "the first scan's estimate only (read off its grid: good to about half a grid step)"})
+        "T_c, whose Binder cumulants (first-order fcc orderings: the largest cell's heat capacity) are reweighted "
+        "between temperatures (multiple histograms) to locate T_c; 0: the first scan's estimate only (read off "
+        "its grid: good to about half a grid step)"})
     replicas: int = dataclasses.field(default=2, metadata={
         "low": 1, "high": 64, "help": "chains per temperature (replica exchange along temperature)"})
     seed: int = dataclasses.field(default=0, metadata={
@@ -491,8 +493,12 @@ def _tc_metrics(name: str, first: tuple, found: tuple | None, config) -> dict:
     method says which."""
     refined = found is not None and np.isfinite(found[0])
     tc, error = found if refined else first
-    method = "grid" if not refined else f"heat-capacity peak, L={config.sizes()[-1]}" \
-        if config.structure() in FIRST_ORDER else "Binder crossing"
+    if not refined:
+        method = "grid"
+    elif config.structure() in FIRST_ORDER:
+        method = f"heat-capacity peak, L={config.sizes()[-1]}"
+    else:
+        method = "Binder crossing"
     return {name: tc, f"{name}_error": error, f"{name}_first": first[0], f"{name}_method": method}
 
 
@@ -522,8 +528,9 @@ def _result(config, kT, sizes, jobs, table, data, state, curve, rounds, first, f
             arrays[f"{which}_L{L}_{name}"] = row
     if config.reference == "pair":
         metrics.update(_tc_metrics("tc_reference", first["reference"], found.get("reference"), config))
-        if config.lattice in ("sc", "bcc") and config.composition == 0.5:  # the Ising model's T_c holds (zero
-            exact = alloy.ising_critical_temperature(config.reference_model(sizes[0]))  # field at 50/50 only)
+        # the exact Ising T_c holds on the bipartite lattices at 50/50 only (the Ising model in zero field)
+        if config.lattice in ("sc", "bcc") and config.composition == 0.5:
+            exact = alloy.ising_critical_temperature(config.reference_model(sizes[0]))
             metrics["tc_exact"] = exact / alloy.KB_EV
     return Result(metrics, arrays)
 
