@@ -84,12 +84,47 @@ def test_tiling_and_adjoint_paths_agree(xp, rng, monkeypatch):
                                                      (64, 3, 2, 10**9), (64, 0, 3, 10**9), (64, 3, 5, 10**9),
                                                      (10**9, 0, 2, 10**9), (10**9, 3, 2, 14), (10**9, 0, 1, 20)]:
             monkeypatch.setattr(conv_module, "_TILE_BYTES", tile_bytes)
-            monkeypatch.setattr(conv_module, "_TILE_PIXELS", pixels)          # few columns: rows capped
+            monkeypatch.setattr(conv_module, "_TILE_OUTPUTS", 3 * pixels)     # few columns: rows capped
             monkeypatch.setattr(conv_module, "_ADJOINT_AS_CONV", adjoint)
             monkeypatch.setattr(conv_module, "workers", lambda: threads)
             for a, b in zip(run(stride), want):
                 np.testing.assert_allclose(a, b, atol=1e-12)
         monkeypatch.undo()
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups,kernel", [
+    (2, 1, 1, 1, (3, 3)), (1, 1, 1, 1, (3, 3)), ((2, 3), (0, 2), (2, 1), 2, (3, 2)), (2, 0, 1, 1, (1, 1))])
+def test_col2im_compiled_fold_equals_numpy(rng, monkeypatch, stride, padding, dilation, groups, kernel):
+    """dL/dx by columns (``_col2im``): the compiled fold of a tile (``_fold``) and numpy's add per kernel offset
+    give the same gradient for whole-batch, row and one-sample tiles on one or three threads, and the float32
+    gradient matches PyTorch's."""
+    if not conv_module._fold.available:
+        pytest.skip("numba not installed")
+    x = rng.standard_normal((3, 2 * groups, 11, 10))
+    w = rng.standard_normal((4 * groups, 2) + kernel) / 3
+    gy = None
+
+    def run(dtype=np.float64):
+        nonlocal gy
+        xt = _t(np, x, dtype, True)
+        y = ops.conv2d(xt, _t(np, w, dtype), None, stride, padding, dilation, groups)
+        gy = rng.standard_normal(y.shape) if gy is None else gy
+        y.backward(gy.astype(dtype))
+        return _host(xt.grad)
+
+    monkeypatch.setattr(conv_module, "_ADJOINT_AS_CONV", 0)                       # the adjoint by columns
+    for tile_bytes, threads in [(10**9, 1), (8 * 10 * 8, 3), (1, 1)]:
+        monkeypatch.setattr(conv_module, "_TILE_BYTES", tile_bytes)
+        monkeypatch.setattr(conv_module, "workers", lambda: threads)
+        got = run()
+        with accel.disabled():
+            want = run()
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+    torch = pytest.importorskip("torch")
+    tx = torch.tensor(x.astype(np.float32), requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, torch.tensor(w.astype(np.float32)), None, stride, padding, dilation, groups)
+    ty.backward(torch.from_numpy(gy.astype(np.float32)))
+    np.testing.assert_allclose(run(np.float32), tx.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
 # The stride-1 kernels and their block-size constants; the (block bytes, threads) tried: whole samples, one
@@ -110,8 +145,9 @@ _STRIDE1_PATHS = {
     ("output-side", 27, 3, (3, 3), (0, 1), (2, 1)), ("output-side", 12, 1, (2, 3), 0, (1, 2))])
 def test_stride1_paths_match_im2col(xp, rng, monkeypatch, path, c, o, kernel, padding, dilation):
     """The stride-1 kernels (shifted views; output side for few outputs) agree with im2col in forward, dL/dx
-    (through the convolution form of the adjoint) and dL/dw, for any block size and thread count, and with
-    PyTorch in float32. Each case takes its path in forward or in the adjoint."""
+    (through the convolution form of the adjoint) and dL/dw, for any block size and thread count, with the
+    shifted views' kernel-row products summed by numba (``_add_taps``) or by numpy, and with PyTorch in
+    float32. Each case takes its path in forward or in the adjoint."""
     taken, block_name, block_sizes = _STRIDE1_PATHS[path]
     ok = getattr(conv_module, taken)
     assert ok(np, np.empty((1, c, 1, 1)), np.empty((o, c) + kernel), (1, 1), 1) or \
@@ -133,8 +169,11 @@ def test_stride1_paths_match_im2col(xp, rng, monkeypatch, path, c, o, kernel, pa
     for block_bytes, threads in block_sizes(c, o):
         monkeypatch.setattr(conv_module, block_name, block_bytes)
         monkeypatch.setattr(conv_module, "workers", lambda: threads)
-        for got, ref in zip(run(), want):
+        for got, ref in zip(run(), want):                          # compiled sums of the taps where numba is
             np.testing.assert_allclose(got, ref, atol=1e-12)
+        with accel.disabled():                                     # numpy's adds
+            for got, ref in zip(run(), want):
+                np.testing.assert_allclose(got, ref, atol=1e-12)
         monkeypatch.undo()
     _agrees_with_torch_fp32(run, x, w, b, padding, dilation)
 
@@ -153,7 +192,7 @@ def _agrees_with_torch_fp32(run, x, w, b, padding, dilation):
 
 @pytest.mark.parametrize("c,o,kernel,stride,padding,dilation", [
     (32, 64, (3, 3), 1, 1, 1), (32, 64, (3, 3), 2, 1, 1), (40, 64, (2, 3), (2, 1), (0, 1), (2, 1)),
-    (64, 64, (3, 3), 1, 1, 1)])
+    (64, 64, (3, 3), 1, 1, 1), (32, 32, (3, 3), 1, 1, 1)])
 def test_channels_last_path_matches_im2col(rng, monkeypatch, c, o, kernel, stride, padding, dilation):
     """The channels-last path (forward, dL/dx through the convolution form of the adjoint at stride 1, dL/dw)
     agrees with im2col for blocks of one sample or all of them and any number of threads, and with PyTorch
@@ -196,11 +235,17 @@ def test_channels_last_path_matches_im2col(rng, monkeypatch, c, o, kernel, strid
 
 def test_channels_last_path_is_taken_for_many_channels_only():
     """At least 32 inputs and 64 outputs, one group, a kernel larger than 1x1, a BLAS dtype, and neither the
-    shifted-view nor the output-side path taking the layer."""
+    shifted-view nor the output-side path taking the layer; or at least 32 inputs and as many outputs on a map
+    of at most 16x16."""
     ok, x = conv_module._last_ok, np.empty((1, 64, 8, 8), np.float32)
     assert ok(np, x, np.empty((64, 64, 3, 3), np.float32), (1, 1), 1)
     assert ok(np, x[:, :32], np.empty((64, 32, 3, 3), np.float32), (2, 2), 1)
-    assert not ok(np, x[:, :32], np.empty((32, 32, 3, 3), np.float32), (1, 1), 1)     # 32 outputs: shifted views
+    assert ok(np, x[:, :32], np.empty((32, 32, 3, 3), np.float32), (1, 1), 1)         # as many outputs, 8x8
+    assert ok(np, np.empty((1, 32, 16, 16), np.float32), np.empty((32, 32, 3, 3), np.float32), (1, 1), 1)
+    big = np.empty((1, 32, 32, 17), np.float32)
+    assert not ok(np, big, np.empty((32, 32, 3, 3), np.float32), (1, 1), 1)           # larger map: shifted views
+    assert not ok(np, x, np.empty((32, 64, 3, 3), np.float32), (1, 1), 1)             # fewer outputs: shifted views
+    assert not ok(np, big[:, :16], np.empty((32, 16, 3, 3), np.float32), (1, 1), 1)   # 16 inputs: im2col
     assert not ok(np, x[:, :16], np.empty((64, 16, 3, 3), np.float32), (1, 1), 1)     # 16 inputs
     assert not ok(np, x, np.empty((64, 64, 1, 1), np.float32), (1, 1), 1)             # 1x1: im2col is no copy
     assert not ok(np, x, np.empty((64, 32, 3, 3), np.float32), (1, 1), 2)
@@ -228,7 +273,7 @@ def test_few_column_layers_match_im2col(rng, monkeypatch, groups):
     want = run()
     monkeypatch.undo()
     for pixels, tile_bytes, threads in [(100, 10**9, 1), (20, 10**9, 3), (40, 27 * 13 * 8 * 3, 2), (7, 1, 1)]:
-        monkeypatch.setattr(conv_module, "_TILE_PIXELS", pixels)
+        monkeypatch.setattr(conv_module, "_TILE_OUTPUTS", pixels * (o // groups))
         monkeypatch.setattr(conv_module, "_TILE_BYTES", tile_bytes)
         monkeypatch.setattr(conv_module, "workers", lambda: threads)
         monkeypatch.setattr(threads_module, "workers", lambda: threads)
@@ -237,7 +282,7 @@ def test_few_column_layers_match_im2col(rng, monkeypatch, groups):
             np.testing.assert_allclose(a, ref, atol=1e-12)
         monkeypatch.undo()
     torch = pytest.importorskip("torch")
-    monkeypatch.setattr(conv_module, "_TILE_PIXELS", 20)
+    monkeypatch.setattr(conv_module, "_TILE_OUTPUTS", 20 * (o // groups))
     tx, tw, tb = (torch.tensor(a.astype(np.float32), requires_grad=True) for a in (x, w, b))
     ty = torch.nn.functional.conv2d(tx, tw, tb, 1, 1, 1, groups)
     ty.backward(torch.from_numpy(gy.astype(np.float32)))

@@ -82,7 +82,7 @@ def test_batch_norm_compiled_path_equals_numpy_and_torch(rng, monkeypatch, affin
     from hpcai import accel
     from hpcai.ops import normalization
     from hpcai.ops import threads as threads_module
-    if not normalization._sums.available:
+    if not normalization._shifted_sums.available:
         pytest.skip("numba not installed")
     monkeypatch.setattr(threads_module, "workers", lambda: threads)
     monkeypatch.setattr(threads_module, "_BLOCK", block)
@@ -96,7 +96,7 @@ def test_batch_norm_compiled_path_equals_numpy_and_torch(rng, monkeypatch, affin
         xt = t(x, grad=True)
         wt, bt = (t(w, grad=True), t(b, grad=True)) if affine else (None, None)
         y = ops.batch_norm(xt, wt, bt, rm, rv, training=True, momentum=0.3)
-        assert y._ctx.fast and y._ctx.compiled == normalization._sums.available
+        assert y._ctx.fast and y._ctx.compiled == normalization._shifted_sums.available
         y.backward(gy)
         return [y.numpy(), xt.grad, rm, rv] + ([wt.grad, bt.grad] if affine else [])
 

@@ -5,13 +5,13 @@ no copy) as columns (N, C·kh·kw, Ho·Wo), copied once, and multiplied by the w
 the batch leading the columns, the product lands in NCHW order with no transpose. On the CPU this runs
 in tiles of a few samples (or rows) whose columns stay in cache, so columns are never stored: the weight
 gradient rebuilds them. A layer with few columns per pixel (a 3-channel input layer) copies a whole sample's
-columns at once, with a row of ones that carries the bias, and multiplies them ``_TILE_PIXELS`` pixels at a
-time, where its GEMM, short in its inner dimension, runs faster (``_short_pass``). The tiles
+columns at once, with a row of ones that carries the bias, and multiplies them a few thousand pixels at a
+time (``_tile_pixels``), where its GEMM, short in its inner dimension, runs faster (``_short_pass``). The tiles
 are shared among threads (``threads.parallel``), each copying its own columns, so no core idles while
-another copies. The adjoint (the input gradient, which *is* the
-transposed convolution) multiplies by the transposed weight and folds the columns back (col2im: one
-vectorised add per kernel offset). At stride 1 the adjoint is itself a convolution (of the output
-gradient with the flipped weight), which skips the big column gradient and the kh·kw folding passes;
+another copies. The adjoint (the input gradient, which *is* the transposed convolution) multiplies by the
+transposed weight and folds the columns back (col2im: one vectorised add per kernel offset, or where numba
+is installed one compiled pass per tile, ``_fold``). At stride 1 the adjoint is itself a convolution (of the
+output gradient with the flipped weight), which skips the big column gradient and the kh·kw folding passes;
 it is used there when it moves fewer bytes. Groups are a leading axis of the GEMMs: (G, O/G, K/G) @ (N, G, K/G, L).
 
 At stride 1 with many input channels the CPU copies kw times the input instead of kh·kw times
@@ -19,16 +19,18 @@ At stride 1 with many input channels the CPU copies kw times the input instead o
 i·Wp + j is the (C, Ho·Wp) operand of kernel offset (i, j), on a grid Wp wide whose last Wp - Wo columns
 are dropped. The kw shifts of one kernel row are copied once as columns (C·kw, ·); kernel row i is
 those columns shifted by i·Wp, a strided view that BLAS reads in place. So the convolution is kh GEMMs
-(O, C·kw) @ (C·kw, rows·Wp) summed, and the weight gradient kh GEMMs (C·kw, rows·Wp) @ (rows·Wp, O), in
+(O, C·kw) @ (C·kw, rows·Wp) summed (where numba is installed, summed and cropped to Wo in one compiled pass,
+``_add_taps``), and the weight gradient kh GEMMs (C·kw, rows·Wp) @ (rows·Wp, O), in
 blocks of a few rows that stay in cache, or of several small samples (one batched GEMM per kernel row).
 Weight gradients are computed transposed, (K, O) rather than (O, K): a GEMM whose long axis is its first
 runs 1.5x faster in OpenBLAS when O is a few dozen.
 
-With many channels on small maps (at least 32 inputs and 64 outputs, e.g. 64 -> 64 3x3 on 8x8) the CPU works
-channels-last (``_last_conv``, ``_last_weight_grad``): the input is padded into (N, Hp, Wp, C), where a
-kernel row's kw·C values of a pixel are contiguous, so the columns (pixels, kh·kw·C) are copied in runs of
-kw·C instead of runs of Wo (8 values on an 8x8 map), and each block of samples is one GEMM (pixels, K) @ (K, O)
-with K and O both large; the output is transposed back to NCHW in cache.
+With many channels on small maps (at least 32 inputs and 64 outputs, e.g. 64 -> 64 3x3 on 8x8, or at least
+32 inputs and as many outputs on maps of at most 16x16) the CPU works channels-last (``_last_conv``,
+``_last_weight_grad``): the input is padded into (N, Hp, Wp, C), where a kernel row's kw·C values of a pixel
+are contiguous, so the columns (pixels, kh·kw·C) are copied in runs of kw·C instead of runs of Wo (8 values
+on an 8x8 map), and each block of samples is one GEMM (pixels, K) @ (K, O) with K and O both large; the
+output is transposed back to NCHW in cache.
 
 With fewer outputs still (O·kh·kw <= C, e.g. 32 -> 1 5x5) every product above is a matrix-vector one; the
 output-side path (``_narrow_conv``, ``_narrow_weight_grad``) instead multiplies the flattened input in place,
@@ -41,7 +43,7 @@ import numbers
 
 import numpy as np
 
-from .. import checks
+from .. import accel, checks
 from ..autograd.function import Function
 from .common import expect_float, expect_ndim
 from .registry import Sample, register
@@ -55,10 +57,12 @@ from .threads import batch_parts, over_batch, parallel, workers
 # enough that each GEMM is efficient. On a GPU one tile of up to 64× this is better.
 _TILE_BYTES = 4 << 20
 # GEMMs of a layer with few columns per pixel (16 <= C·kh·kw < 64 per group: an input layer of 3 channels,
-# 3x3) cover at most this many pixels of a sample: the GEMM's inner dimension is short, and over a longer
-# run of pixels it ran 1.2-1.4x slower (3 -> 16 on 64x64, 3 -> 32 on 128x128; one thread, CPU time). With
-# fewer columns (1 channel, 3x3) so small a tile costs more in calls than it gains.
-_TILE_PIXELS = 1024
+# 3x3) write at most this many output values (outputs per group x pixels of a sample): the GEMM's inner
+# dimension is short, and over a longer run of pixels it ran 1.2-1.5x slower, over a shorter one up to 1.2x
+# (forward and dL/dw of 3 -> 16 on 64x64: 2048 pixels best; 3 -> 32 on 128x128: 1024; 3 -> 64 on 64x64:
+# 512, forward 13.9 -> 9.3 ms from 1024; one thread, batch 32, CPU time). With fewer columns (1 channel,
+# 3x3) so small a tile costs more in calls than it gains.
+_TILE_OUTPUTS = 1 << 15
 _SHORT_COLUMNS = (16, 64)
 
 
@@ -135,7 +139,7 @@ def _conv_pass(xp, xpad, w, stride, dilation, groups, out_hw, y=None, gy=None, b
     dL/dw for the output gradient ``gy`` when given."""
     g, o, (kh, kw), wo = groups, w.shape[0], w.shape[2:], out_hw[1]
     k = xpad.shape[1] // g * kh * kw
-    if xp is np and _SHORT_COLUMNS[0] <= k < _SHORT_COLUMNS[1] and out_hw[0] * wo > _TILE_PIXELS:
+    if xp is np and _SHORT_COLUMNS[0] <= k < _SHORT_COLUMNS[1] and out_hw[0] * wo > _tile_pixels(o // g):
         return _short_pass(xpad, w, stride, dilation, groups, out_hw, y, gy, bias)
     w3 = w.reshape(g, o // g, -1)
     bias = bias.reshape(g, o // g, 1) if bias is not None else None
@@ -158,10 +162,15 @@ def _conv_pass(xp, xpad, w, stride, dilation, groups, out_hw, y=None, gy=None, b
     return xp.ascontiguousarray(sum(grads).swapaxes(1, 2)).reshape(w.shape) if gy is not None else None
 
 
+def _tile_pixels(outputs):
+    """Pixels per GEMM of a layer with few columns per pixel and ``outputs`` outputs per group."""
+    return max(1, _TILE_OUTPUTS // outputs)
+
+
 def _short_pass(xpad, w, stride, dilation, groups, out_hw, y=None, gy=None, bias=None):
     """``_conv_pass`` on the CPU for a layer with few columns per pixel (``_SHORT_COLUMNS``: a 3-channel input
     layer): per sample (or block of its rows, about ``_TILE_BYTES`` of columns) the columns are copied at once,
-    with a row of ones that carries the bias through the GEMM, and the GEMMs run over ``_TILE_PIXELS`` pixels
+    with a row of ones that carries the bias through the GEMM, and the GEMMs run over ``_tile_pixels`` pixels
     at a time, where such a GEMM, short in its inner dimension, is fastest. Copying a whole sample's columns
     instead of one small tile at a time (fewer calls from Python), and adding the bias inside the GEMM, took the
     CBED network's 3 -> 16 3x3 layer on 64x64 from 4.4 to 2.4 ms forward and 3.3 to 2.6 ms for dL/dw (batch 32,
@@ -174,6 +183,7 @@ def _short_pass(xpad, w, stride, dilation, groups, out_hw, y=None, gy=None, bias
     if ones:  # the bias as one more column of the weight, times the row of ones
         w3 = np.concatenate([w3, bias.reshape(g, o // g, 1).astype(w.dtype, copy=False)], axis=2)
     rows = max(1, min(ho, _TILE_BYTES // (kg * g * wo * xpad.itemsize)))
+    pixels = _tile_pixels(o // g)
     gy = gy.reshape(n, g, o // g, ho * wo) if gy is not None else None
     out = y.reshape(n, g, o // g, ho * wo) if y is not None else None
     s0, s1, s2, s3 = xpad.strides
@@ -189,8 +199,8 @@ def _short_pass(xpad, w, stride, dilation, groups, out_hw, y=None, gy=None, bias
                 view = np.lib.stride_tricks.as_strided(xpad[b, :, r * sh:], (g, c // g, kh, kw, nr, wo),
                                                        (s1 * (c // g), s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw))
                 np.copyto(buf[:, :kg, :nr * wo].reshape(view.shape), view)
-                for a in range(0, nr * wo, _TILE_PIXELS):
-                    e = min(a + _TILE_PIXELS, nr * wo)
+                for a in range(0, nr * wo, pixels):
+                    e = min(a + pixels, nr * wo)
                     at = slice(r * wo + a, r * wo + e)
                     if out is not None:
                         np.matmul(w3, buf[:, :, a:e], out=out[b, :, :, at])
@@ -265,38 +275,65 @@ def _row_columns(xp, flat, b, nb, start, length, kw, dw, buf):
     return cols.reshape(nb, c * kw, length)
 
 
+@accel.jit
+def _add_taps(prods, wp, bias, with_bias, y):
+    """y (nb, O, rows, Wo) = the sum over kernel rows i of prods[i] (kh, nb, O, >= rows·Wp) on the Wp-wide grid,
+    cropped to Wo columns, plus ``bias`` (O,) when ``with_bias``: one pass, in numpy's order of the sums."""
+    kh, nb, o = prods.shape[:3]
+    nr, wo = y.shape[2:]
+    for b in range(nb):
+        for q in range(o):
+            for r in range(nr):
+                dst = y[b, q, r]
+                first = prods[0, b, q, r * wp:r * wp + wo]
+                for t in range(wo):
+                    dst[t] = first[t]
+                for i in range(1, kh):
+                    src = prods[i, b, q, r * wp:r * wp + wo]
+                    for t in range(wo):
+                        dst[t] += src[t]
+                if with_bias:
+                    add = bias[q]
+                    for t in range(wo):
+                        dst[t] += add
+
+
 def _flat_conv(xp, xpad, w, dilation, out_hw, bias=None):
     """The stride-1 convolution of ``xpad`` by ``w`` (+ ``bias``) by shifted views: (N, O, Ho, Wo).
 
     Block (b, nb, r, nr) covers output rows r..r+nr of samples b..b+nb on the Wp-wide grid; its length
     stops at the last row's Wo-th column, so that no tap reads past a sample. The kw taps of a kernel row
     are copied once as (C·kw, ·) columns over the block's input rows; kernel row i is then the view of
-    those columns shifted by i·dh·Wp, and the block is kh GEMMs (O, C·kw) @ (C·kw, block) summed."""
+    those columns shifted by i·dh·Wp, and the block is kh GEMMs (O, C·kw) @ (C·kw, block) summed: by numpy, one
+    add per kernel row then a cropping copy, or where numba is installed by one pass that also crops and adds
+    the bias (``_add_taps``): 16 -> 16 3x3 on 32x32, batch 32, 2.5 -> 2.05 ms (one thread, CPU time)."""
     n, c, hp, wp = xpad.shape
     (o, _, kh, kw), (dh, dw), (ho, wo) = w.shape, dilation, out_hw
     flat = xp.ascontiguousarray(xpad).reshape(n, c, hp * wp)
     rows = xp.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(kh, o, c * kw)      # (kh, O, C·kw)
     y = xp.empty((n, o, ho, wo), w.dtype)
-    bias = bias.reshape(o, 1, 1) if bias is not None else None
+
+    compiled = xp is np and _add_taps.available
+    zero = xp.zeros(o, w.dtype)
 
     def work(blocks):
         most, many = max(nr for *_, nr in blocks) * wp, max(nb for _, nb, *_ in blocks)
-        acc, tmp = (xp.empty((many, o, most), w.dtype) for _ in range(2))
+        prods = xp.empty((kh, many, o, most), w.dtype)                  # one product per kernel row
         buf = xp.empty(many * c * kw * (most + (kh - 1) * dh * wp), w.dtype)
         for b, nb, r, nr in blocks:
             size = (nr - 1) * wp + wo
             cols = _row_columns(xp, flat, b, nb, r * wp, size + (kh - 1) * dh * wp, kw, dw, buf)
-            out, part = acc[:nb, :, :size], tmp[:nb, :, :size]
             for i in range(kh):
-                view = cols[:, :, i * dh * wp:i * dh * wp + size]
-                if i == 0:
-                    xp.matmul(rows[0], view, out=out)
-                else:
-                    xp.matmul(rows[i], view, out=part)
-                    out += part
-            grid = acc[:nb, :, :nr * wp].reshape(nb, o, nr, wp)[..., :wo]
+                xp.matmul(rows[i], cols[:, :, i * dh * wp:i * dh * wp + size], out=prods[i, :nb, :, :size])
+            if compiled:
+                _add_taps(prods[:, :nb], wp, zero if bias is None else bias.reshape(o), bias is not None,
+                          y[b:b + nb, :, r:r + nr])
+                continue
+            for i in range(1, kh):
+                prods[0, :nb, :, :size] += prods[i, :nb, :, :size]
+            grid = prods[0, :nb, :, :nr * wp].reshape(nb, o, nr, wp)[..., :wo]
             if bias is not None:
-                xp.add(grid, bias, out=y[b:b + nb, :, r:r + nr])
+                xp.add(grid, bias.reshape(o, 1, 1), out=y[b:b + nb, :, r:r + nr])
             else:
                 y[b:b + nb, :, r:r + nr] = grid
 
@@ -429,14 +466,19 @@ def _narrow_weight_grad(xp, xpad, gy, wshape, dilation):
 # 64 -> 64 3x3 on 8x8 forward 2.9 -> 1.8 ms and dL/dw 2.6 -> 1.8 ms, 32 -> 64 3x3 stride 2 on 16x16 forward
 # 1.3 -> 1.05 ms, dL/dw 1.5 -> 1.05 ms; with 16 channels or 32 outputs it is no faster (a short GEMM).
 _LAST_CHANNELS = (32, 64)
+# It also takes at least as many outputs as inputs (from 32 inputs on) on maps of at most this many pixels, before
+# the shifted-view path: 32 -> 32 3x3 on 16x16 (the CBED network's second block) forward, dL/dx and dL/dw
+# 7.1 -> 6.6 ms, on 8x8 2.3 -> 1.7 ms; on 32x32 the shifted views are 1.1x faster (batch 32, one thread, CPU time).
+_LAST_SQUARE_PIXELS = 256
 
 
 def _last_ok(xp, x, w, stride, groups):
     """Whether the channels-last path applies (``x`` the input, ``w`` the weight)."""
     (o, c, kh, kw) = w.shape
-    return (xp is np and groups == 1 and kh * kw > 1 and c >= _LAST_CHANNELS[0] and o >= _LAST_CHANNELS[1]
-            and x.dtype in (np.float32, np.float64) and not _narrow_ok(xp, x, w, stride, groups)
-            and not _flat_ok(xp, x, w, stride, groups))
+    many = o >= _LAST_CHANNELS[1] and not _flat_ok(xp, x, w, stride, groups)
+    small = o >= c and x.shape[2] * x.shape[3] <= _LAST_SQUARE_PIXELS
+    return (xp is np and groups == 1 and kh * kw > 1 and c >= _LAST_CHANNELS[0] and (many or small)
+            and x.dtype in (np.float32, np.float64) and not _narrow_ok(xp, x, w, stride, groups))
 
 
 def _pad_last(xp, x, pads):
@@ -546,19 +588,44 @@ def _input_grad(xp, gy, w, in_hw, stride, pads, dilation, groups):
     return _col2im(xp, gy, w, in_hw, stride, pads, dilation, groups)
 
 
+@accel.jit
+def _fold(gcols, gx, first, top, sh, sw, dh, dw):
+    """col2im of one tile in one pass: gcols (nb, C, kh, kw, rows, Wo) added onto the padded gx (N, C, Hp, Wp)
+    at samples first.., rows top + i·dh + r·sh, columns j·dw + t·sw, offsets in numpy's order (the same sums)."""
+    nb, c, kh, kw, nr, wo = gcols.shape
+    for b in range(nb):
+        for q in range(c):
+            plane = gx[first + b, q]
+            for i in range(kh):
+                for r in range(nr):
+                    row = plane[top + i * dh + r * sh]
+                    for j in range(kw):
+                        src = gcols[b, q, i, j, r]
+                        for t in range(wo):
+                            row[j * dw + t * sw] += src[t]
+
+
 def _col2im(xp, gy, w, in_hw, stride, pads, dilation, groups):
     """The adjoint by columns: per tile, column gradients w^T @ gy, each kernel offset's slab added back
-    onto the padded input gradient (one vectorised add per offset); the padding is cropped at the end."""
+    onto the padded input gradient (one vectorised add per offset); the padding is cropped at the end.
+    Where numba is installed (``hpcai.accel``) the kh·kw adds are one compiled pass over the tile
+    (``_fold``), which reads and writes gx once instead of kh·kw times: dL/dx of the CBED network's strided
+    layers, 16 -> 32 and 32 -> 64 3x3 stride 2, 2.5 -> 1.7 ms and 1.9 -> 1.3 ms (one thread, batch 32, CPU time)."""
     n, (ho, wo), g, (o, cg, kh, kw) = gy.shape[0], gy.shape[2:], groups, w.shape
     (sh, sw), (dh, dw), ((t, b), (l, r)) = stride, dilation, pads
     gx = xp.zeros((n, g * cg, in_hw[0] + t + b, in_hw[1] + l + r), gy.dtype)
     wt = xp.ascontiguousarray(w.reshape(g, o // g, -1).swapaxes(1, 2))              # (G, K/G, O/G)
     gy = gy.reshape(n, g, o // g, ho * wo)
 
+    compiled = xp is np and _fold.available
+
     def work(run):
         for bs, rs in run:
             nr, top = rs.stop - rs.start, rs.start * sh
             gcols = xp.matmul(wt, gy[bs, :, :, rs.start * wo:rs.stop * wo]).reshape(-1, g * cg, kh, kw, nr, wo)
+            if compiled:
+                _fold(gcols, gx, bs.start, top, sh, sw, dh, dw)
+                continue
             for i in range(kh):
                 for j in range(kw):
                     gx[bs, :, top + i * dh:top + i * dh + sh * (nr - 1) + 1:sh,
@@ -569,10 +636,16 @@ def _col2im(xp, gy, w, in_hw, stride, pads, dilation, groups):
 
 
 def _bias_grad(xp, gy):
-    """dL/db: gy summed over all but its channel axis (on the CPU each thread sums its share of the batch)."""
+    """dL/db: gy summed over all but its channel axis (on the CPU each thread sums its share of the batch, as
+    products with a vector of ones where BLAS takes the dtype: 3x less time than numpy's sum over axes
+    (0, 2, 3) on the CBED network's 32x16x64x64 gradient)."""
     if xp is not np:
         return gy.sum(axis=(0, 2, 3))
-    return sum(parallel(lambda s: gy[s].sum(axis=(0, 2, 3)), batch_parts(gy.shape[0], gy.size)))
+    if gy.dtype not in (np.float32, np.float64) or gy.size == 0:
+        return sum(parallel(lambda s: gy[s].sum(axis=(0, 2, 3)), batch_parts(gy.shape[0], gy.size)))
+    (n, o, h, w), ones = gy.shape, np.ones((gy.shape[2] * gy.shape[3], 1), gy.dtype)
+    return sum(parallel(lambda s: np.matmul(gy[s].reshape(-1, o, h * w), ones).sum(axis=0)[:, 0],
+                        batch_parts(n, gy.size)))
 
 
 # -- the two ops --------------------------------------------------------------------------------------
