@@ -432,9 +432,8 @@ def _grid_estimate(kT, rows, first_order: bool = False) -> tuple:
     ends). A first-order one (or no fall on the grid): that heat-capacity peak."""
     d, peak = rows[-1, 6] - rows[-2, 6], kT[np.argmax(rows[-1, 2])]
     falls = np.flatnonzero((d[:-1] > 0) & (d[1:] <= 0))
-    if first_order or not falls.size:
-        step = np.diff(kT).max() if len(kT) > 1 else peak
-        return float(peak / alloy.KB_EV), float(step / 2 / alloy.KB_EV)
+    if first_order or not falls.size:       # (the grid has at least 2 temperatures: Config.temperatures)
+        return float(peak / alloy.KB_EV), float(np.diff(kT).max() / 2 / alloy.KB_EV)
     i = falls[np.argmin(abs(kT[falls] + kT[falls + 1] - 2 * peak))]
     tc = kT[i] + (kT[i + 1] - kT[i]) * d[i] / (d[i] - d[i + 1])
     return float(tc / alloy.KB_EV), float((kT[i + 1] - kT[i]) / 2 / alloy.KB_EV)
