@@ -3,6 +3,7 @@ in the ORNL layout; training again on existing files; the baselines; bad input."
 import json
 import os
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -76,6 +77,7 @@ def test_generate_and_train_in_this_process(tmp_path):
         assert f[name]["cbed_stack"].shape == (3, 64, 64) and f[name]["cbed_stack"].dtype == np.float32
         assert 1 <= int(f[name].attrs["space_group"]) <= 230 and f[name].attrs["energy_keV"] == 100.0
     assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["ranks"] == 1
+    assert m["trained_per_epoch"] == m["train_materials"]
 
     # the same files again, as a user points the application at existing (e.g. ORNL's) files
     again = run_app("cbed", app.Config(**TINY, data_dir=str(tmp_path / "data"), target="space_group"),
@@ -83,11 +85,15 @@ def test_generate_and_train_in_this_process(tmp_path):
     assert again.metrics["train_materials"] == m["train_materials"] and again.metrics["target"] == "space_group"
 
 
-def test_training_learns_the_training_set():
-    """A network that cannot fit a few dozen materials would say nothing about held-out ones."""
+def test_training_learns_the_training_set(tmp_path, monkeypatch):
+    """A network that cannot fit a few dozen materials would say nothing about held-out ones. Without an
+    output folder the data set goes to a temporary folder, which the run removes."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     result = run_app("cbed", app.Config(materials_per_group=1, pixels=64, input_size=32, epochs=40, width=8,
                                 batch_size=8, lr=3e-3), verbose=0)
     assert result.metrics["final_train_loss"] < 0.5 * np.log(7)
+    assert result.metrics["trained_per_epoch"] == result.metrics["train_materials"]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(not os.access(MPIEXEC, os.X_OK) or os.environ.get("PMI_SIZE", "1") != "1",
@@ -102,6 +108,8 @@ def test_generation_and_data_parallel_training_on_two_ranks(tmp_path):
     assert ranks == {"0", "1"}  # each rank wrote its own files
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     assert metrics["ranks"] == 2 and metrics["train_materials"] + metrics["test_materials"] <= 56
+    # every training material is used in an epoch (one rank's extra one aside), not a shard of each rank's shard
+    assert metrics["train_materials"] - 1 <= metrics["trained_per_epoch"] <= metrics["train_materials"], metrics
 
 
 @pytest.mark.parametrize("bad, match", [

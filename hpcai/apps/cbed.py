@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import tempfile
 import time
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from .. import amp, checks, io, nn, optim
 from ..sim import cbed
-from ..train import LRScheduler, evaluate, fit, predict
+from ..train import DataLoader, LRScheduler, evaluate, fit, predict
 from .fields import check_fields
 from .progress import FitProgress
 from .result import Result
@@ -48,6 +49,7 @@ METRICS = {"test_accuracy": ("accuracy", ""), "test_top5": ("accuracy", ""), "te
            "majority_system_accuracy": ("baselines", ""), "nearest_neighbour_system_accuracy": ("baselines", ""),
            "nearest_neighbour_group_accuracy": ("baselines", ""), "final_train_loss": ("training", ""),
            "train_materials": ("data", "materials"), "test_materials": ("data", "materials"),
+           "trained_per_epoch": ("data", "materials"),
            "seconds_training": ("timing", "s"), "ranks": ("run", "ranks"), "target": ("run", "")}
 
 
@@ -145,11 +147,13 @@ def system_index(space_group) -> np.ndarray:
 # -- the workflow --------------------------------------------------------------------------------------------
 def workflow(config: Config, ranks: int, verbose: int = 1) -> tuple[dict, str]:
     """The run on ``ranks`` ranks: (control, the module whose value is the Result). The data folder must be
-    one every rank sees (``output_dir``; without it a folder in this machine's temporary directory)."""
+    one every rank sees (``output_dir``; without it a folder in this machine's temporary directory, removed when
+    the run ends)."""
     config.validate()
     checks.integer("ranks", ranks, 1)
-    folder = config.data_dir or os.path.join(config.output_dir or tempfile.mkdtemp(prefix="hpcai-cbed-"), "data")
-    params = {"config": dataclasses.asdict(config), "folder": folder, "verbose": int(verbose)}
+    scratch = None if config.data_dir or config.output_dir else tempfile.mkdtemp(prefix="hpcai-cbed-")
+    folder = config.data_dir or os.path.join(config.output_dir or scratch, "data")
+    params = {"config": dataclasses.asdict(config), "folder": folder, "scratch": scratch, "verbose": int(verbose)}
     module = lambda name, after=(): {"entry": f"{__name__}:{name}", "ranks": ranks, "params": params,  # noqa: E731
                                      **({"after": list(after)} if after else {})}
     return ({"workflow": {"name": "cbed"}, "modules": {"generate": module("generate"),
@@ -189,29 +193,43 @@ def _targets(config, groups) -> np.ndarray:
 
 
 def train(ctx) -> Result:
-    """Data-parallel training on the train split; rank 0 evaluates on the held-out materials (test split)."""
+    """Data-parallel training on the train split; rank 0 evaluates on the held-out materials (test split), then
+    removes the run's temporary data folder if it has one (every rank has read its share by then)."""
+    try:
+        return _train(ctx)
+    finally:
+        if ctx.rank == 0 and ctx.params.get("scratch"):
+            shutil.rmtree(ctx.params["scratch"], ignore_errors=True)
+
+
+def _train(ctx) -> Result:
     from ..parallel.data_parallel import DistributedOptimizer, broadcast_parameters
     config, folder = Config(**ctx.params["config"]), ctx.params["folder"]
     start = time.perf_counter()
     x, groups = load(cbed.dataset_files(folder, "train"), config, ctx.rank, ctx.size)
     y = _targets(config, groups)
+    # The rank's shard as the loader (fit would shard a tuple again), cut to the shortest shard: the same steps on
+    # every rank, about len / ranks samples each, as fit's own sharding gives.
+    shortest = ctx.comm.allreduce_obj(len(y), op="min") if ctx.size > 1 else len(y)
+    loader = DataLoader((x[:shortest], y[:shortest]), batch_size=config.batch_size, seed=config.seed)
     model = build_model(config)
     opt = optim.get_optimizer(config.optimizer, model.parameters(), lr=config.lr)
     schedule = lr_schedule(config, opt)
     if ctx.size > 1:
         broadcast_parameters(model, 0, ctx.comm)
         opt = DistributedOptimizer(opt, comm=ctx.comm)
-    steps = -(-len(y) // config.batch_size)
+    steps = len(loader)
     ctx.progress.phase("training", config.epochs * steps)
-    history = fit(model, (x, y), "cross_entropy", opt, epochs=config.epochs, batch_size=config.batch_size,
-                  verbose=0, seed=config.seed, precision=config.precision, comm=ctx.comm,
+    history = fit(model, loader, "cross_entropy", opt, epochs=config.epochs, verbose=0, precision=config.precision,
+                  comm=ctx.comm,
                   callbacks=[FitProgress(ctx.progress, steps)] + ([LRScheduler(schedule)] if schedule else []))
     seconds = time.perf_counter() - start
+    trained = ctx.comm.allreduce_obj(loader.num_samples) if ctx.size > 1 else loader.num_samples  # per epoch
     if ctx.rank != 0:
         ctx.progress.finish("trained; rank 0 evaluates")
         return Result({}, {})
     ctx.progress.phase("evaluation", 0, "the held-out materials and the baselines")
-    result = _evaluate(config, folder, model, history, seconds, ctx.size)
+    result = _evaluate(config, folder, model, history, seconds, ctx.size, trained)
     if config.output_dir:
         _write(config, result, folder)
     if ctx.params["verbose"]:
@@ -223,7 +241,7 @@ def train(ctx) -> Result:
     return result
 
 
-def _evaluate(config, folder, model, history, seconds, ranks) -> Result:
+def _evaluate(config, folder, model, history, seconds, ranks, trained) -> Result:
     test_paths = cbed.dataset_files(folder, "test") or cbed.dataset_files(folder, "dev")
     if not test_paths:
         raise ValueError(f"{folder}: no batch_test_*.h5 or batch_dev_*.h5 files to evaluate on")
@@ -243,6 +261,7 @@ def _evaluate(config, folder, model, history, seconds, ranks) -> Result:
                "system_macro_f1": _macro_f1(confusion),
                **baselines(x_train, g_train, x_test, g_test),
                "train_materials": int(len(g_train)), "test_materials": int(len(g_test)),
+               "trained_per_epoch": int(trained),
                "final_train_loss": float(history["loss"][-1]), "seconds_training": seconds, "ranks": ranks,
                "target": config.target}
     per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
