@@ -1,5 +1,6 @@
 """CPU kernels on threads (``hpcai.ops.threads``) and the host allocator setting: the parts cover the
 work exactly once, errors and BLAS's thread count survive, and threaded kernels equal serial ones."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -58,6 +59,42 @@ def test_parallel_keeps_order_raises_and_restores_blas_threads():
     assert ctl.num_threads == before
     # a parallel section inside another sees one thread: no oversubscription
     assert threads.parallel(lambda p: threads.workers(), [0, 1]) == [1, 1]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_team_deals_out_many_parts_and_serves_callers_from_several_threads(compiled):
+    """More parts than threads are dealt out and come back in order; two Python threads starting sections at
+    once both get their results (the second runs its parts itself); a failed section leaves the team working;
+    with and without numba's spinning wait."""
+    from hpcai import accel
+    if threads._controller() is None:
+        pytest.skip("numpy's BLAS is not visible to threadpoolctl here")
+    context = contextlib.nullcontext() if compiled else accel.disabled()
+    with context:
+        assert threads.parallel(lambda p: p * p, list(range(11))) == [p * p for p in range(11)]
+        with pytest.raises(ZeroDivisionError):
+            threads.parallel(lambda p: 1 // (p - 7), list(range(9)))
+        results, errors = {}, []
+
+        def caller(name):
+            try:
+                with (contextlib.nullcontext() if compiled else accel.disabled()):
+                    for k in range(50):
+                        parts = list(range(k % 5 + 1))
+                        got = threads.parallel(lambda p: (name, p, threading.get_ident()), parts)
+                        assert [g[:2] for g in got] == [(name, p) for p in parts]
+                results[name] = True
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        callers = [threading.Thread(target=caller, args=(n,)) for n in ("a", "b")]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join(60)
+        assert not errors and results == {"a": True, "b": True}
+        # the parts after the first ran on another thread than the caller's
+        assert len({t for _, _, t in threads.parallel(lambda p: (0, p, threading.get_ident()), [0, 1])}) == 2
 
 
 def test_threaded_relu_and_max_pool_equal_serial(monkeypatch, rng):
