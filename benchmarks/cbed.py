@@ -5,6 +5,7 @@
   python benchmarks/cbed.py --data DIR     # keep the data set in DIR (generated there if DIR has none), reuse it
   python benchmarks/cbed.py --threads 1    # both frameworks on 1 thread in every epoch (default: 2 and 1 in turn)
   python benchmarks/cbed.py --epochs 20    # another number of epochs than the full run's 10
+  python benchmarks/cbed.py --ranks 0      # leave out the data-parallel pair (default: as many ranks as cores)
 
 1. Generation of the data set (ORNL layout, 128 x 128 detector here) with ``mpiexec -n 2``: the application's
    ``generate`` module on 2 ranks (the speed-up against 1 rank is ``benchmarks/cbed_sim.py``).
@@ -23,6 +24,11 @@
    framework can be 2x another's in the same minute, while CPU time counts only the work.
    Both frameworks train from the same arrays in memory: reading the HDF5 files and preprocessing them
    (``hpcai.apps.cbed.load``) happens once before training and is in neither framework's epoch time.
+4. Data-parallel, as the application trains on its engines: hpcai on ``--ranks`` MPI ranks of one thread each
+   (``DistributedOptimizer``, fit's sharding) against PyTorch's DistributedDataParallel (gloo) on as many
+   ranks of one thread, the global batch the same 32 (16 per rank on 2), each rank's batch norm on its own
+   samples in both; the same turn-taking, rank 0 of each launch taking the go and reporting. The ratio
+   "each at its best" takes every framework's fastest setting of all three.
 """
 from __future__ import annotations
 
@@ -92,9 +98,14 @@ def torch_twin(config, model):
     return twin
 
 
-def _next_epoch() -> None:
-    """Wait for the parent's go (one line on stdin): the two frameworks' epochs take turns, never overlap."""
-    if not sys.stdin.readline():
+def _next_epoch(comm=None) -> None:
+    """Wait for the parent's go (one line on stdin, read by rank 0 and passed on to the other ranks): the two
+    frameworks' epochs take turns, never overlap."""
+    go = bool(sys.stdin.readline()) if comm is None or comm.rank == 0 else None
+    if comm is not None:
+        comm.barrier(poll=True)  # the other ranks wait without busy-polling the cores the other framework uses
+        go = comm.bcast_obj(go)
+    if not go:
         raise SystemExit("the benchmark's parent process went away")
 
 
@@ -102,11 +113,15 @@ def _epoch_done(epoch: int, seconds: float, **extra) -> None:
     print(json.dumps({"epoch": epoch, "seconds": seconds, **extra}), flush=True)
 
 
-def train_torch(model, x, y, config):
+def train_torch(model, x, y, config, comm=None):
     """The PyTorch twin of the application's training (same optimizer, batch, epochs, schedule, shuffling
-    scheme); wall-clock and CPU seconds per epoch and the thread count of each (:func:`_threads`)."""
+    scheme); wall-clock and CPU seconds per epoch and the thread count of each (:func:`_threads`). With
+    ``comm`` (``model`` a DistributedDataParallel), each rank takes the samples of every epoch's permutation that
+    hpcai's ``DataLoader.shard`` takes, in batches of batch_size / ranks."""
     import torch
     torch.manual_seed(config.seed)
+    rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
+    batch = config.batch_size // size
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs) \
         if config.schedule == "cosine" else None
@@ -114,14 +129,15 @@ def train_torch(model, x, y, config):
     rng = np.random.default_rng(config.seed)
     seconds, cpu, threads = [], [], []
     for epoch in range(config.epochs):
-        threads.append(_threads(epoch))
+        threads.append(_threads(epoch, comm))
         torch.set_num_threads(threads[-1])
-        _next_epoch()
+        _next_epoch(comm)
         t0, c0 = time.perf_counter(), time.process_time()
         model.train()
-        order = rng.permutation(len(y))
-        for start in range(0, len(y), config.batch_size):  # batches as hpcai's DataLoader cuts them
-            idx = order[start:start + config.batch_size]
+        share = len(y) // size
+        order = rng.permutation(len(y))[rank:size * share:size]  # DataLoader.shard's samples
+        for start in range(0, share, batch):  # batches as hpcai's DataLoader cuts them
+            idx = order[start:start + batch]
             opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
             loss.backward()
@@ -130,7 +146,8 @@ def train_torch(model, x, y, config):
             schedule.step()
         seconds.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-        _epoch_done(epoch, seconds[-1], threads=threads[-1], cpu=cpu[-1])
+        if rank == 0:
+            _epoch_done(epoch, seconds[-1], threads=threads[-1], cpu=cpu[-1])
     return seconds, cpu, threads
 
 
@@ -139,10 +156,13 @@ def _option(name: str, default=None):
     return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
 
 
-def _threads(epoch: int) -> int:
-    """Threads of both frameworks in ``epoch``: ``--threads N`` in every epoch, else all cores in even
-    epochs and one in odd ones. On a shared machine a framework's threads can lose more to waiting for each
-    other than they gain, so each is timed both ways and compared in each setting."""
+def _threads(epoch: int, comm=None) -> int:
+    """Threads of both frameworks in ``epoch``: one per rank when data-parallel (``comm``); else ``--threads N``
+    in every epoch, or all cores in even epochs and one in odd ones. On a shared machine a framework's threads
+    can lose more to waiting for each other than they gain, so each is timed both ways and compared in each
+    setting."""
+    if comm is not None:
+        return 1
     cores = os.cpu_count() or 1
     return _option("--threads") or (cores if epoch % 2 == 0 else 1)
 
@@ -151,19 +171,20 @@ class _Turns(Callback):
     """hpcai's side of the turn-taking: set the thread count (hpcai's kernels use as many threads as BLAS
     is allowed), wait for the go, report the epoch's seconds after; keeps each epoch's CPU seconds."""
 
-    def __init__(self):
+    def __init__(self, comm=None):
         from threadpoolctl import ThreadpoolController
-        self.controller, self.threads, self.cpu = ThreadpoolController(), [], []
+        self.controller, self.threads, self.cpu, self.comm = ThreadpoolController(), [], [], comm
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.threads.append(_threads(epoch))
+        self.threads.append(_threads(epoch, self.comm))
         self.controller.limit(limits=self.threads[-1], user_api="blas")
-        _next_epoch()
+        _next_epoch(self.comm)
         self.c0 = time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
         self.cpu.append(time.process_time() - self.c0)
-        _epoch_done(epoch, float(logs["time"]), threads=self.threads[-1], cpu=self.cpu[-1])
+        if self.comm is None or self.comm.rank == 0:
+            _epoch_done(epoch, float(logs["time"]), threads=self.threads[-1], cpu=self.cpu[-1])
 
 
 def _by_threads(seconds, threads) -> dict:
@@ -172,27 +193,43 @@ def _by_threads(seconds, threads) -> dict:
             for n in sorted(set(threads), reverse=True)}
 
 
-def train(framework: str, folder: str, config) -> dict:
+def train(framework: str, folder: str, config, parallel: bool = False) -> dict | None:
     """Train ``framework``'s network on the arrays in ``folder``, one epoch per go from the parent; top-1 on
-    the test split and seconds per epoch. Runs in a process of its own, so the two frameworks' idle threads
-    never compete."""
+    the test split and seconds per epoch (on rank 0; None on the others). Runs in a process of its own, so the
+    two frameworks' idle threads never compete; ``parallel``: as one of the ranks of an MPI launch."""
     data = np.load(os.path.join(folder, "arrays.npz"), allow_pickle=False)
     x, y, xt, yt = data["x"], data["y"], data["xt"], data["yt"]
     model = app.build_model(config)
+    comm = None
+    if parallel:
+        from hpcai.parallel import world
+        comm = world()
     if framework == "hpcai":
         opt = optim.Adam(model.parameters(), lr=config.lr)
         schedule = app.lr_schedule(config, opt)
-        turns = _Turns()
-        history = fit(model, (x, y), "cross_entropy", opt, epochs=config.epochs, batch_size=config.batch_size,
-                      verbose=0, seed=config.seed,
-                      callbacks=[turns] + ([LRScheduler(schedule)] if schedule is not None else []))
+        if comm is not None:
+            from hpcai.parallel.data_parallel import DistributedOptimizer
+            opt = DistributedOptimizer(opt, comm=comm)
+        turns = _Turns(comm)
+        history = fit(model, (x, y), "cross_entropy", opt, epochs=config.epochs,
+                      batch_size=config.batch_size // (comm.size if comm else 1), verbose=0, seed=config.seed,
+                      comm=comm, callbacks=[turns] + ([LRScheduler(schedule)] if schedule is not None else []))
+        if comm is not None and comm.rank != 0:
+            return None
         predicted = np.argmax(predict(model, xt), 1)
         return {"accuracy": float((predicted == yt).mean()), "predicted": predicted.tolist(),
                 "epoch_seconds": _by_threads(history["time"], turns.threads),
                 "epoch_cpu_seconds": _by_threads(turns.cpu, turns.threads)}
     import torch
     twin = torch_twin(config, model)
-    seconds, cpu, threads = train_torch(twin, x, y, config)
+    if comm is not None:
+        import torch.distributed as dist
+        dist.init_process_group("gloo", rank=comm.rank, world_size=comm.size)
+        twin = torch.nn.parallel.DistributedDataParallel(twin)
+    seconds, cpu, threads = train_torch(twin, x, y, config, comm)
+    if comm is not None and comm.rank != 0:
+        return None
+    twin = twin.module if comm is not None else twin  # rank 0 alone evaluates: no buffer exchange
     twin.eval()
     with torch.no_grad():
         predicted = twin(torch.tensor(xt)).argmax(1).numpy()
@@ -200,17 +237,28 @@ def train(framework: str, folder: str, config) -> dict:
             "epoch_seconds": _by_threads(seconds, threads), "epoch_cpu_seconds": _by_threads(cpu, threads)}
 
 
-def _train_both(folder: str, quick: bool, epochs: int) -> dict:
-    """Both frameworks' training processes, their epochs taking turns (which goes first alternates), so
-    that a change in the machine's load falls on both; each one's final JSON line."""
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_both(folder: str, quick: bool, epochs: int, ranks: int = 0) -> dict:
+    """Both frameworks' training processes (with ``ranks``: MPI launches of that many ranks), their epochs
+    taking turns (which goes first alternates), so that a change in the machine's load falls on both; each
+    one's final JSON line."""
     import subprocess
     children = {}
     for framework in ("hpcai", "torch"):
         log = tempfile.TemporaryFile(mode="w+")
+        launch = [find_mpiexec(), "-n", str(ranks)] if ranks else []
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}  # gloo's rendezvous
         children[framework] = (subprocess.Popen(
-            [sys.executable, __file__, "--train", framework, folder] + (["--quick"] * quick) +
+            launch + [sys.executable, __file__, "--train", framework, folder] + (["--quick"] * quick) +
+            (["--parallel"] * bool(ranks)) +
             [a for name in ("--threads", "--epochs") if name in sys.argv for a in (name, str(_option(name)))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True), log)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env), log)
 
     def line(framework):
         proc, log = children[framework]
@@ -228,7 +276,8 @@ def _train_both(folder: str, quick: bool, epochs: int) -> dict:
                 children[framework][0].stdin.write("go\n")
                 children[framework][0].stdin.flush()
                 seconds[framework] = line(framework)
-            print(f"  epoch {epoch + 1}/{epochs}, {seconds['hpcai'].get('threads')} thread(s): hpcai "
+            setting = f"{ranks} ranks x 1 thread" if ranks else f"{seconds['hpcai'].get('threads')} thread(s)"
+            print(f"  epoch {epoch + 1}/{epochs}, {setting}: hpcai "
                   f"{seconds['hpcai']['seconds']:.1f} s (CPU {seconds['hpcai']['cpu']:.1f} s), PyTorch "
                   f"{seconds['torch']['seconds']:.1f} s (CPU {seconds['torch']['cpu']:.1f} s)", flush=True)
         return {framework: line(framework) for framework in children}
@@ -260,7 +309,14 @@ def main(quick: bool, data: str | None = None) -> None:
         report("majority class, crystal-system top-1", base["majority_system_accuracy"])
         report("nearest neighbour, crystal-system top-1", base["nearest_neighbour_system_accuracy"])
         runs = _train_both(folder, quick, config.epochs)
+        ranks = _option("--ranks", os.cpu_count() or 1)
+        parallel = _train_both(folder, quick, config.epochs, ranks) if ranks > 1 and find_mpiexec() else None
         gt = np.asarray(gt)
+    if parallel is not None:  # the data-parallel pair as one more setting of each framework
+        for framework in runs:
+            for key in ("epoch_seconds", "epoch_cpu_seconds"):
+                (value,) = parallel[framework][key].values()  # one setting: 1 thread per rank
+                runs[framework][key][f"{ranks} ranks x 1 thread"] = value
     for framework, name in (("hpcai", "hpcai"), ("torch", "PyTorch")):
         report(f"{name}, crystal-system top-1 on held-out materials", runs[framework]["accuracy"])
         for setting, seconds in runs[framework]["epoch_seconds"].items():
@@ -278,6 +334,11 @@ def main(quick: bool, data: str | None = None) -> None:
         report("hpcai / PyTorch CPU time per epoch, 1 thread", cpu["hpcai"] / cpu["torch"], "goal <= 1.0")
     report("accuracy, hpcai - PyTorch (points)", 100 * (runs["hpcai"]["accuracy"] - runs["torch"]["accuracy"]),
            "goal within 2")
+    if parallel is not None:
+        for framework, name in (("hpcai", "hpcai"), ("torch", "PyTorch")):
+            report(f"{name}, {ranks} ranks, crystal-system top-1", parallel[framework]["accuracy"], "data-parallel")
+        report(f"accuracy, hpcai - PyTorch, {ranks} ranks (points)",
+               100 * (parallel["hpcai"]["accuracy"] - parallel["torch"]["accuracy"]), "goal within 2")
 
 
 R_TRIGONAL = (146, 148, 155, 160, 161, 166, 167)  # the trigonal groups with a rhombohedral lattice
@@ -313,7 +374,9 @@ if __name__ == "__main__":
     quick = "--quick" in sys.argv[1:]
     if "--train" in sys.argv:
         at = sys.argv.index("--train")
-        print(json.dumps(train(sys.argv[at + 1], sys.argv[at + 2], _config(quick))))
+        result = train(sys.argv[at + 1], sys.argv[at + 2], _config(quick), "--parallel" in sys.argv)
+        if result is not None:
+            print(json.dumps(result))
     else:
         print(f"numpy {np.__version__}; BLAS threads {blas_threads()}; cpus {os.cpu_count()}")
         data = sys.argv[sys.argv.index("--data") + 1] if "--data" in sys.argv else None
