@@ -61,16 +61,29 @@ def test_parallel_keeps_order_raises_and_restores_blas_threads():
     assert threads.parallel(lambda p: threads.workers(), [0, 1]) == [1, 1]
 
 
-@pytest.mark.parametrize("compiled", [True, False])
-def test_team_deals_out_many_parts_and_serves_callers_from_several_threads(compiled):
+class _Broken:
+    """A spinning kernel whose compilation fails."""
+    available = True
+
+    def __call__(self, *args):
+        raise RuntimeError("no compiler here")
+
+
+@pytest.mark.parametrize("compiled", [True, False, "broken"])
+def test_team_deals_out_many_parts_and_serves_callers_from_several_threads(monkeypatch, compiled):
     """More parts than threads are dealt out and come back in order; two Python threads starting sections at
     once both get their results (the second runs its parts itself); a failed section leaves the team working;
-    with and without numba's spinning wait."""
+    with and without numba's spinning wait, and with a spinning kernel that fails."""
     from hpcai import accel
     if threads._controller() is None:
         pytest.skip("numpy's BLAS is not visible to threadpoolctl here")
-    context = contextlib.nullcontext() if compiled else accel.disabled()
+    monkeypatch.setitem(threads._state, "team", None)              # a team of its own, made below
+    if compiled == "broken":
+        monkeypatch.setattr(threads, "_spin", _Broken())
+    context = accel.disabled() if compiled is False else contextlib.nullcontext()
     with context:
+        threads.parallel(lambda p: p, [0, 1])
+        assert threads._state["team"].spin is (compiled is True and accel.numba_installed())
         assert threads.parallel(lambda p: p * p, list(range(11))) == [p * p for p in range(11)]
         with pytest.raises(ZeroDivisionError):
             threads.parallel(lambda p: 1 // (p - 7), list(range(9)))
@@ -78,7 +91,7 @@ def test_team_deals_out_many_parts_and_serves_callers_from_several_threads(compi
 
         def caller(name):
             try:
-                with (contextlib.nullcontext() if compiled else accel.disabled()):
+                with (accel.disabled() if compiled is False else contextlib.nullcontext()):
                     for k in range(50):
                         parts = list(range(k % 5 + 1))
                         got = threads.parallel(lambda p: (name, p, threading.get_ident()), parts)

@@ -57,8 +57,8 @@ def workers():
 
 _lock = threading.Lock()
 _state = {"depth": 0, "blas": 1, "team": None, "pid": None}  # sections running; BLAS threads to restore
-# Iterations a waiting thread spins (about 0.3-1 ms) before it sleeps on a lock.
-_SPIN = 1 << 18
+# Iterations a waiting thread spins (about 0.3-1 ms here) before it sleeps on a lock.
+_SPIN = 1 << 20
 
 
 @accel.jit
@@ -80,11 +80,13 @@ class _Team:
     released before they sleep (where numba is installed, ``_spin``), as OpenMP's threads do: a training step
     runs a section every few hundred microseconds, and waking a sleeping thread took 25-80 us here (a section
     handed over through a ThreadPoolExecutor cost about 100 us in all, 2-5 us spinning). Where numba is not
-    installed they sleep on a lock at once. The CBED application's training step on 2 threads: 54 ms against
-    59 ms with a ThreadPoolExecutor (medians of 10 alternating blocks in one process)."""
+    installed (or is switched off, ``hpcai.accel``, where the team is made) they sleep on a lock at once. The
+    CBED application's training step on 2 threads: 54 ms against 59 ms with a ThreadPoolExecutor (medians of 10
+    alternating blocks in one process)."""
 
     def __init__(self, size):
         self.size, self.busy = size, threading.Lock()          # a second caller meanwhile runs its parts itself
+        self.spin = _spin.available
         self.posted, self.finished = np.zeros(size, np.int64), np.zeros(size, np.int64)
         self.scratch = [np.zeros(size, np.int64) for _ in range(2)]           # the spinners' stores
         self.go, self.done = [threading.Lock() for _ in range(size)], [threading.Lock() for _ in range(size)]
@@ -95,8 +97,11 @@ class _Team:
             threading.Thread(target=self._serve, args=(k,), name=f"hpcai_{k}", daemon=True).start()
 
     def _wait(self, counts, k, seen, scratch):
-        if _spin.available:
-            _spin(counts, k, seen, _SPIN, scratch)
+        if self.spin:
+            try:
+                _spin(counts, k, seen, _SPIN, scratch)
+            except Exception:  # noqa: BLE001 - the kernel cannot be compiled here: sleep on the locks instead
+                self.spin = False
 
     def _serve(self, k):
         count = 0
