@@ -233,6 +233,27 @@ def test_channels_last_path_matches_im2col(rng, monkeypatch, c, o, kernel, strid
         np.testing.assert_allclose(a, ref.detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+def test_sample_blocks_cover_the_batch_once_and_share_it_evenly(monkeypatch, threads):
+    """The channels-last and shifted-view paths cut the batch into blocks no larger than their cache budget,
+    each sample once, and deal them out so that no thread has more than one block more than another (the CBED
+    network's 32 -> 32 layer on 2 threads was cut 11 against 21 samples)."""
+    monkeypatch.setattr(conv_module, "workers", lambda: threads)
+    for n in range(1, 70):
+        for sample_bytes in (1, 1 << 16, 295 << 10, 1 << 20, 8 << 20):
+            most = max(1, min(conv_module._TILE_BYTES // sample_bytes, -(-n // threads)))
+            lists = conv_module._last_blocks(n, sample_bytes)
+            blocks = [b for part in lists for b in part]
+            assert sorted(s for b, nb in blocks for s in range(b, b + nb)) == list(range(n))
+            assert max(nb for _, nb in blocks) <= most
+            shares = [sum(nb for _, nb in part) for part in lists]
+            assert max(shares) - min(shares) <= max(nb for _, nb in blocks), (n, sample_bytes, lists)
+    if threads == 2:
+        assert [sum(nb for _, nb in part) for part in conv_module._last_blocks(32, 295 << 10)] == [16, 16]
+        flat = conv_module._flat_blocks(np.zeros((32, 16, 34, 34), np.float32), (3, 3), (1, 1), (32, 32))
+        assert [sum(nb for _, nb, *_ in part) for part in flat] == [16, 16]
+
+
 def test_channels_last_path_is_taken_for_many_channels_only():
     """At least 32 inputs and 64 outputs, one group, a kernel larger than 1x1, a BLAS dtype, and neither the
     shifted-view nor the output-side path taking the layer; or at least 32 inputs and as many outputs on a map

@@ -103,6 +103,14 @@ def _tiles(xp, n, ho, row_bytes):
     return [(slice(a, b), slice(0, ho)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
+def _even(n, per, parts):
+    """Samples per block for blocks of at most ``per`` of ``n`` samples: as many blocks as a multiple of the
+    ``parts`` threads, of (nearly) equal sizes, so that the threads' shares match (32 samples of 14 at most
+    on 2 threads: 4 blocks of 8, not 11 + 11 + 10 shared 11 against 21: the CBED network's 32 -> 32 layer)."""
+    count = math.ceil(math.ceil(n / per) / parts) * parts
+    return max(1, math.ceil(n / count))
+
+
 def _column_tiles(xp, xpad, tiles, ksize, stride, dilation, groups, wo):
     """im2col, one tile at a time: yields (batch slice, row slice, columns (nb, G, C/G·kh·kw, rows·Wo)).
 
@@ -258,6 +266,7 @@ def _flat_blocks(xpad, ksize, dilation, out_hw):
         blocks = [(b, 1, r, min(rows, out_hw[0] - r)) for b in range(n) for r in range(0, out_hw[0], rows)]
     else:
         per = max(1, min(_FLAT_BYTES // (c * hp * wp * xpad.itemsize), math.ceil(n / workers())))
+        per = _even(n, per, min(workers(), n))
         blocks = [(b, min(per, n - b), 0, out_hw[0]) for b in range(0, n, per)]
     parts = max(1, min(workers(), len(blocks)))
     return [blocks[len(blocks) * p // parts:len(blocks) * (p + 1) // parts] for p in range(parts)]
@@ -504,7 +513,7 @@ def _pad_last(xp, x, pads):
 def _last_blocks(n, sample_bytes):
     """Sample blocks of the channels-last path, about ``_TILE_BYTES`` of columns each, one list per thread."""
     per = max(1, min(_TILE_BYTES // max(sample_bytes, 1), math.ceil(n / workers())))
-    per = math.ceil(n / math.ceil(n / per))                              # blocks of equal sizes
+    per = _even(n, per, min(workers(), n))
     blocks = [(b, min(per, n - b)) for b in range(0, n, per)]
     parts = max(1, min(workers(), len(blocks)))
     return [blocks[len(blocks) * p // parts:len(blocks) * (p + 1) // parts] for p in range(parts)]
