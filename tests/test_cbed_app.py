@@ -96,6 +96,20 @@ def test_training_learns_the_training_set(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_failed_generation_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def broken(items, folder, *args, **kwargs):
+        os.makedirs(folder, exist_ok=True)
+        open(os.path.join(folder, "batch_train_0_0.h5"), "wb").close()      # a partial file, then the failure
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cbed, "generate_dataset", broken)
+    with pytest.raises(Exception, match="disk full"):
+        run_app("cbed", app.Config(**TINY), verbose=0)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(not os.access(MPIEXEC, os.X_OK) or os.environ.get("PMI_SIZE", "1") != "1",
                     reason=f"needs an mpiexec next to {sys.executable}")
 def test_generation_and_data_parallel_training_on_two_ranks(tmp_path):

@@ -161,7 +161,21 @@ def workflow(config: Config, ranks: int, verbose: int = 1) -> tuple[dict, str]:
 
 
 def generate(ctx) -> dict:
-    """Every rank simulates its share of the materials and writes its own files (skipped with ``data_dir``)."""
+    """Every rank simulates its share of the materials and writes its own files (skipped with ``data_dir``); a
+    failed generation removes the run's temporary data folder, as training does when it ends."""
+    try:
+        return _generate(ctx)
+    except BaseException:
+        _remove_scratch(ctx)
+        raise
+
+
+def _remove_scratch(ctx) -> None:
+    if ctx.rank == 0 and ctx.params.get("scratch"):
+        shutil.rmtree(ctx.params["scratch"], ignore_errors=True)
+
+
+def _generate(ctx) -> dict:
     config = Config(**ctx.params["config"])
     if config.data_dir is not None:
         return {"written": 0}
@@ -198,8 +212,7 @@ def train(ctx) -> Result:
     try:
         return _train(ctx)
     finally:
-        if ctx.rank == 0 and ctx.params.get("scratch"):
-            shutil.rmtree(ctx.params["scratch"], ignore_errors=True)
+        _remove_scratch(ctx)
 
 
 def _train(ctx) -> Result:
