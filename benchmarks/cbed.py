@@ -153,7 +153,12 @@ def train_torch(model, x, y, config, comm=None):
 
 def _option(name: str, default=None):
     """The integer after ``name`` on the command line (passed on to the training processes), or default."""
-    return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
+    if name not in sys.argv:
+        return default
+    value = sys.argv[sys.argv.index(name) + 1:][:1]
+    if not value or not value[0].isdigit():
+        raise SystemExit(f"{name}: expected a non-negative integer after it, got {' '.join(value) or 'nothing'}")
+    return int(value[0])
 
 
 def _threads(epoch: int, comm=None) -> int:

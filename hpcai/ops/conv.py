@@ -98,17 +98,21 @@ def _tiles(xp, n, ho, row_bytes):
     if n == 0:
         return []
     parts = min(workers(), n) if xp is np else 1
-    count = math.ceil(math.ceil(n / (rows // ho)) / parts) * parts  # tiles that fit, a multiple of parts
+    count = _block_count(n, rows // ho, parts)
     edges = [n * i // count for i in range(count + 1)]
     return [(slice(a, b), slice(0, ho)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
+def _block_count(n, per, parts):
+    """Blocks of at most ``per`` of ``n`` samples, as many as a multiple of the ``parts`` threads, so that equal
+    blocks give the threads equal shares (32 samples of 14 at most on 2 threads: 4 blocks of 8, not 11 + 11 + 10
+    shared 11 against 21: the CBED network's 32 -> 32 layer)."""
+    return math.ceil(math.ceil(n / per) / parts) * parts
+
+
 def _even(n, per, parts):
-    """Samples per block for blocks of at most ``per`` of ``n`` samples: as many blocks as a multiple of the
-    ``parts`` threads, of (nearly) equal sizes, so that the threads' shares match (32 samples of 14 at most
-    on 2 threads: 4 blocks of 8, not 11 + 11 + 10 shared 11 against 21: the CBED network's 32 -> 32 layer)."""
-    count = math.ceil(math.ceil(n / per) / parts) * parts
-    return max(1, math.ceil(n / count))
+    """Samples per block of :func:`_block_count`'s blocks."""
+    return max(1, math.ceil(n / _block_count(n, per, parts)))
 
 
 def _column_tiles(xp, xpad, tiles, ksize, stride, dilation, groups, wo):

@@ -172,8 +172,8 @@ def parallel(fn, parts):
             ctl.set_num_threads(1)
         _state["depth"] += 1
     try:
-        team = _team()
-        if len(parts) <= 1 or not team.busy.acquire(blocking=False):
+        team = _team() if len(parts) > 1 else None        # no threads started for a lone part
+        if team is None or not team.busy.acquire(blocking=False):
             return [fn(part) for part in parts]
         try:
             return team.run(fn, parts)
