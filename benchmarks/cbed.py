@@ -57,7 +57,7 @@ def generate(config, folder) -> float:
     import subprocess
     mpiexec = find_mpiexec()
     code = (f"from hpcai.apps import cbed; from hpcai.workflow import run_workflow; from hpcai.parallel import world\n"
-            f"c = cbed.Config(**{dataclasses.asdict(config)!r})\n"
+            f"c = cbed.Config(**{dataclasses.asdict(config) | {'output_dir': folder}!r})\n"  # no temporary folder
             f"control, _ = cbed.workflow(c, 2, 0)\n"
             f"control['modules'].pop('train'); control['modules']['generate']['params']['folder'] = {folder!r}\n"
             f"run_workflow(control, world(), 0)\n")

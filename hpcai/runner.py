@@ -267,7 +267,7 @@ def _on_ranks(app, config, comm, verbose, progress):
     application is its workflow, ``run=None``, on any number of ranks), else its run."""
     if app.workflow is not None and (comm.size > 1 or app.run is None):
         from . import workflow
-        control, module = app.workflow(config, comm.size, verbose)
+        control, module = app.control(config, comm, verbose)
         value = workflow.run_workflow(control, comm, verbose, progress).values[module]
         return Result(**{**value, "arrays": {k: np.asarray(v) for k, v in value["arrays"].items()}})
     return app.run(config, verbose=verbose if comm.rank == 0 else 0, comm=comm, progress=progress)

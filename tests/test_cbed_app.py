@@ -126,6 +126,26 @@ def test_generation_and_data_parallel_training_on_two_ranks(tmp_path):
     assert metrics["train_materials"] - 1 <= metrics["trained_per_epoch"] <= metrics["train_materials"], metrics
 
 
+@pytest.mark.skipif(not os.access(MPIEXEC, os.X_OK) or os.environ.get("PMI_SIZE", "1") != "1",
+                    reason=f"needs an mpiexec next to {sys.executable}")
+def test_two_ranks_without_an_output_folder_share_one_temporary_data_set(tmp_path, monkeypatch):
+    """Without ``output_dir`` the ranks write to and read from one temporary folder, made once on rank 0 (each rank
+    made its own before: rank 0 trained on 24 of the 45 training materials and tested on 2 of 6), and the run
+    removes it."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    code = ("import json; from hpcai.runner import run_app; from hpcai.apps import cbed\n"
+            "from hpcai.parallel import world\n"
+            f"metrics = run_app('cbed', cbed.Config(**{TINY!r}), verbose=0).metrics\n"
+            "if world().rank == 0: print('METRICS', json.dumps(metrics))\n")
+    rc, out, err, _ = mpirun(2, ["-c", code], timeout=300)
+    assert rc == 0, err[-3000:]
+    metrics = json.loads(out.split("METRICS ", 1)[1].splitlines()[0])
+    items = cbed.plan_materials(app.Config(**TINY).space_groups(), TINY["materials_per_group"], 0)
+    assert metrics["train_materials"] == sum(item.split == "train" for item in items), metrics
+    assert metrics["test_materials"] == sum(item.split == "test" for item in items), metrics
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("bad, match", [
     ({"groups": "some"}, "groups: expected one of"),
     ({"target": "point_group"}, "target: expected one of"),

@@ -42,6 +42,12 @@ class App:
     metric_info: dict = dataclasses.field(default_factory=dict, hash=False)
     key_metrics: tuple = ()  # the metrics a run history shows first (hpcai.history); default: its first numbers
 
+    def control(self, config, comm, verbose: int = 1) -> tuple[dict, str]:
+        """``workflow(config, comm.size, verbose)``, made once, on rank 0 of ``comm``, and sent to every rank: a
+        workflow may name a folder it makes (cbed's temporary data folder), and made on every rank each would
+        write to, and read from, a folder of its own."""
+        return comm.bcast_obj(self.workflow(config, comm.size, verbose) if comm.rank == 0 else None)
+
 
 APPS = {
     "digits": App("digits", digits.Config, digits.run,
@@ -111,4 +117,5 @@ def make_config(name: str, config=None, **overrides):
     return dataclasses.replace(config, **overrides).validate()
 
 
-__all__ = ["APPS", "App", "ENTRY_POINT_GROUP", "load_entry_points", "FieldSpec", "Progress", "Result", "Stopped", "config_fields", "make_config"]
+__all__ = ["APPS", "App", "ENTRY_POINT_GROUP", "load_entry_points", "FieldSpec", "Progress", "Result", "Stopped",
+           "config_fields", "make_config"]

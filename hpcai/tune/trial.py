@@ -104,7 +104,7 @@ class AppObjective:
         config = make_config(self.app, {**self.fixed, **params})
         if app.workflow is not None and (ctx.comm.size > 1 or app.run is None):  # its ranks play parts
             from .. import workflow
-            control, module = app.workflow(config, ctx.comm.size, 0)
+            control, module = app.control(config, ctx.comm, 0)
             metrics = workflow.run_workflow(control, ctx.comm, 0, ctx.progress).values[module]["metrics"]
         else:
             metrics = app.run(config, verbose=0, comm=ctx.comm, progress=ctx.progress).metrics
