@@ -276,8 +276,9 @@ def test_channels_last_path_is_taken_for_many_channels_only():
 @pytest.mark.parametrize("groups", [1, 3])
 def test_few_column_layers_match_im2col(rng, monkeypatch, groups):
     """A layer with few columns per pixel (3 -> 16 3x3, and 3 groups of 6 -> 6) by whole-sample columns with
-    the bias carried by a row of ones, GEMMs over runs of pixels that split output rows, and row blocks of
-    a sample, for one and three threads, against the plain tiles of im2col; and against PyTorch in float32."""
+    the bias carried by a row of ones, GEMMs over runs of pixels that split output rows, blocks of one, of three
+    (4 samples: 3 + 1) and of all samples, and row blocks of a sample, for one to three threads, against the plain
+    tiles of im2col; and against PyTorch in float32."""
     c, o = (3, 16) if groups == 1 else (6, 18)                  # 3x3 columns per group: 27, or 18
     x = rng.standard_normal((4, c, 11, 13))
     w = rng.standard_normal((o, c // groups, 3, 3)) / 5
@@ -293,9 +294,13 @@ def test_few_column_layers_match_im2col(rng, monkeypatch, groups):
     monkeypatch.setattr(conv_module, "_SHORT_COLUMNS", (0, 0))                  # plain tiles: the reference
     want = run()
     monkeypatch.undo()
-    for pixels, tile_bytes, threads in [(100, 10**9, 1), (20, 10**9, 3), (40, 27 * 13 * 8 * 3, 2), (7, 1, 1)]:
+    sample = c * 9 * 11 * 13 * 8                                # bytes of one sample's columns
+    for pixels, tile_bytes, block_bytes, threads in [(100, 10**9, 1, 1), (20, 10**9, 10**9, 3),
+                                                     (30, 10**9, 3 * sample, 1), (40, 27 * 13 * 8 * 3, 10**9, 2),
+                                                     (7, 1, 10**9, 1)]:
         monkeypatch.setattr(conv_module, "_TILE_OUTPUTS", pixels * (o // groups))
         monkeypatch.setattr(conv_module, "_TILE_BYTES", tile_bytes)
+        monkeypatch.setattr(conv_module, "_SHORT_BYTES", block_bytes)
         monkeypatch.setattr(conv_module, "workers", lambda: threads)
         monkeypatch.setattr(threads_module, "workers", lambda: threads)
         monkeypatch.setattr(threads_module, "_LEAST", 1)

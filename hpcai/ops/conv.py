@@ -64,6 +64,9 @@ _TILE_BYTES = 4 << 20
 # 3x3) so small a tile costs more in calls than it gains.
 _TILE_OUTPUTS = 1 << 15
 _SHORT_COLUMNS = (16, 64)
+# Bytes of columns such a layer copies, and multiplies in one call, per block of samples (2 MiB: 4 samples of
+# 3 -> 16 3x3 on 64x64; 1 and 4 MiB were 1.1x slower on 2 threads).
+_SHORT_BYTES = 2 << 20
 
 
 def _pad(xp, x, pads):
@@ -179,14 +182,24 @@ def _tile_pixels(outputs):
     return max(1, _TILE_OUTPUTS // outputs)
 
 
+def _chunked(a, pixels):
+    """The whole ``pixels``-long runs at the start of the last axis of ``a`` (nb, G, m, P) as one stack of views
+    (nb, P // pixels, G, m, pixels), and how many pixels they cover."""
+    full = a.shape[-1] // pixels
+    return np.moveaxis(a[..., :full * pixels].reshape(a.shape[:-1] + (full, pixels)), -2, 1), full * pixels
+
+
 def _short_pass(xpad, w, stride, dilation, groups, out_hw, y=None, gy=None, bias=None):
     """``_conv_pass`` on the CPU for a layer with few columns per pixel (``_SHORT_COLUMNS``: a 3-channel input
-    layer): per sample (or block of its rows, about ``_TILE_BYTES`` of columns) the columns are copied at once,
-    with a row of ones that carries the bias through the GEMM, and the GEMMs run over ``_tile_pixels`` pixels
-    at a time, where such a GEMM, short in its inner dimension, is fastest. Copying a whole sample's columns
-    instead of one small tile at a time (fewer calls from Python), and adding the bias inside the GEMM, took the
-    CBED network's 3 -> 16 3x3 layer on 64x64 from 4.4 to 2.4 ms forward and 3.3 to 2.6 ms for dL/dw (batch 32,
-    one thread, CPU time)."""
+    layer): the columns of a block of samples (about ``_SHORT_BYTES``; of a block of a sample's rows where one
+    sample's exceed ``_TILE_BYTES``) are copied at once, with a row of ones that carries the bias through the
+    GEMM, and the GEMMs run over ``_tile_pixels`` pixels at a time, where such a GEMM, short in its inner
+    dimension, is fastest: all of a block's GEMMs are one stacked ``matmul``. Copying whole samples' columns
+    instead of one small tile at a time, and adding the bias inside the GEMM, took the CBED network's 3 -> 16 3x3
+    layer on 64x64 from 4.4 to 2.4 ms forward and 3.3 to 2.6 ms for dL/dw (batch 32, one thread, CPU time). Fewer
+    numpy calls matter most on several threads, where each call may wait for the GIL: one call per block instead
+    of one per sample and run of pixels took forward and dL/dw together from 5.5 to 2.9 ms on 2 threads (4.9 to
+    4.4 ms on one; medians of alternating blocks)."""
     n, c = xpad.shape[:2]
     g, o, (kh, kw), (ho, wo) = groups, w.shape[0], w.shape[2:], out_hw
     (sh, sw), (dh, dw), kg = stride, dilation, c // g * kh * kw
@@ -195,29 +208,37 @@ def _short_pass(xpad, w, stride, dilation, groups, out_hw, y=None, gy=None, bias
     if ones:  # the bias as one more column of the weight, times the row of ones
         w3 = np.concatenate([w3, bias.reshape(g, o // g, 1).astype(w.dtype, copy=False)], axis=2)
     rows = max(1, min(ho, _TILE_BYTES // (kg * g * wo * xpad.itemsize)))
+    per = max(1, _SHORT_BYTES // (kg * g * ho * wo * xpad.itemsize)) if rows == ho else 1
     pixels = _tile_pixels(o // g)
     gy = gy.reshape(n, g, o // g, ho * wo) if gy is not None else None
     out = y.reshape(n, g, o // g, ho * wo) if y is not None else None
     s0, s1, s2, s3 = xpad.strides
 
     def work(part):
-        buf = np.empty((g, kg + ones, rows * wo), xpad.dtype)
+        buf = np.empty((per, g, kg + ones, rows * wo), xpad.dtype)
         if ones:
-            buf[:, kg] = 1
+            buf[:, :, kg] = 1
         gwt = np.zeros((g, kg, o // g), w.dtype) if gy is not None else None
-        for b in range(part.start, part.stop):
+        for b in range(part.start, part.stop, per):
+            nb = min(per, part.stop - b)
             for r in range(0, ho, rows):
                 nr = min(rows, ho - r)
-                view = np.lib.stride_tricks.as_strided(xpad[b, :, r * sh:], (g, c // g, kh, kw, nr, wo),
-                                                       (s1 * (c // g), s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw))
-                np.copyto(buf[:, :kg, :nr * wo].reshape(view.shape), view)
-                for a in range(0, nr * wo, pixels):
-                    e = min(a + pixels, nr * wo)
-                    at = slice(r * wo + a, r * wo + e)
-                    if out is not None:
-                        np.matmul(w3, buf[:, :, a:e], out=out[b, :, :, at])
-                    if gy is not None:
-                        gwt += np.matmul(buf[:, :kg, a:e], gy[b, :, :, at].swapaxes(-1, -2))
+                view = np.lib.stride_tricks.as_strided(xpad[b:, :, r * sh:], (nb, g, c // g, kh, kw, nr, wo),
+                                                       (s0, s1 * (c // g), s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw))
+                cols = buf[:nb, :, :, :nr * wo]
+                np.copyto(cols[:, :, :kg].reshape(view.shape), view)
+                stack, covered = _chunked(cols, pixels)
+                at = slice(r * wo, (r + nr) * wo)
+                if out is not None:
+                    dest = out[b:b + nb, :, :, at]
+                    np.matmul(w3, stack, out=_chunked(dest, pixels)[0])
+                    if covered < nr * wo:
+                        np.matmul(w3, cols[..., covered:], out=dest[..., covered:])
+                if gy is not None:
+                    src = gy[b:b + nb, :, :, at]
+                    gwt += np.matmul(stack[..., :kg, :], _chunked(src, pixels)[0].swapaxes(-1, -2)).sum(axis=(0, 1))
+                    if covered < nr * wo:
+                        gwt += np.matmul(cols[:, :, :kg, covered:], src[..., covered:].swapaxes(-1, -2)).sum(axis=0)
         return gwt
 
     grads = parallel(work, batch_parts(n, n * kg * g * ho * wo))
