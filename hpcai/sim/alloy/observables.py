@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
-import scipy.stats
+import scipy.special
 
 from ... import checks
 from .lattice import Lattice, check_occupation, sublattices
@@ -158,7 +158,7 @@ def blocking_error(x) -> float:
     with np.errstate(invalid="ignore", divide="ignore"):
         m = np.nan_to_num(gamma / s) ** 2 * 2.0 ** np.arange(d, 0, -1)
     m = np.cumsum(m[::-1])[::-1]
-    q = scipy.stats.chi2.ppf(0.99, np.arange(1, d + 1))
+    q = scipy.special.chdtri(np.arange(1, d + 1), 0.01)              # the chi-square 0.99 quantiles
     k = int(np.argmax(m < q)) if (m < q).any() else d - 1
     return float(np.sqrt(s[k] / 2 ** (d - k)))
 
