@@ -43,10 +43,12 @@ class App:
     key_metrics: tuple = ()  # the metrics a run history shows first (hpcai.history); default: its first numbers
 
     def control(self, config, comm, verbose: int = 1) -> tuple[dict, str]:
-        """``workflow(config, comm.size, verbose)``, made once, on rank 0 of ``comm``, and sent to every rank: a
-        workflow may name a folder it makes (cbed's temporary data folder), and made on every rank each would
-        write to, and read from, a folder of its own."""
-        return comm.bcast_obj(self.workflow(config, comm.size, verbose) if comm.rank == 0 else None)
+        """``workflow(config, comm.size, verbose)`` for a run on the ranks of ``comm``: every rank makes it, so a
+        bad Config raises the same error on every rank, and every rank runs rank 0's: a workflow may name a fresh
+        folder (cbed's temporary data folder), and with a name of its own each rank would write to, and read from,
+        a folder of its own."""
+        made = self.workflow(config, comm.size, verbose)
+        return comm.bcast_obj(made if comm.rank == 0 else None)
 
 
 APPS = {

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -147,11 +148,13 @@ def system_index(space_group) -> np.ndarray:
 # -- the workflow --------------------------------------------------------------------------------------------
 def workflow(config: Config, ranks: int, verbose: int = 1) -> tuple[dict, str]:
     """The run on ``ranks`` ranks: (control, the module whose value is the Result). The data folder must be
-    one every rank sees (``output_dir``; without it a folder in this machine's temporary directory, removed when
-    the run ends)."""
+    one every rank sees (``output_dir``; without it a new folder in this machine's temporary directory, named
+    here, made by the generation and removed when the run ends). Every rank makes a control (each checks the
+    Config) and runs rank 0's (:meth:`hpcai.apps.App.control`), so nothing is made on disk here."""
     config.validate()
     checks.integer("ranks", ranks, 1)
-    scratch = None if config.data_dir or config.output_dir else tempfile.mkdtemp(prefix="hpcai-cbed-")
+    scratch = None if config.data_dir or config.output_dir else os.path.join(
+        tempfile.gettempdir(), f"hpcai-cbed-{secrets.token_hex(8)}")
     folder = config.data_dir or os.path.join(config.output_dir or scratch, "data")
     params = {"config": dataclasses.asdict(config), "folder": folder, "scratch": scratch, "verbose": int(verbose)}
     module = lambda name, after=(): {"entry": f"{__name__}:{name}", "ranks": ranks, "params": params,  # noqa: E731
