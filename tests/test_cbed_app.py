@@ -129,9 +129,9 @@ def test_generation_and_data_parallel_training_on_two_ranks(tmp_path):
 @pytest.mark.skipif(not os.access(MPIEXEC, os.X_OK) or os.environ.get("PMI_SIZE", "1") != "1",
                     reason=f"needs an mpiexec next to {sys.executable}")
 def test_two_ranks_without_an_output_folder_share_one_temporary_data_set(tmp_path, monkeypatch):
-    """Without ``output_dir`` the ranks write to and read from one temporary folder, made once on rank 0 (each rank
-    made its own before: rank 0 trained on 24 of the 45 training materials and tested on 2 of 6), and the run
-    removes it."""
+    """Without ``output_dir`` the ranks write to and read from one temporary folder, the one rank 0's control names
+    (each rank made its own before: rank 0 trained on 24 of the 45 training materials and tested on 2 of 6), and
+    the run removes it."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     code = ("import json; from hpcai.runner import run_app; from hpcai.apps import cbed\n"
             "from hpcai.parallel import world\n"

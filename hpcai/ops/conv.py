@@ -65,7 +65,7 @@ _TILE_BYTES = 4 << 20
 _TILE_OUTPUTS = 1 << 15
 _SHORT_COLUMNS = (16, 64)
 # Bytes of columns such a layer copies, and multiplies in one call, per block of samples (2 MiB: 4 samples of
-# 3 -> 16 3x3 on 64x64; 1 and 4 MiB were 1.1x slower on 2 threads).
+# 3 -> 16 3x3 on 64x64; 1 and 4 MiB were 1.03-1.09x slower on 2 threads).
 _SHORT_BYTES = 2 << 20
 
 
