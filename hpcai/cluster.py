@@ -226,6 +226,7 @@ class Engines:
                 self._tell_guard()
             elif self._guard is not None and self._batch_job() is not None:
                 self._guard.cancel_with(self._batch_job().cancel_command())
+                self._guard.remove([getattr(self.cluster.engine_set, "batch_file", None)])  # its script
             self.client = await self.cluster.connect_client()
             await self._wait_for_engines()
             await self._map_ranks()

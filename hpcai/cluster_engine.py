@@ -61,13 +61,18 @@ class Guard:
         self.proc = subprocess.Popen([sys.executable, "-I", os.path.abspath(__file__), str(os.getpid())],
                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
         self.known: set = set()
-        self._say([f"cluster {cluster_id}", *(f"file {f}" for f in files)])
+        self._say([f"cluster {cluster_id}"])
+        self.remove(files)
 
     def add(self, pids) -> None:
         """Processes of the cluster (those it knows already are skipped)."""
         new = [pid for pid in pids if pid not in self.known]
         self.known.update(new)
         self._say([f"pid {pid}" for pid in new])
+
+    def remove(self, paths) -> None:
+        """Files of the cluster (connection files, a batch script) removed once it has been ended."""
+        self._say([f"file {path}" for path in paths if path])
 
     def cancel_with(self, command) -> None:
         """A command that ends the cluster's batch job (``["scancel", "12"]``), run first if the client dies."""
@@ -98,10 +103,10 @@ def guard(client_pid: int) -> int:
     The client writes lines: ``pid N`` (a process of the cluster), ``cancel COMMAND`` (what ends its batch
     job, run first), ``cluster ID`` (ipyparallel's cluster id,
     which every process of the cluster carries in its environment as IPP_CLUSTER_ID), ``file PATH`` (a
-    connection file to remove) and ``done`` (the client stopped the cluster itself: exit). End of file
+    connection file or batch script to remove) and ``done`` (the client stopped the cluster itself: exit). End of file
     without ``done`` -- the client died, however: SIGKILL, a kernel restart, an exception in a signal
     handler -- or the client's PID gone means the client is gone: SIGTERM to every process of the cluster,
-    SIGKILL ``GUARD_GRACE`` s later to what is left, then its connection files are removed. A started
+    SIGKILL ``GUARD_GRACE`` s later to what is left, then its files are removed. A started
     process is remembered with its start time, so a reused PID is never mistaken for it.
     """
     import psutil

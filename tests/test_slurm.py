@@ -116,16 +116,18 @@ def test_site_kernel_sends_a_notebooks_engines_to_slurm(slurm, tmp_path, monkeyp
 
 
 def test_client_killed_its_engines_job_is_cancelled(slurm):
-    """SIGKILL of the process that holds the engines (a kernel, a script): its guard cancels the job."""
+    """SIGKILL of the process that holds the engines (a kernel, a script): its guard cancels the job and removes
+    its batch script."""
     code = ("import sys, time\nfrom hpcai.cluster import Engines\n"
             f"e = Engines(2, launcher='slurm', env={SITE!r}, timeout=120).start_sync()\n"
-            "print('job', e.cluster.engine_set.job_id, flush=True)\ntime.sleep(600)\n")
+            "print('job', e.cluster.engine_set.job_id, e.cluster.engine_set.batch_file, flush=True)\n"
+            "time.sleep(600)\n")
     client = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         line = client.stdout.readline()
         assert line.startswith("job "), line
-        job = line.split()[1]
-        assert job in slurm_queue()
+        job, script = line.split()[1:3]
+        assert job in slurm_queue() and os.path.isfile(script)
     finally:
         client.kill()
         client.wait()
@@ -134,3 +136,6 @@ def test_client_killed_its_engines_job_is_cancelled(slurm):
         time.sleep(0.5)
     assert batch.state()[0] == "CANCELLED", f"the guard did not cancel the job: {batch.describe()}"
     assert job not in slurm_queue()
+    while os.path.exists(script) and time.monotonic() < deadline + 30:  # removed once the processes have ended
+        time.sleep(0.5)
+    assert not os.path.exists(script), "the guard left the job's batch script behind"
