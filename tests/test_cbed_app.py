@@ -1,5 +1,6 @@
 """The CBED application: generation and training as a workflow, in this process and under mpiexec; the files
 in the ORNL layout; training again on existing files; the baselines; bad input."""
+import dataclasses
 import json
 import os
 import sys
@@ -11,7 +12,8 @@ import pytest
 pytest.importorskip("spglib")
 pytest.importorskip("h5py")
 
-from hpcai import optim  # noqa: E402
+from hpcai import nn, optim  # noqa: E402
+from hpcai.autograd import Tensor  # noqa: E402
 from hpcai.apps import cbed as app  # noqa: E402
 from hpcai.runner import run_app  # noqa: E402
 from hpcai.sim import cbed  # noqa: E402
@@ -83,6 +85,23 @@ def test_generate_and_train_in_this_process(tmp_path):
     again = run_app("cbed", app.Config(**TINY, data_dir=str(tmp_path / "data"), target="space_group"),
                     verbose=0)
     assert again.metrics["train_materials"] == m["train_materials"] and again.metrics["target"] == "space_group"
+
+
+def test_three_views_through_one_shared_network_average_its_logits(tmp_path):
+    """``inputs="views"`` (ORNL's baseline): the logits are the mean of one network's logits for each zone axis
+    alone, computed here view by view with the network's own trunk; and the application trains and evaluates with
+    it."""
+    config = app.Config(**TINY, inputs="views")
+    model = app.build_model(config)
+    assert isinstance(model, nn.ViewAverage) and model.trunk[0].weight.shape[1] == 1
+    model.eval()                                     # batch norm on running statistics: each view alone is the same
+    x = app.example_batch(config, 4, np.random.default_rng(1)).astype(np.float32)
+    each = [model.trunk(Tensor(x[:, v:v + 1])).data for v in range(3)]
+    np.testing.assert_allclose(model(Tensor(x)).data, np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="3 views on its axis 1"):
+        model(Tensor(x[:, :2]))
+    result = run_app("cbed", dataclasses.replace(config, output_dir=str(tmp_path)), verbose=0)
+    assert np.isfinite(result.metrics["final_train_loss"]) and 0 <= result.metrics["system_accuracy"] <= 1
 
 
 def test_training_learns_the_training_set(tmp_path, monkeypatch):

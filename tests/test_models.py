@@ -38,6 +38,9 @@ LAYERS = {
     "GELU": _case(lambda: nn.GELU(), (3, 4)),
     "Softplus": _case(lambda: nn.Softplus(), (3, 4)),
     "ResidualBlock": _case(lambda: nn.ResidualBlock(2, 3, stride=2, padding_mode="circular", rng=0), (2, 2, 4, 4)),
+    "ViewAverage": _case(lambda: nn.ViewAverage(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, rng=0), nn.BatchNorm2d(2),
+                                                              nn.ReLU(), nn.GlobalAvgPool2d(), nn.Linear(2, 3, rng=1)),
+                                                3), (2, 3, 4, 4)),
     "Sequential": _case(lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, rng=0), nn.BatchNorm2d(2), nn.ReLU(),
                                               nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 3, rng=1)), (3, 1, 4, 4)),
 }

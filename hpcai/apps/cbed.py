@@ -34,6 +34,7 @@ from .result import Result
 
 SYSTEMS = tuple(cbed.CRYSTAL_SYSTEMS)
 TARGETS = ("crystal_system", "space_group")
+INPUTS = ("channels", "views")
 GROUP_SETS = ("per_system", "all")
 SCHEDULES = ("cosine", "constant")
 # four space groups of each crystal system (the first, the last and two common ones), for the small default set
@@ -73,6 +74,9 @@ class Config:
     target: str = dataclasses.field(default="crystal_system", metadata={
         "choices": TARGETS, "help": "what the network predicts: the crystal system (7 classes) or the space "
         "group (harder)"})
+    inputs: str = dataclasses.field(default="channels", metadata={
+        "choices": INPUTS, "help": "how the 3 zone axes enter the network: as 3 channels of one image, or as 3 "
+        "views of one channel through one shared network whose logits are averaged (ORNL's baseline; 3x slower)"})
     width: int = dataclasses.field(default=16, metadata={
         "low": 1, "high": 256, "help": "channels of the first convolution (x2, x4 deeper); wider learns more, "
         "slower"})
@@ -116,13 +120,16 @@ class Config:
 
 
 def build_model(config: Config, seed: int | None = None) -> nn.Module:
-    """A residual CNN on (N, 3, s, s): the three zone axes as channels; logits of the target's classes.
+    """A residual CNN on (N, 3, s, s): logits of the target's classes from the three zone axes as channels, or
+    (``inputs="views"``) the mean of one such network's logits for each axis alone (:class:`hpcai.nn.ViewAverage`).
     The stem pools before its ReLU (the two commute), so the ReLU runs on a quarter of the pixels."""
     w, rng = config.width, np.random.default_rng(config.seed if seed is None else seed)
-    return nn.Sequential(nn.Conv2d(3, w, 3, padding=1, rng=rng), nn.BatchNorm2d(w), nn.MaxPool2d(2), nn.ReLU(),
-                         nn.ResidualBlock(w, rng=rng), nn.ResidualBlock(w, 2 * w, stride=2, rng=rng),
-                         nn.ResidualBlock(2 * w, 4 * w, stride=2, rng=rng), nn.GlobalAvgPool2d(),
-                         nn.Linear(4 * w, config.classes(), rng=rng))
+    views = config.inputs == "views"
+    net = nn.Sequential(nn.Conv2d(1 if views else 3, w, 3, padding=1, rng=rng), nn.BatchNorm2d(w), nn.MaxPool2d(2),
+                        nn.ReLU(), nn.ResidualBlock(w, rng=rng), nn.ResidualBlock(w, 2 * w, stride=2, rng=rng),
+                        nn.ResidualBlock(2 * w, 4 * w, stride=2, rng=rng), nn.GlobalAvgPool2d(),
+                        nn.Linear(4 * w, config.classes(), rng=rng))
+    return nn.ViewAverage(net, 3) if views else net
 
 
 def lr_schedule(config: Config, optimizer):

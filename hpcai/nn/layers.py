@@ -272,6 +272,26 @@ class LeakyReLU(Module):
         return ops.leaky_relu(x, self.slope)
 
 
+class ViewAverage(Module):
+    """(N, V, ...) -> the mean over the V views of ``trunk``'s output for each view: one network shared by the
+    views, each view a sample of one channel, (N·V, 1, ...), for the trunk (ORNL's CBED baseline reads a crystal's
+    three zone-axis patterns this way and averages the logits)."""
+
+    def __init__(self, trunk: Module, views: int):
+        super().__init__()
+        if not isinstance(trunk, Module):
+            raise TypeError(f"trunk: expected an hpcai nn.Module, got {type(trunk).__name__}")
+        self.trunk, self.views = trunk, checks.integer("views", views, 1)
+
+    def forward(self, x):
+        if x.ndim < 2 or x.shape[1] != self.views:
+            raise ValueError(f"ViewAverage: x must have the {self.views} views on its axis 1, (N, {self.views}, "
+                             f"...), got shape {tuple(x.shape)}")
+        n, rest = x.shape[0], tuple(x.shape[2:])
+        out = self.trunk(ops.reshape(x, (n * self.views, 1) + rest))
+        return ops.mean(ops.reshape(out, (n, self.views) + tuple(out.shape[1:])), axis=1)
+
+
 class ResidualBlock(Module):
     """x + body(x), body = conv-BN-ReLU-conv-BN (He et al. 2016), a 1x1 projection when shapes change.
 
