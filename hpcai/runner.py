@@ -69,9 +69,9 @@ def run_app(name: str, config=None, *, engines=0, verbose: int = 1, progress=Non
             comm = world()
             install_abort_hook(comm)  # an error on one rank ends the job instead of leaving the others waiting
             ranks, folder = comm.size, folder if comm.rank == 0 else None
-            result = _on_ranks(app, config, comm, verbose, here)
+            result = run_on_ranks(app, config, comm, verbose, here)
         elif engines == 0:
-            result = _on_ranks(app, config, SerialCommunicator(), verbose, here)
+            result = run_on_ranks(app, config, SerialCommunicator(), verbose, here)
         else:
             ranks = engines if isinstance(engines, int) else getattr(engines, "n", 1)
             result = _on_engines(engines, _run_on_engine, (name, dataclasses.asdict(config), verbose), verbose,
@@ -258,16 +258,20 @@ def _run_on_engine(name, config, verbose):
     from hpcai.apps import APPS
     from hpcai.parallel import world
     app = APPS[name]
-    return _on_ranks(app, dataclasses.replace(app.config(), **config), world(), verbose,
+    return run_on_ranks(app, dataclasses.replace(app.config(), **config), world(), verbose,
                      Progress([publish_to_client], every=0.3))
 
 
-def _on_ranks(app, config, comm, verbose, progress):
-    """``app`` on the ranks of ``comm``: as its workflow where its ranks play different parts (or where the
-    application is its workflow, ``run=None``, on any number of ranks), else its run."""
+def run_on_ranks(app, config, comm, verbose, progress):
+    """``app`` (an :class:`~hpcai.apps.App`) on the ranks of ``comm``, every rank calling this: as its workflow
+    where its ranks play different parts (or where the application is its workflow, ``run=None``, on any number
+    of ranks), else its run; the Result. Every rank makes the workflow, so a bad Config raises the same error on
+    every rank, and every rank runs rank 0's: a workflow may name a fresh folder (cbed's temporary data folder),
+    and with a name of its own each rank would write to, and read from, a folder of its own."""
     if app.workflow is not None and (comm.size > 1 or app.run is None):
         from . import workflow
-        control, module = app.control(config, comm, verbose)
+        made = app.workflow(config, comm.size, verbose)
+        control, module = comm.bcast_obj(made if comm.rank == 0 else None)
         value = workflow.run_workflow(control, comm, verbose, progress).values[module]
         return Result(**{**value, "arrays": {k: np.asarray(v) for k, v in value["arrays"].items()}})
     return app.run(config, verbose=verbose if comm.rank == 0 else 0, comm=comm, progress=progress)

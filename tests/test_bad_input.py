@@ -71,6 +71,8 @@ def test_sizes_have_upper_bounds(app, field, value):
     (lambda: nn.Dropout("0.5"), r"^p: expected"),
     (lambda: nn.GELU(["tanh"]), r"^approximate: expected one of"),
     (lambda: nn.Linear(True, 3), r"^in_features: expected an integer"),
+    (lambda: nn.ViewAverage("resnet", 3), r"^trunk: expected an hpcai nn.Module, got str"),
+    (lambda: nn.ViewAverage(nn.Identity(), 0), r"^views: expected an integer"),
     (lambda: nn.Linear(3, 3, bias="no"), r"^bias: expected True or False"),
     (lambda: nn.Linear(3, 3, dtype=np.complex64), r"^dtype: expected a floating-point dtype"),
     (lambda: nn.Linear(3, 3, rng=-1), r"^rng: expected"),

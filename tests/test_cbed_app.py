@@ -172,6 +172,7 @@ def test_two_ranks_without_an_output_folder_share_one_temporary_data_set(tmp_pat
     ({"input_size": 256, "pixels": 128}, "input_size: expected at most pixels = 128"),
     ({"lr": 0.0}, "lr: expected a number in \\(0, 100\\]"),
     ({"schedule": "linear"}, "schedule: expected one of"),
+    ({"inputs": "stack"}, "inputs: expected one of"),
     ({"data_dir": "/nonexistent/cbed"}, "data_dir: no batch_train_.*h5 files"),
 ])
 def test_bad_input_names_the_field(bad, match):

@@ -25,7 +25,8 @@ class App:
     ``build_model(config)`` returns that network and ``example_batch(config, n, rng)`` ``n`` inputs it takes,
     so the tests gradient-check every application's model end to end. ``workflow(config, ranks, verbose)``,
     for an application whose ranks play different parts, returns (a workflow control dict, the name of the
-    module whose value is the run's Result): on several ranks the application runs as that workflow. An
+    module whose value is the run's Result): on several ranks the application runs as that workflow, made on every
+    rank and run as rank 0 made it (:func:`hpcai.runner.run_on_ranks`). An
     application that *is* its workflow, on one rank too, has ``run=None``; ``hpcai.runner.run_app`` runs it.
     ``metric_info`` says what each metric of its Result is, ``{name: (group, unit)}`` (group: "accuracy",
     "error", "storage", "timing", ...; unit "" for a plain number), so results can be shown grouped with
@@ -41,14 +42,6 @@ class App:
     workflow: Callable | None = None
     metric_info: dict = dataclasses.field(default_factory=dict, hash=False)
     key_metrics: tuple = ()  # the metrics a run history shows first (hpcai.history); default: its first numbers
-
-    def control(self, config, comm, verbose: int = 1) -> tuple[dict, str]:
-        """``workflow(config, comm.size, verbose)`` for a run on the ranks of ``comm``: every rank makes it, so a
-        bad Config raises the same error on every rank, and every rank runs rank 0's: a workflow may name a fresh
-        folder (cbed's temporary data folder), and with a name of its own each rank would write to, and read from,
-        a folder of its own."""
-        made = self.workflow(config, comm.size, verbose)
-        return comm.bcast_obj(made if comm.rank == 0 else None)
 
 
 APPS = {

@@ -76,7 +76,7 @@ class Config:
         "group (harder)"})
     inputs: str = dataclasses.field(default="channels", metadata={
         "choices": INPUTS, "help": "how the 3 zone axes enter the network: as 3 channels of one image, or as 3 "
-        "views of one channel through one shared network whose logits are averaged (ORNL's baseline; 3x slower)"})
+        "views of one channel through one shared network whose logits are averaged (ORNL's baseline; 2.8x the time)"})
     width: int = dataclasses.field(default=16, metadata={
         "low": 1, "high": 256, "help": "channels of the first convolution (x2, x4 deeper); wider learns more, "
         "slower"})
@@ -157,7 +157,7 @@ def workflow(config: Config, ranks: int, verbose: int = 1) -> tuple[dict, str]:
     """The run on ``ranks`` ranks: (control, the module whose value is the Result). The data folder must be
     one every rank sees (``output_dir``; without it a new folder in this machine's temporary directory, named
     here, made by the generation and removed when the run ends). Every rank makes a control (each checks the
-    Config) and runs rank 0's (:meth:`hpcai.apps.App.control`), so nothing is made on disk here."""
+    Config) and runs rank 0's (:func:`hpcai.runner.run_on_ranks`), so nothing is made on disk here."""
     config.validate()
     checks.integer("ranks", ranks, 1)
     scratch = None if config.data_dir or config.output_dir else os.path.join(

@@ -100,14 +100,9 @@ class AppObjective:
 
     def __call__(self, params: dict, ctx: TrialContext) -> float:
         from ..apps import APPS, make_config
-        app = APPS[self.app]
+        from ..runner import run_on_ranks
         config = make_config(self.app, {**self.fixed, **params})
-        if app.workflow is not None and (ctx.comm.size > 1 or app.run is None):  # its ranks play parts
-            from .. import workflow
-            control, module = app.control(config, ctx.comm, 0)
-            metrics = workflow.run_workflow(control, ctx.comm, 0, ctx.progress).values[module]["metrics"]
-        else:
-            metrics = app.run(config, verbose=0, comm=ctx.comm, progress=ctx.progress).metrics
+        metrics = run_on_ranks(APPS[self.app], config, ctx.comm, 0, ctx.progress).metrics
         if self.metric not in metrics:
             raise KeyError(f"metric: {self.app} reports no {self.metric!r}; its metrics: {sorted(metrics)}")
         return float(metrics[self.metric])
