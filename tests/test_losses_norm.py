@@ -72,14 +72,9 @@ def test_layer_norm_int_shape_and_no_affine(rng):
     np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("affine", [True, False])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("threads, block", [(1, 1 << 18), (3, 64)])
-def test_batch_norm_compiled_path_equals_numpy_and_torch(rng, monkeypatch, affine, dtype, threads, block):
-    """Batch norm's CPU training path by the numba sweeps and by the numpy passes (blocks shared among
-    threads): the same output, gradients and running statistics, with a mean far from zero and an output
-    gradient that is not C-ordered; both against PyTorch."""
-    from hpcai import accel
+def _compiled_bn_case(rng, monkeypatch, dtype, threads, block):
+    """(x, w, b, gy) for the compiled batch-norm sweeps, the work cut into ``threads`` parts of ``block``
+    elements (skipped without numba): a mean far from zero, an output gradient that is not C-ordered."""
     from hpcai.ops import normalization
     from hpcai.ops import threads as threads_module
     if not normalization._shifted_sums.available:
@@ -89,7 +84,19 @@ def test_batch_norm_compiled_path_equals_numpy_and_torch(rng, monkeypatch, affin
     monkeypatch.setattr(threads_module, "_LEAST", 1)
     x = (rng.standard_normal((6, 4, 5, 7)) * 3 + 40).astype(dtype)
     w, b = rng.uniform(0.5, 1.5, 4).astype(dtype), rng.standard_normal(4).astype(dtype)
-    gy = rng.standard_normal((7, 5, 4, 6)).astype(dtype).transpose(3, 2, 1, 0)  # not C-ordered
+    return x, w, b, rng.standard_normal((7, 5, 4, 6)).astype(dtype).transpose(3, 2, 1, 0)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads, block", [(1, 1 << 18), (3, 64)])
+def test_batch_norm_compiled_path_equals_numpy_and_torch(rng, monkeypatch, affine, dtype, threads, block):
+    """Batch norm's CPU training path by the numba sweeps and by the numpy passes (blocks shared among
+    threads): the same output, gradients and running statistics, with a mean far from zero and an output
+    gradient that is not C-ordered; both against PyTorch."""
+    from hpcai import accel
+    from hpcai.ops import normalization
+    x, w, b, gy = _compiled_bn_case(rng, monkeypatch, dtype, threads, block)
 
     def run():
         rm, rv = np.zeros(4, dtype), np.ones(4, dtype)
@@ -116,6 +123,81 @@ def test_batch_norm_compiled_path_equals_numpy_and_torch(rng, monkeypatch, affin
     refs = [ty, tx.grad, trm, trv] + ([tw.grad, tb.grad] if affine else [])
     for a, ref in zip(got, refs):
         np.testing.assert_allclose(a, ref.detach().numpy(), rtol=tol * 2, atol=tol * 2)
+
+
+@pytest.mark.parametrize("with_residual", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads, block", [(1, 1 << 18), (3, 64)])
+def test_batch_norm_relu_fused_equals_the_composition_and_torch(rng, monkeypatch, with_residual, dtype, threads,
+                                                                 block):
+    """relu(batch_norm(x) + r) by the fused compiled sweeps (``NormalizeRelu``), by its reference passes
+    (numba off), and by the three ops one after another: the same output, gradients (of x, weight, bias and r) and
+    running statistics, some outputs at exactly 0 and a gradient that is not C-ordered; all against PyTorch."""
+    from hpcai import accel
+    from hpcai.ops import normalization
+    x, w, b, gy = _compiled_bn_case(rng, monkeypatch, dtype, threads, block)
+    r = rng.standard_normal(x.shape).astype(dtype)
+
+    def run(fused):
+        rm, rv = np.zeros(4, dtype), np.ones(4, dtype)
+        xt, wt, bt, rt = t(x, grad=True), t(w, grad=True), t(b, grad=True), t(r, grad=True)
+        if fused:
+            y = ops.batch_norm(xt, wt, bt, rm, rv, momentum=0.3, residual=rt if with_residual else None,
+                               activation="relu")
+            assert y._ctx.fused == normalization._normalize_relu_rows.available
+        else:
+            y = ops.batch_norm(xt, wt, bt, rm, rv, momentum=0.3)
+            y = ops.relu(y + rt if with_residual else y)
+        y.backward(gy)
+        return [y.numpy(), xt.grad, wt.grad, bt.grad, rm, rv] + ([rt.grad] if with_residual else [])
+
+    got = run(True)
+    assert (got[0] == 0).any() and (got[0] > 0).any()
+    with accel.disabled():
+        reference = run(True)
+    composed = run(False)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for a, ref, comp in zip(got, reference, composed):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, ref, rtol=tol, atol=tol)
+        np.testing.assert_allclose(a, comp, rtol=tol, atol=tol)
+    torch = pytest.importorskip("torch")
+    tx, tw, tb, tr = (torch.tensor(a, requires_grad=True) for a in (x, w, b, r))
+    trm, trv = torch.zeros(4, dtype=tx.dtype), torch.ones(4, dtype=tx.dtype)
+    ty = torch.nn.functional.batch_norm(tx, trm, trv, tw, tb, True, 0.3, 1e-5)
+    ty = torch.relu(ty + tr if with_residual else ty)
+    ty.backward(torch.from_numpy(np.ascontiguousarray(gy)))
+    refs = [ty, tx.grad, tw.grad, tb.grad, trm, trv] + ([tr.grad] if with_residual else [])
+    for a, ref in zip(got, refs):
+        np.testing.assert_allclose(a, ref.detach().numpy(), rtol=tol * 2, atol=tol * 2)
+
+
+def test_residual_block_is_the_unfused_composition(rng):
+    """The residual block's fused batch norm + ReLU (+ shortcut) gives what conv-BN-ReLU-conv-BN, the shortcut's
+    sum and a ReLU give as separate ops, in training and in eval, and the same parameter gradients."""
+    from hpcai import nn
+
+    block = nn.ResidualBlock(3, 5, stride=2, rng=0)
+    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+
+    def unfused(m, h):
+        bn = lambda mod, a: ops.batch_norm(a, mod.weight, mod.bias, mod.running_mean.copy(),  # noqa: E731
+                                           mod.running_var.copy(), training=m.training, momentum=mod.momentum)
+        a = ops.relu(bn(m.bn1, m.conv1(h)))
+        return ops.relu(bn(m.bn2, m.conv2(a)) + m.shortcut(h))
+
+    for training in (True, False):
+        block.train(training)
+        want = unfused(block, t(x))
+        ops.sum(want * want).backward()
+        expected = [p.grad.copy() for p in block.parameters()]
+        block.zero_grad()
+        got = block(t(x))
+        ops.sum(got * got).backward()
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+        for p, e in zip(block.parameters(), expected):
+            np.testing.assert_allclose(p.grad, e, rtol=1e-4, atol=1e-5)
+        block.zero_grad()
 
 
 @pytest.mark.parametrize("op", ["batch_norm", "layer_norm"])
@@ -310,6 +392,16 @@ def tens(*shape):
     (lambda: ops.batch_norm(tens(1, 3)), ValueError, r"batch_norm: training needs more than one value"),
     (lambda: ops.batch_norm(tens(4, 3), running_mean=np.zeros(3)), ValueError,
      r"batch_norm: pass both running_mean and running_var"),
+    (lambda: ops.batch_norm(tens(4, 3), activation="gelu"), ValueError,
+     r"batch_norm: activation: expected one of None, 'relu', got 'gelu'"),
+    (lambda: ops.batch_norm(tens(4, 3), residual=tens(4, 3)), ValueError,
+     r"batch_norm: residual is added before the activation; pass activation='relu' with it"),
+    (lambda: ops.batch_norm(tens(4, 3), residual=tens(4, 2), activation="relu"), ValueError,
+     r"batch_norm: residual must have x's shape \(4, 3\), got \(4, 2\)"),
+    (lambda: ops.batch_norm(tens(4, 3), residual=np.zeros((4, 3), int), activation="relu"), TypeError,
+     r"batch_norm: residual must be a floating-point tensor, got dtype int"),
+    (lambda: ops.batch_norm(tens(4, 3), residual=[[0.0] * 3] * 4, activation="relu"), TypeError,
+     r"batch_norm: residual must be a Tensor or an array of x's shape \(4, 3\), got list"),
     (lambda: ops.layer_norm(tens(4, 3), (4,)), ValueError,
      r"layer_norm: normalized_shape \(4,\) must equal the trailing sizes of x"),
 ])

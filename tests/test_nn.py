@@ -67,6 +67,11 @@ def test_layer_input_errors():
         nn.Linear(4, 2)(hpcai.tensor(np.ones((3, 5), np.float32)))
     with pytest.raises(ValueError, match="BatchNorm2d: x must be 4-d with 3 channels"):
         nn.BatchNorm2d(3)(hpcai.tensor(np.ones((2, 4, 5, 5), np.float32)))
+    with pytest.raises(ValueError, match="activation: expected one of None, 'relu', got 'tanh'"):
+        nn.BatchNorm2d(3, activation="tanh")
+    with pytest.raises(ValueError, match="batch_norm: residual must have x's shape"):
+        nn.BatchNorm2d(3, activation="relu")(hpcai.tensor(np.ones((2, 3, 5, 5), np.float32)),
+                                              residual=hpcai.tensor(np.ones((2, 3, 5, 4), np.float32)))
     with pytest.raises(ValueError, match="groups: in_channels"):
         nn.Conv2d(3, 4, 3, groups=2)
     with pytest.raises(ValueError, match="kernel_size: expected a positive int"):
