@@ -195,8 +195,8 @@ def _agrees_with_torch_fp32(run, x, w, b, padding, dilation):
     (64, 64, (3, 3), 1, 1, 1), (32, 32, (3, 3), 1, 1, 1)])
 def test_channels_last_path_matches_im2col(rng, monkeypatch, c, o, kernel, stride, padding, dilation):
     """The channels-last path (forward, dL/dx through the convolution form of the adjoint at stride 1, dL/dw)
-    agrees with im2col for blocks of one sample or all of them and any number of threads, and with PyTorch
-    in float32."""
+    agrees with im2col for blocks of all samples, of one, of one sample's rows one or a few at a time, and any
+    number of threads, and with PyTorch in float32."""
     assert conv_module._last_ok(np, np.empty((1, c, 1, 1)), np.empty((o, c) + kernel), (1, 1), 1)
     x = rng.standard_normal((5, c, 9, 8))
     w = rng.standard_normal((o, c) + kernel) / np.sqrt(c * kernel[0] * kernel[1])
@@ -216,7 +216,7 @@ def test_channels_last_path_matches_im2col(rng, monkeypatch, c, o, kernel, strid
     taken, *want = run()
     assert not taken
     monkeypatch.undo()
-    for tile_bytes, threads in [(10**9, 1), (1, 2), (10**9, 3)]:
+    for tile_bytes, threads in [(10**9, 1), (1, 2), (50_000, 2), (10**9, 3)]:
         monkeypatch.setattr(conv_module, "_TILE_BYTES", tile_bytes)
         monkeypatch.setattr(conv_module, "workers", lambda: threads)
         taken, *got = run()
@@ -237,19 +237,30 @@ def test_channels_last_path_matches_im2col(rng, monkeypatch, c, o, kernel, strid
 def test_sample_blocks_cover_the_batch_once_and_share_it_evenly(monkeypatch, threads):
     """The channels-last and shifted-view paths cut the batch into blocks no larger than their cache budget,
     each sample once, and deal them out so that no thread has more than one block more than another (the CBED
-    network's 32 -> 32 layer on 2 threads was cut 11 against 21 samples)."""
+    network's 32 -> 32 layer on 2 threads was cut 11 against 21 samples). Where one sample's columns exceed the
+    budget, the channels-last path cuts its rows instead, each (sample, row) once."""
     monkeypatch.setattr(conv_module, "workers", lambda: threads)
+    budget = conv_module._TILE_BYTES
     for n in range(1, 70):
-        for sample_bytes in (1, 1 << 16, 295 << 10, 1 << 20, 8 << 20):
-            most = max(1, min(conv_module._TILE_BYTES // sample_bytes, -(-n // threads)))
-            lists = conv_module._last_blocks(n, sample_bytes)
+        for sample_bytes in (1, 1 << 16, 295 << 10, 1 << 20, 4 << 20, 8 << 20, 105 << 20):
+            ho = 7 if n % 2 else 128
+            most = max(1, min(budget // sample_bytes, -(-n // threads)))
+            lists = conv_module._last_blocks(n, ho, sample_bytes)
             blocks = [b for part in lists for b in part]
-            assert sorted(s for b, nb in blocks for s in range(b, b + nb)) == list(range(n))
-            assert max(nb for _, nb in blocks) <= most
-            shares = [sum(nb for _, nb in part) for part in lists]
-            assert max(shares) - min(shares) <= max(nb for _, nb in blocks), (n, sample_bytes, lists)
+            cells = sorted((s, r) for b, nb, r0, nr in blocks for s in range(b, b + nb) for r in range(r0, r0 + nr))
+            assert cells == [(s, r) for s in range(n) for r in range(ho)]
+            if sample_bytes <= budget:
+                assert all(nr == ho for *_, nr in blocks) and max(nb for _, nb, *_ in blocks) <= most
+                shares = [sum(nb for _, nb, *_ in part) for part in lists]
+                assert max(shares) - min(shares) <= max(nb for _, nb, *_ in blocks), (n, sample_bytes, lists)
+            else:
+                rows = max(1, budget * ho // sample_bytes)
+                assert all(nb == 1 and nr <= rows for _, nb, _, nr in blocks)
+                assert sample_bytes * rows // ho <= budget or rows == 1
+                counts = [len(part) for part in lists]
+                assert max(counts) - min(counts) <= 1
     if threads == 2:
-        assert [sum(nb for _, nb in part) for part in conv_module._last_blocks(32, 295 << 10)] == [16, 16]
+        assert [sum(nb for _, nb, *_ in part) for part in conv_module._last_blocks(32, 16, 295 << 10)] == [16, 16]
         flat = conv_module._flat_blocks(np.zeros((32, 16, 34, 34), np.float32), (3, 3), (1, 1), (32, 32))
         assert [sum(nb for _, nb, *_ in part) for part in flat] == [16, 16]
 

@@ -30,7 +30,9 @@ With many channels on small maps (at least 32 inputs and 64 outputs, e.g. 64 -> 
 ``_last_weight_grad``): the input is padded into (N, Hp, Wp, C), where a kernel row's kw·C values of a pixel
 are contiguous, so the columns (pixels, kh·kw·C) are copied in runs of kw·C instead of runs of Wo (8 values
 on an 8x8 map), and each block of samples is one GEMM (pixels, K) @ (K, O) with K and O both large; the
-output is transposed back to NCHW in cache.
+output is transposed back to NCHW in cache. Where one sample's columns exceed the tile budget (large maps: the
+input gradient of SRCNN's 64 -> 32 5x5 layer on 128x256, 105 MB of columns a sample) a block is a run of a
+sample's rows: that pass 467 -> 344 ms (one thread, batch 8), PyTorch's 342 ms.
 
 With fewer outputs still (O·kh·kw <= C, e.g. 32 -> 1 5x5) every product above is a matrix-vector one; the
 output-side path (``_narrow_conv``, ``_narrow_weight_grad``) instead multiplies the flattened input in place,
@@ -535,30 +537,37 @@ def _pad_last(xp, x, pads):
     return out
 
 
-def _last_blocks(n, sample_bytes):
-    """Sample blocks of the channels-last path, about ``_TILE_BYTES`` of columns each, one list per thread."""
-    per = max(1, min(_TILE_BYTES // max(sample_bytes, 1), math.ceil(n / workers())))
-    per = _even(n, per, min(workers(), n))
-    blocks = [(b, min(per, n - b)) for b in range(0, n, per)]
+def _last_blocks(n, ho, sample_bytes):
+    """Blocks (first sample, samples, first output row, rows) of the channels-last path, about ``_TILE_BYTES`` of
+    columns each, one list per thread: whole samples, or where one sample's columns exceed the budget (SRCNN's
+    maps) runs of its rows, whose columns then stay in cache between their copy and their GEMM."""
+    if sample_bytes > _TILE_BYTES and ho > 1:
+        rows = max(1, _TILE_BYTES * ho // sample_bytes)
+        blocks = [(b, 1, r, min(rows, ho - r)) for b in range(n) for r in range(0, ho, rows)]
+    else:
+        per = max(1, min(_TILE_BYTES // max(sample_bytes, 1), math.ceil(n / workers())))
+        per = _even(n, per, min(workers(), n))
+        blocks = [(b, min(per, n - b), 0, ho) for b in range(0, n, per)]
     parts = max(1, min(workers(), len(blocks)))
     return [blocks[len(blocks) * p // parts:len(blocks) * (p + 1) // parts] for p in range(parts)]
 
 
-def _last_columns(xp, xlast, b, nb, ksize, stride, dilation, out_hw, buf):
-    """The columns (nb·Ho·Wo, kh·kw·C) of samples b..b+nb of the channels-last padded input, rows (i, j, c)."""
-    c = xlast.shape[3]
-    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = ksize, stride, dilation, out_hw
+def _last_columns(xp, xlast, block, ksize, stride, dilation, wo, buf):
+    """The columns (samples·rows·Wo, kh·kw·C) of one block (b, nb, r, nr) of the channels-last padded input: output
+    rows r..r+nr of samples b..b+nb, columns ordered (i, j, c)."""
+    (b, nb, r, nr), c = block, xlast.shape[3]
+    (kh, kw), (sh, sw), (dh, dw) = ksize, stride, dilation
     s0, s1, s2, s3 = xlast.strides
-    view = xp.lib.stride_tricks.as_strided(xlast[b:], (nb, ho, wo, kh, kw, c),
+    view = xp.lib.stride_tricks.as_strided(xlast[b:, r * sh:], (nb, nr, wo, kh, kw, c),
                                            (s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3))
     cols = buf[:view.size].reshape(view.shape)
     xp.copyto(cols, view)
-    return cols.reshape(nb * ho * wo, kh * kw * c)
+    return cols.reshape(nb * nr * wo, kh * kw * c)
 
 
 def _last_conv(xp, xlast, w, stride, dilation, out_hw, bias=None):
     """The convolution of the channels-last padded input ``xlast`` (N, Hp, Wp, C) by ``w`` (+ ``bias``):
-    (N, O, Ho, Wo), one GEMM (pixels, kh·kw·C) @ (kh·kw·C, O) per block of samples."""
+    (N, O, Ho, Wo), one GEMM (pixels, kh·kw·C) @ (kh·kw·C, O) per block of samples or of a sample's rows."""
     n, c = xlast.shape[0], xlast.shape[3]
     (o, _, kh, kw), (ho, wo) = w.shape, out_hw
     wk = xp.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(kh * kw * c, o)         # rows (i, j, c)
@@ -566,16 +575,17 @@ def _last_conv(xp, xlast, w, stride, dilation, out_hw, bias=None):
     per_sample = ho * wo * kh * kw * c
 
     def work(blocks):
-        most = max(nb for _, nb in blocks)
-        buf, prod = xp.empty(most * per_sample, w.dtype), xp.empty((most * ho * wo, o), w.dtype)
-        for b, nb in blocks:
-            out = prod[:nb * ho * wo]
-            xp.matmul(_last_columns(xp, xlast, b, nb, (kh, kw), stride, dilation, out_hw, buf), wk, out=out)
+        most = max(nb * nr for _, nb, _, nr in blocks) * wo
+        buf, prod = xp.empty(most * kh * kw * c, w.dtype), xp.empty((most, o), w.dtype)
+        for block in blocks:
+            b, nb, r, nr = block
+            out = prod[:nb * nr * wo]
+            xp.matmul(_last_columns(xp, xlast, block, (kh, kw), stride, dilation, wo, buf), wk, out=out)
             if bias is not None:
                 out += bias
-            y[b:b + nb] = out.reshape(nb, ho * wo, o).transpose(0, 2, 1)
+            y[b:b + nb, :, r * wo:(r + nr) * wo] = out.reshape(nb, nr * wo, o).transpose(0, 2, 1)
 
-    parallel(work, _last_blocks(n, per_sample * xlast.itemsize))
+    parallel(work, _last_blocks(n, ho, per_sample * xlast.itemsize))
     return y.reshape(n, o, ho, wo)
 
 
@@ -588,16 +598,18 @@ def _last_weight_grad(xp, xlast, gy, wshape, stride, dilation):
     g3 = gy.reshape(n, o, ho * wo)
 
     def work(blocks):
-        most = max(nb for _, nb in blocks)
-        buf, glast = xp.empty(most * per_sample, gy.dtype), xp.empty((most, ho * wo, o), gy.dtype)
+        most = max(nb * nr for _, nb, _, nr in blocks) * wo
+        buf, glast = xp.empty(most * kh * kw * c, gy.dtype), xp.empty((most, o), gy.dtype)
         gwt = xp.zeros((kh * kw * c, o), gy.dtype)
-        for b, nb in blocks:
-            cols = _last_columns(xp, xlast, b, nb, (kh, kw), stride, dilation, (ho, wo), buf)
-            glast[:nb] = g3[b:b + nb].transpose(0, 2, 1)
-            gwt += xp.matmul(cols.T, glast[:nb].reshape(nb * ho * wo, o))
+        for block in blocks:
+            b, nb, r, nr = block
+            cols = _last_columns(xp, xlast, block, (kh, kw), stride, dilation, wo, buf)
+            g = glast[:nb * nr * wo]
+            g.reshape(nb, nr * wo, o)[...] = g3[b:b + nb, :, r * wo:(r + nr) * wo].transpose(0, 2, 1)
+            gwt += xp.matmul(cols.T, g)
         return gwt
 
-    gwt = sum(parallel(work, _last_blocks(n, per_sample * xlast.itemsize)))               # (kh·kw·C, O)
+    gwt = sum(parallel(work, _last_blocks(n, ho, per_sample * xlast.itemsize)))           # (kh·kw·C, O)
     return xp.ascontiguousarray(gwt.reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
 
 
