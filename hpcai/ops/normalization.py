@@ -92,8 +92,8 @@ def _input_grad_rows(g3, x3, mean, k1, k2, k3, gx):
                 out[k] = a * g[k] + b * (row[k] - m) + e
 
 
-# The same sweeps with a ReLU fused in (``NormalizeRelu``): y = relu(x̂·w + b [+ r]); backward masks gy where
-# y == 0, which is where the ReLU's own gradient vanishes (NaN kept, as ``relu`` keeps it).
+# The sweeps that fuse a ReLU in (``NormalizeRelu``): y = relu(x̂·w + b [+ r]); backward masks gy where y == 0,
+# which is where the ReLU's own gradient vanishes (NaN kept, as ``relu`` keeps it).
 @accel.jit(**_FAST_SUMS)
 def _normalize_relu_rows(x3, mean, scale, shift, r3, y):
     """y = relu((x3 - mean[c]) · scale[c] + shift[c] + r3); an r3 with no rows adds nothing."""
@@ -115,38 +115,18 @@ def _normalize_relu_rows(x3, mean, scale, shift, r3, y):
 
 @accel.jit(**_FAST_SUMS)
 def _relu_grad_sums(g3, y3, x3, mean, gm, out):
-    """out[c] += (sum of gm, sum of gm · (x3 - mean[c])) for gm = g3 · (y3 != 0), also stored in ``gm``
-    unless it has no rows."""
+    """gm = g3 · (y3 != 0), and out[c] += (sum of gm, sum of gm · (x3 - mean[c]))."""
     n, c, size = x3.shape
-    keep = gm.shape[0] > 0
     for p in range(n):
         for q in range(c):
-            row, g, yr, m, s0, s1 = x3[p, q], g3[p, q], y3[p, q], mean[q], 0.0, 0.0
-            if keep:
-                dest = gm[p, q]
-                for k in range(size):
-                    v = g[k] * (1 if yr[k] != 0 else 0)
-                    dest[k] = v
-                    s0 += v
-                    s1 += v * (row[k] - m)
-            else:
-                for k in range(size):
-                    v = g[k] * (1 if yr[k] != 0 else 0)
-                    s0 += v
-                    s1 += v * (row[k] - m)
+            row, g, yr, dest, m, s0, s1 = x3[p, q], g3[p, q], y3[p, q], gm[p, q], mean[q], 0.0, 0.0
+            for k in range(size):
+                v = g[k] * (1 if yr[k] != 0 else 0)
+                dest[k] = v
+                s0 += v
+                s1 += v * (row[k] - m)
             out[q, 0] += s0
             out[q, 1] += s1
-
-
-@accel.jit(**_FAST_SUMS)
-def _relu_input_grad_rows(g3, y3, x3, mean, k1, k2, k3, gx):
-    """gx = k1[c] · g3 · (y3 != 0) + k2[c] · (x3 - mean[c]) + k3[c]."""
-    n, c, size = x3.shape
-    for p in range(n):
-        for q in range(c):
-            row, g, yr, out, m, a, b, e = x3[p, q], g3[p, q], y3[p, q], gx[p, q], mean[q], k1[q], k2[q], k3[q]
-            for k in range(size):
-                out[k] = a * g[k] * (1 if yr[k] != 0 else 0) + b * (row[k] - m) + e
 
 
 class Normalize(Function):
@@ -157,10 +137,14 @@ class Normalize(Function):
     ``running`` = (mean_buffer, var_buffer, momentum) are updated in place from the batch statistics.
     """
 
+    def _fast_ok(self, x):
+        """Whether the CPU's batch-norm training path takes ``x``: batch statistics over every axis but 1."""
+        return (self.xp is np and self.stats is None and x.ndim >= 3 and x.dtype in (np.float32, np.float64)
+                and self.axes == (0,) + tuple(range(2, x.ndim)))
+
     def forward(self, x, weight, bias):
         xp = self.xp
-        self.fast = (xp is np and self.stats is None and x.ndim >= 3 and x.dtype in (np.float32, np.float64)
-                     and self.axes == (0,) + tuple(range(2, x.ndim)))
+        self.fast = self._fast_ok(x)
         if self.fast:
             return self._forward_fast(x, weight, bias)
         if self.stats is None:
@@ -321,9 +305,8 @@ class NormalizeRelu(Normalize):
 
     def forward(self, x, weight, bias, residual=None):
         xp = self.xp
-        self.fused = (xp is np and self.stats is None and x.ndim >= 3 and x.dtype in (np.float32, np.float64)
-                      and self.axes == (0,) + tuple(range(2, x.ndim)) and x.flags.c_contiguous
-                      and _normalize_relu_rows.available and (residual is None or residual.dtype == x.dtype))
+        self.fused = (self._fast_ok(x) and x.flags.c_contiguous and _normalize_relu_rows.available
+                      and (residual is None or residual.dtype == x.dtype))
         if not self.fused:
             y = Normalize.forward(self, x, weight, bias)
             y = y if residual is None else y + residual
@@ -344,13 +327,15 @@ class NormalizeRelu(Normalize):
             gm = gy * (self.y != 0)
             gx, gw, gb = Normalize.backward(self, gm)
             return gx, gw, gb, gm if need_r else None
+        # one sweep masks gy (kept: it is dL/dr, and batch norm's dL/dx sweep reads it instead of gy and y, the
+        # same bytes) and sums it; then batch norm's own dL/dx sweep
         x3, y3, (n, c) = self.x3, self.y, self.x3.shape[:2]
         g3, mean = np.ascontiguousarray(gy.reshape(x3.shape), dtype=x3.dtype), self.mean.reshape(c)
-        gm = np.empty(x3.shape, x3.dtype) if need_r else np.empty((0, 0, 0), x3.dtype)   # gy masked, for r
+        gm = np.empty(x3.shape, x3.dtype)
 
         def sums(s):
             out = np.zeros((c, 2))
-            _relu_grad_sums(g3[s], y3[s], x3[s], mean, gm[s] if need_r else gm, out)
+            _relu_grad_sums(g3[s], y3[s], x3[s], mean, gm[s], out)
             return out
 
         gw, gb, ks = self._coefficients(batch_blocks(sums, n, g3.size).astype(x3.dtype))
@@ -358,10 +343,7 @@ class NormalizeRelu(Normalize):
         if self.needs_input_grad[0]:
             gx = np.empty(x3.shape, x3.dtype)
             args = tuple(k.astype(x3.dtype, copy=False).reshape(c) for k in (self.mean,) + ks)
-            if need_r:
-                over_batch(np, lambda s: _input_grad_rows(gm[s], x3[s], *args, gx[s]), n, g3.size)
-            else:
-                over_batch(np, lambda s: _relu_input_grad_rows(g3[s], y3[s], x3[s], *args, gx[s]), n, g3.size)
+            over_batch(np, lambda s: _input_grad_rows(gm[s], x3[s], *args, gx[s]), n, g3.size)
             gx = gx.reshape(gy.shape)
         return gx, gw, gb, (gm.reshape(gy.shape) if need_r else None)
 
