@@ -13,6 +13,7 @@ seconds with that rank's traceback; a rank that stalls is named by a StallWarnin
 sleep instead of spinning, and a stall timeout ends the job naming it.
 """
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -242,13 +243,10 @@ print(f"rank {comm.rank} waited {time.perf_counter() - wall:.2f} s on {time.proc
 
 
 def _waits(out) -> dict:
-    """{rank: (seconds waited, CPU seconds used meanwhile)} from the stall script's output."""
-    found = {}
-    for line in out.splitlines():
-        if line.startswith("rank ") and " waited " in line:
-            words = line.split()
-            found[int(words[1])] = (float(words[3]), float(words[6]))
-    return found
+    """{rank: (seconds waited, CPU seconds used meanwhile)} from the stall script's output, found anywhere in it:
+    mpiexec forwards each rank's output as it comes, so two ranks' lines can be run together."""
+    return {int(rank): (float(seconds), float(cpu)) for rank, seconds, cpu in
+            re.findall(r"rank (\d+) waited ([\d.]+) s on ([\d.]+) s of CPU", out)}
 
 
 def test_a_stalled_rank_is_named_and_the_waiting_ranks_do_not_spin(tmp_path, monkeypatch):
@@ -260,6 +258,7 @@ def test_a_stalled_rank_is_named_and_the_waiting_ranks_do_not_spin(tmp_path, mon
     assert "rank(s) [0, 2] have waited" in warned[0], shown
     waits = _waits(out)
     for rank in (0, 2):  # a waiting rank sleeps between polls: a spinning one used about a core throughout
+        assert rank in waits, f"rank {rank} reported no wait" + shown
         seconds, cpu = waits[rank]
         assert seconds > 3 and cpu < 0.25 * seconds, f"rank {rank} waited {seconds} s on {cpu} s of CPU" + shown
 
